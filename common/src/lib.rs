@@ -1,0 +1,31 @@
+//! Domain types and small runtime pieces shared by the tpc coordinator and participants.
+//!
+//! - Validated domain types: [`UserId`], [`TxnId`], [`Password`] (a secret: it prints `[redacted]`),
+//!   [`Operation`] (what a transaction does).
+//! - [`GroupCommit`]: forced writes to sled, batched, on the blocking pool.
+//! - [`Backoff`]: the capped exponential backoff every retry loop uses.
+//! - [`crash_point`]: named places where a test can make a process die abruptly.
+//! - [`serve`], [`telemetry`] and [`shutdown`]: what every tpc gRPC server needs around its services.
+
+mod backoff;
+mod clock;
+mod crash;
+mod group_commit;
+mod invalid;
+mod operation;
+mod password;
+pub mod serve;
+pub mod shutdown;
+pub mod telemetry;
+mod txn_id;
+mod user_id;
+
+pub use backoff::Backoff;
+pub use clock::now_ms;
+pub use crash::crash_point;
+pub use group_commit::GroupCommit;
+pub use invalid::InvalidInput;
+pub use operation::{Operation, OperationKind};
+pub use password::Password;
+pub use txn_id::TxnId;
+pub use user_id::UserId;

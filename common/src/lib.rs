@@ -10,6 +10,7 @@
 mod backoff;
 mod clock;
 mod crash;
+mod email;
 mod group_commit;
 mod invalid;
 mod operation;
@@ -19,10 +20,12 @@ pub mod shutdown;
 pub mod telemetry;
 mod txn_id;
 mod user_id;
+pub mod wire;
 
 pub use backoff::Backoff;
 pub use clock::now_ms;
 pub use crash::crash_point;
+pub use email::Email;
 pub use group_commit::GroupCommit;
 pub use invalid::InvalidInput;
 pub use operation::{Operation, OperationKind};

@@ -1,13 +1,13 @@
 use serde::{Deserialize, Serialize};
 
-use crate::{Password, UserId};
+use crate::{Email, Password, UserId};
 
 /// What a transaction does. Both participants receive the same operation in `Prepare`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Operation {
     Register {
         user: UserId,
-        email: String,
+        email: Email,
         password: Password,
     },
     Update {

@@ -1,1 +1,9 @@
+//! The password and history participants of tpc's two-phase commit.
+//!
+//! - `engine`: the participant protocol as a pure state machine (shared by both participants).
+//! - `store`: the durable sled log: PREPARED and COMMITTED records beside the data they guard.
+//! - `resource`: what a participant manages; `password` and `history` are the two resources.
+//! - `hashing`: argon2id on the blocking pool.
+//! - `node`: the runtime that executes the engine's commands; `api` the gRPC services; `server` wiring.
 
+pub mod engine;

@@ -1,0 +1,441 @@
+//! The participant's side of two-phase commit (presumed abort), as a pure state machine.
+//!
+//! Events go in ([`Event`]), commands come out ([`Command`]); the runtime (`node.rs`) does the hashing,
+//! the forced writes and the replies, and feeds the results back as events. The engine is generic over
+//! the prepared change `C` (a new password hash, a new history entry): it never looks inside.
+//!
+//! The rules it keeps (DESIGN §3):
+//! - one transaction per user at a time, without waiting: a locked user makes `Prepare` vote no;
+//! - a yes-vote is given only after the PREPARED record is forced, and is final: from then on the
+//!   participant is in doubt and cannot decide alone; it asks the coordinator with backoff;
+//! - `Commit` and `Abort` are idempotent; an `Abort` before its `Prepare` leaves a tombstone so the late
+//!   `Prepare` votes no (no hanging prepare);
+//! - the user's lock is held from `Prepare` until the outcome is applied, so readers never see a
+//!   half-done change.
+
+use std::collections::HashMap;
+
+use tpc_common::{Backoff, TxnId, UserId};
+
+/// A participant's vote. A yes-vote carries the prepared change, from which the runtime takes what the
+/// coordinator needs (the password participant's vote carries the user's e-mail address).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Vote<C> {
+    Yes(C),
+    No(String),
+}
+
+/// The coordinator's answer to `QueryDecision`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Committed,
+    Aborted,
+    Pending,
+}
+
+/// Why a request cannot be served in the transaction's current state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Another request for this transaction is being worked on; retry.
+    InProgress,
+    /// `Abort` or `Prepare` of a committed transaction.
+    AlreadyCommitted,
+    /// `Commit` of an aborted transaction: the coordinator broke the protocol.
+    AlreadyAborted,
+    /// `Commit` of a transaction that never voted yes.
+    NotPrepared,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event<C> {
+    /// `Prepare` arrived.
+    PrepareRequested { txn: TxnId, user: UserId },
+    /// The expensive checks finished: the change to prepare, or why to vote no.
+    Validated {
+        txn: TxnId,
+        outcome: Result<C, String>,
+    },
+    /// The PREPARED record is on disk.
+    PreparedForced { txn: TxnId, at: u64 },
+    /// `Commit` arrived.
+    CommitRequested { txn: TxnId },
+    /// The change and the COMMITTED record are on disk.
+    CommitApplied { txn: TxnId, at: u64 },
+    /// `Abort` arrived.
+    AbortRequested { txn: TxnId, at: u64 },
+    /// The durable log after a restart: prepared (in-doubt) transactions, and committed ones still
+    /// remembered.
+    Recovered {
+        prepared: Vec<(TxnId, UserId, C)>,
+        committed: Vec<(TxnId, u64)>,
+    },
+    /// The coordinator answered `QueryDecision`.
+    DecisionLearned {
+        txn: TxnId,
+        decision: Decision,
+        at: u64,
+    },
+    /// Time passed: ask about in-doubt transactions, forget old tombstones.
+    Tick { now: u64 },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command<C> {
+    /// Run the expensive checks for this transaction's operation (argon2), then report `Validated`.
+    Validate { txn: TxnId },
+    /// Write and force the PREPARED record, then report `PreparedForced`.
+    ForcePrepared { txn: TxnId, user: UserId, change: C },
+    /// Answer the `Prepare`.
+    Vote { txn: TxnId, vote: Vote<C> },
+    /// Apply the change, write COMMITTED, force both in one batch, then report `CommitApplied`.
+    ApplyCommit { txn: TxnId, change: C },
+    /// Delete the PREPARED record (not forced: a resurrected one is resolved as aborted).
+    DropPrepared { txn: TxnId },
+    /// Delete the remembered COMMITTED record.
+    Forget { txn: TxnId },
+    /// Answer `Commit` or `Abort` with success.
+    Ack { txn: TxnId },
+    /// Answer the request with an error.
+    Refuse { txn: TxnId, refusal: Refusal },
+    /// Ask the coordinator for the outcome, then report `DecisionLearned`.
+    QueryDecision { txn: TxnId },
+    /// The user's lock was released: wake readers waiting for it.
+    LockReleased { user: UserId },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Config {
+    /// How long after voting yes the participant starts asking the coordinator (ms). The coordinator
+    /// normally sends the outcome well before.
+    pub in_doubt_after_ms: u64,
+    /// Between two `QueryDecision`s of one transaction.
+    pub query_backoff: Backoff,
+    /// How long committed and aborted transactions are remembered (ms), to answer repeated or late
+    /// messages correctly.
+    pub tombstone_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            in_doubt_after_ms: 2_000,
+            query_backoff: Backoff::new(
+                std::time::Duration::from_millis(100),
+                std::time::Duration::from_millis(500),
+            ),
+            tombstone_ms: 10 * 60 * 1000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum State<C> {
+    Validating {
+        user: UserId,
+    },
+    Forcing {
+        user: UserId,
+        change: C,
+        abort_requested: bool,
+    },
+    Prepared {
+        user: UserId,
+        change: C,
+        queries: u32,
+        next_query_at: u64,
+    },
+    Committing {
+        user: UserId,
+    },
+    Committed {
+        at: u64,
+    },
+    Aborted {
+        at: u64,
+    },
+}
+
+const ABORTED_REASON: &str = "transaction was aborted";
+
+#[derive(Debug)]
+pub struct Engine<C> {
+    config: Config,
+    txns: HashMap<TxnId, State<C>>,
+    locks: HashMap<UserId, TxnId>,
+}
+
+impl<C: Clone> Engine<C> {
+    pub fn new(config: Config) -> Self {
+        Self {
+            config,
+            txns: HashMap::new(),
+            locks: HashMap::new(),
+        }
+    }
+
+    /// Whether a transaction holds the user's lock; readers wait while it does.
+    pub fn is_locked(&self, user: &UserId) -> bool {
+        self.locks.contains_key(user)
+    }
+
+    /// Transactions that voted yes and do not know the outcome yet.
+    pub fn in_doubt(&self) -> usize {
+        self.txns
+            .values()
+            .filter(|s| matches!(s, State::Prepared { .. }))
+            .count()
+    }
+
+    pub fn handle(&mut self, event: Event<C>) -> Vec<Command<C>> {
+        match event {
+            Event::PrepareRequested { txn, user } => self.prepare(txn, user),
+            Event::Validated { txn, outcome } => self.validated(txn, outcome),
+            Event::PreparedForced { txn, at } => self.prepared_forced(txn, at),
+            Event::CommitRequested { txn } => self.commit(txn),
+            Event::CommitApplied { txn, at } => self.commit_applied(txn, at),
+            Event::AbortRequested { txn, at } => self.abort(txn, at),
+            Event::Recovered {
+                prepared,
+                committed,
+            } => self.recovered(prepared, committed),
+            Event::DecisionLearned { txn, decision, at } => match decision {
+                Decision::Committed => self.commit(txn),
+                Decision::Aborted => self.abort(txn, at),
+                Decision::Pending => Vec::new(),
+            },
+            Event::Tick { now } => self.tick(now),
+        }
+    }
+
+    fn prepare(&mut self, txn: TxnId, user: UserId) -> Vec<Command<C>> {
+        match self.txns.get(&txn) {
+            Some(State::Prepared { change, .. }) => vec![Command::Vote {
+                txn,
+                vote: Vote::Yes(change.clone()),
+            }],
+            Some(State::Aborted { .. }) => vec![vote_no(txn, ABORTED_REASON)],
+            Some(State::Validating { .. } | State::Forcing { .. }) => {
+                vec![refuse(txn, Refusal::InProgress)]
+            }
+            Some(State::Committing { .. } | State::Committed { .. }) => {
+                vec![refuse(txn, Refusal::AlreadyCommitted)]
+            }
+            None if self.locks.contains_key(&user) => vec![vote_no(
+                txn,
+                "conflict: another transaction is changing this user",
+            )],
+            None => {
+                self.locks.insert(user.clone(), txn);
+                self.txns.insert(txn, State::Validating { user });
+                vec![Command::Validate { txn }]
+            }
+        }
+    }
+
+    fn validated(&mut self, txn: TxnId, outcome: Result<C, String>) -> Vec<Command<C>> {
+        match self.txns.get(&txn) {
+            Some(State::Validating { user }) => {
+                let user = user.clone();
+                match outcome {
+                    Ok(change) => {
+                        self.txns.insert(
+                            txn,
+                            State::Forcing {
+                                user: user.clone(),
+                                change: change.clone(),
+                                abort_requested: false,
+                            },
+                        );
+                        vec![Command::ForcePrepared { txn, user, change }]
+                    }
+                    Err(reason) => {
+                        // A no-vote writes nothing and forgets the transaction.
+                        self.txns.remove(&txn);
+                        self.locks.remove(&user);
+                        vec![vote_no(txn, &reason), Command::LockReleased { user }]
+                    }
+                }
+            }
+            // Aborted while the checks ran: the lock is already released.
+            Some(State::Aborted { .. }) => vec![vote_no(txn, ABORTED_REASON)],
+            _ => Vec::new(),
+        }
+    }
+
+    fn prepared_forced(&mut self, txn: TxnId, at: u64) -> Vec<Command<C>> {
+        let Some(State::Forcing {
+            user,
+            change,
+            abort_requested,
+        }) = self.txns.remove(&txn)
+        else {
+            return Vec::new();
+        };
+        if abort_requested {
+            // Abort arrived while the record was being forced: undo it now, then let the user go.
+            self.txns.insert(txn, State::Aborted { at });
+            self.locks.remove(&user);
+            return vec![
+                Command::DropPrepared { txn },
+                Command::LockReleased { user },
+                vote_no(txn, ABORTED_REASON),
+            ];
+        }
+        self.txns.insert(
+            txn,
+            State::Prepared {
+                user,
+                change: change.clone(),
+                queries: 0,
+                next_query_at: at + self.config.in_doubt_after_ms,
+            },
+        );
+        vec![Command::Vote {
+            txn,
+            vote: Vote::Yes(change),
+        }]
+    }
+
+    fn commit(&mut self, txn: TxnId) -> Vec<Command<C>> {
+        match self.txns.get(&txn) {
+            Some(State::Prepared { user, change, .. }) => {
+                let change = change.clone();
+                self.txns
+                    .insert(txn, State::Committing { user: user.clone() });
+                vec![Command::ApplyCommit { txn, change }]
+            }
+            Some(State::Committing { .. }) => vec![refuse(txn, Refusal::InProgress)],
+            // Committed and maybe already forgotten: the coordinator sends Commit only to participants
+            // that voted yes, so an unknown transaction is one that committed long ago.
+            Some(State::Committed { .. }) | None => vec![Command::Ack { txn }],
+            Some(State::Aborted { .. }) => vec![refuse(txn, Refusal::AlreadyAborted)],
+            Some(State::Validating { .. } | State::Forcing { .. }) => {
+                vec![refuse(txn, Refusal::NotPrepared)]
+            }
+        }
+    }
+
+    fn commit_applied(&mut self, txn: TxnId, at: u64) -> Vec<Command<C>> {
+        let Some(State::Committing { user }) = self.txns.get(&txn) else {
+            return Vec::new();
+        };
+        let user = user.clone();
+        self.txns.insert(txn, State::Committed { at });
+        self.locks.remove(&user);
+        vec![Command::LockReleased { user }, Command::Ack { txn }]
+    }
+
+    fn abort(&mut self, txn: TxnId, at: u64) -> Vec<Command<C>> {
+        match self.txns.get_mut(&txn) {
+            None => {
+                // Abort before Prepare: remember it, so a late Prepare votes no.
+                self.txns.insert(txn, State::Aborted { at });
+                vec![Command::Ack { txn }]
+            }
+            Some(State::Aborted { .. }) => vec![Command::Ack { txn }],
+            Some(State::Forcing {
+                abort_requested, ..
+            }) => {
+                *abort_requested = true;
+                vec![Command::Ack { txn }]
+            }
+            Some(State::Validating { user }) => {
+                let user = user.clone();
+                self.txns.insert(txn, State::Aborted { at });
+                self.locks.remove(&user);
+                vec![Command::LockReleased { user }, Command::Ack { txn }]
+            }
+            Some(State::Prepared { user, .. }) => {
+                let user = user.clone();
+                self.txns.insert(txn, State::Aborted { at });
+                self.locks.remove(&user);
+                vec![
+                    Command::DropPrepared { txn },
+                    Command::LockReleased { user },
+                    Command::Ack { txn },
+                ]
+            }
+            Some(State::Committing { .. } | State::Committed { .. }) => {
+                vec![refuse(txn, Refusal::AlreadyCommitted)]
+            }
+        }
+    }
+
+    fn recovered(
+        &mut self,
+        prepared: Vec<(TxnId, UserId, C)>,
+        committed: Vec<(TxnId, u64)>,
+    ) -> Vec<Command<C>> {
+        for (txn, at) in committed {
+            self.txns.insert(txn, State::Committed { at });
+        }
+        for (txn, user, change) in prepared {
+            // In doubt since before the crash: ask at the first tick.
+            self.locks.insert(user.clone(), txn);
+            self.txns.insert(
+                txn,
+                State::Prepared {
+                    user,
+                    change,
+                    queries: 0,
+                    next_query_at: 0,
+                },
+            );
+        }
+        Vec::new()
+    }
+
+    fn tick(&mut self, now: u64) -> Vec<Command<C>> {
+        let retention = self.config.tombstone_ms;
+        let backoff = self.config.query_backoff;
+        let (mut queries, mut expired) = (Vec::new(), Vec::new());
+        for (txn, state) in self.txns.iter_mut() {
+            match state {
+                State::Prepared {
+                    queries: asked,
+                    next_query_at,
+                    ..
+                } if *next_query_at <= now => {
+                    queries.push(*txn);
+                    *next_query_at = now + backoff.delay(*asked).as_millis() as u64;
+                    *asked = asked.saturating_add(1);
+                }
+                State::Committed { at } | State::Aborted { at }
+                    if at.saturating_add(retention) < now =>
+                {
+                    expired.push((*txn, matches!(state, State::Committed { .. })));
+                }
+                _ => {}
+            }
+        }
+        // Sorted, so the order of commands does not depend on the hash map's.
+        queries.sort();
+        expired.sort();
+        let mut out: Vec<Command<C>> = queries
+            .into_iter()
+            .map(|txn| Command::QueryDecision { txn })
+            .collect();
+        for (txn, was_committed) in expired {
+            self.txns.remove(&txn);
+            if was_committed {
+                out.push(Command::Forget { txn });
+            }
+        }
+        out
+    }
+}
+
+fn vote_no<C>(txn: TxnId, reason: &str) -> Command<C> {
+    Command::Vote {
+        txn,
+        vote: Vote::No(reason.to_owned()),
+    }
+}
+
+fn refuse<C>(txn: TxnId, refusal: Refusal) -> Command<C> {
+    Command::Refuse { txn, refusal }
+}
+
+#[cfg(test)]
+#[path = "engine_tests.rs"]
+mod tests;

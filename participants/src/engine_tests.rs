@@ -1,0 +1,505 @@
+//! One event in, the exact commands out, for every event of the participant engine.
+
+use super::*;
+
+type C = &'static str;
+
+fn user(name: &str) -> UserId {
+    UserId::parse(name).unwrap()
+}
+
+fn engine() -> Engine<C> {
+    Engine::new(Config::default())
+}
+
+fn yes(txn: TxnId, change: C) -> Command<C> {
+    Command::Vote {
+        txn,
+        vote: Vote::Yes(change),
+    }
+}
+
+fn no(txn: TxnId, reason: &str) -> Command<C> {
+    Command::Vote {
+        txn,
+        vote: Vote::No(reason.to_owned()),
+    }
+}
+
+/// Drives one transaction to PREPARED (voted yes) for `name`.
+fn prepared(e: &mut Engine<C>, name: &str, change: C) -> TxnId {
+    let txn = TxnId::generate();
+    e.handle(Event::PrepareRequested {
+        txn,
+        user: user(name),
+    });
+    e.handle(Event::Validated {
+        txn,
+        outcome: Ok(change),
+    });
+    assert_eq!(
+        e.handle(Event::PreparedForced { txn, at: 1_000 }),
+        vec![yes(txn, change)]
+    );
+    txn
+}
+
+#[test]
+fn prepare_locks_the_user_and_asks_for_validation() {
+    let mut e = engine();
+    let txn = TxnId::generate();
+    assert_eq!(
+        e.handle(Event::PrepareRequested {
+            txn,
+            user: user("alice")
+        }),
+        vec![Command::Validate { txn }]
+    );
+    assert!(e.is_locked(&user("alice")));
+}
+
+#[test]
+fn validated_change_is_forced_before_the_vote() {
+    let mut e = engine();
+    let txn = TxnId::generate();
+    e.handle(Event::PrepareRequested {
+        txn,
+        user: user("alice"),
+    });
+    assert_eq!(
+        e.handle(Event::Validated {
+            txn,
+            outcome: Ok("hash")
+        }),
+        vec![Command::ForcePrepared {
+            txn,
+            user: user("alice"),
+            change: "hash"
+        }]
+    );
+    assert_eq!(
+        e.handle(Event::PreparedForced { txn, at: 5 }),
+        vec![yes(txn, "hash")]
+    );
+    assert_eq!(e.in_doubt(), 1);
+    assert!(e.is_locked(&user("alice")));
+}
+
+#[test]
+fn failed_validation_votes_no_and_forgets() {
+    let mut e = engine();
+    let txn = TxnId::generate();
+    e.handle(Event::PrepareRequested {
+        txn,
+        user: user("alice"),
+    });
+    assert_eq!(
+        e.handle(Event::Validated {
+            txn,
+            outcome: Err("current password is wrong".into())
+        }),
+        vec![
+            no(txn, "current password is wrong"),
+            Command::LockReleased {
+                user: user("alice")
+            }
+        ]
+    );
+    assert!(!e.is_locked(&user("alice")));
+    // Forgotten: a later Abort finds nothing and just acks.
+    assert_eq!(
+        e.handle(Event::AbortRequested { txn, at: 9 }),
+        vec![Command::Ack { txn }]
+    );
+}
+
+#[test]
+fn a_locked_user_makes_prepare_vote_no_without_waiting() {
+    let mut e = engine();
+    prepared(&mut e, "alice", "h1");
+    let other = TxnId::generate();
+    assert_eq!(
+        e.handle(Event::PrepareRequested {
+            txn: other,
+            user: user("alice")
+        }),
+        vec![no(
+            other,
+            "conflict: another transaction is changing this user"
+        )]
+    );
+    // Other users are not affected.
+    let bob = TxnId::generate();
+    assert_eq!(
+        e.handle(Event::PrepareRequested {
+            txn: bob,
+            user: user("bob")
+        }),
+        vec![Command::Validate { txn: bob }]
+    );
+}
+
+#[test]
+fn repeated_prepare_of_a_prepared_transaction_votes_yes_again() {
+    let mut e = engine();
+    let txn = prepared(&mut e, "alice", "h1");
+    assert_eq!(
+        e.handle(Event::PrepareRequested {
+            txn,
+            user: user("alice")
+        }),
+        vec![yes(txn, "h1")]
+    );
+}
+
+#[test]
+fn prepare_while_the_first_prepare_is_running_is_refused_for_retry() {
+    let mut e = engine();
+    let txn = TxnId::generate();
+    e.handle(Event::PrepareRequested {
+        txn,
+        user: user("alice"),
+    });
+    assert_eq!(
+        e.handle(Event::PrepareRequested {
+            txn,
+            user: user("alice")
+        }),
+        vec![Command::Refuse {
+            txn,
+            refusal: Refusal::InProgress
+        }]
+    );
+}
+
+#[test]
+fn commit_applies_then_releases_and_acks() {
+    let mut e = engine();
+    let txn = prepared(&mut e, "alice", "h1");
+    assert_eq!(
+        e.handle(Event::CommitRequested { txn }),
+        vec![Command::ApplyCommit { txn, change: "h1" }]
+    );
+    assert!(
+        e.is_locked(&user("alice")),
+        "locked until the change is durable"
+    );
+    assert_eq!(
+        e.handle(Event::CommitRequested { txn }),
+        vec![Command::Refuse {
+            txn,
+            refusal: Refusal::InProgress
+        }]
+    );
+    assert_eq!(
+        e.handle(Event::CommitApplied { txn, at: 2_000 }),
+        vec![
+            Command::LockReleased {
+                user: user("alice")
+            },
+            Command::Ack { txn }
+        ]
+    );
+    assert!(!e.is_locked(&user("alice")));
+    assert_eq!(e.in_doubt(), 0);
+}
+
+#[test]
+fn commit_is_idempotent() {
+    let mut e = engine();
+    let txn = prepared(&mut e, "alice", "h1");
+    e.handle(Event::CommitRequested { txn });
+    e.handle(Event::CommitApplied { txn, at: 2_000 });
+    assert_eq!(
+        e.handle(Event::CommitRequested { txn }),
+        vec![Command::Ack { txn }]
+    );
+}
+
+#[test]
+fn commit_of_an_unknown_transaction_acks() {
+    let mut e = engine();
+    let txn = TxnId::generate();
+    assert_eq!(
+        e.handle(Event::CommitRequested { txn }),
+        vec![Command::Ack { txn }]
+    );
+}
+
+#[test]
+fn commit_of_an_aborted_or_unprepared_transaction_is_refused() {
+    let mut e = engine();
+    let aborted = prepared(&mut e, "alice", "h1");
+    e.handle(Event::AbortRequested {
+        txn: aborted,
+        at: 3,
+    });
+    assert_eq!(
+        e.handle(Event::CommitRequested { txn: aborted }),
+        vec![Command::Refuse {
+            txn: aborted,
+            refusal: Refusal::AlreadyAborted
+        }]
+    );
+    let validating = TxnId::generate();
+    e.handle(Event::PrepareRequested {
+        txn: validating,
+        user: user("bob"),
+    });
+    assert_eq!(
+        e.handle(Event::CommitRequested { txn: validating }),
+        vec![Command::Refuse {
+            txn: validating,
+            refusal: Refusal::NotPrepared
+        }]
+    );
+}
+
+#[test]
+fn abort_of_a_prepared_transaction_drops_it() {
+    let mut e = engine();
+    let txn = prepared(&mut e, "alice", "h1");
+    assert_eq!(
+        e.handle(Event::AbortRequested { txn, at: 3 }),
+        vec![
+            Command::DropPrepared { txn },
+            Command::LockReleased {
+                user: user("alice")
+            },
+            Command::Ack { txn }
+        ]
+    );
+    assert!(!e.is_locked(&user("alice")));
+    assert_eq!(
+        e.handle(Event::AbortRequested { txn, at: 4 }),
+        vec![Command::Ack { txn }]
+    );
+}
+
+#[test]
+fn abort_before_prepare_prevents_a_hanging_prepare() {
+    let mut e = engine();
+    let txn = TxnId::generate();
+    assert_eq!(
+        e.handle(Event::AbortRequested { txn, at: 1 }),
+        vec![Command::Ack { txn }]
+    );
+    assert_eq!(
+        e.handle(Event::PrepareRequested {
+            txn,
+            user: user("alice")
+        }),
+        vec![no(txn, "transaction was aborted")]
+    );
+    assert!(!e.is_locked(&user("alice")));
+}
+
+#[test]
+fn abort_during_validation_releases_at_once_and_the_prepare_votes_no() {
+    let mut e = engine();
+    let txn = TxnId::generate();
+    e.handle(Event::PrepareRequested {
+        txn,
+        user: user("alice"),
+    });
+    assert_eq!(
+        e.handle(Event::AbortRequested { txn, at: 1 }),
+        vec![
+            Command::LockReleased {
+                user: user("alice")
+            },
+            Command::Ack { txn }
+        ]
+    );
+    assert_eq!(
+        e.handle(Event::Validated {
+            txn,
+            outcome: Ok("h1")
+        }),
+        vec![no(txn, "transaction was aborted")]
+    );
+}
+
+#[test]
+fn abort_during_the_forced_write_undoes_it_when_it_lands() {
+    let mut e = engine();
+    let txn = TxnId::generate();
+    e.handle(Event::PrepareRequested {
+        txn,
+        user: user("alice"),
+    });
+    e.handle(Event::Validated {
+        txn,
+        outcome: Ok("h1"),
+    });
+    assert_eq!(
+        e.handle(Event::AbortRequested { txn, at: 1 }),
+        vec![Command::Ack { txn }]
+    );
+    assert!(
+        e.is_locked(&user("alice")),
+        "held until the record is dropped"
+    );
+    assert_eq!(
+        e.handle(Event::PreparedForced { txn, at: 2 }),
+        vec![
+            Command::DropPrepared { txn },
+            Command::LockReleased {
+                user: user("alice")
+            },
+            no(txn, "transaction was aborted")
+        ]
+    );
+}
+
+#[test]
+fn abort_of_a_committed_transaction_is_refused() {
+    let mut e = engine();
+    let txn = prepared(&mut e, "alice", "h1");
+    e.handle(Event::CommitRequested { txn });
+    assert_eq!(
+        e.handle(Event::AbortRequested { txn, at: 1 }),
+        vec![Command::Refuse {
+            txn,
+            refusal: Refusal::AlreadyCommitted
+        }]
+    );
+    e.handle(Event::CommitApplied { txn, at: 2 });
+    assert_eq!(
+        e.handle(Event::AbortRequested { txn, at: 3 }),
+        vec![Command::Refuse {
+            txn,
+            refusal: Refusal::AlreadyCommitted
+        }]
+    );
+    assert_eq!(
+        e.handle(Event::PrepareRequested {
+            txn,
+            user: user("alice")
+        }),
+        vec![Command::Refuse {
+            txn,
+            refusal: Refusal::AlreadyCommitted
+        }]
+    );
+}
+
+#[test]
+fn recovered_prepared_transactions_are_locked_and_queried_at_once() {
+    let mut e = engine();
+    let (a, b) = (TxnId::generate(), TxnId::generate());
+    let done = TxnId::generate();
+    assert_eq!(
+        e.handle(Event::Recovered {
+            prepared: vec![(a, user("alice"), "h1"), (b, user("bob"), "h2")],
+            committed: vec![(done, 50)],
+        }),
+        vec![]
+    );
+    assert!(e.is_locked(&user("alice")) && e.is_locked(&user("bob")));
+    assert_eq!(e.in_doubt(), 2);
+    assert_eq!(
+        e.handle(Event::Tick { now: 100 }),
+        vec![
+            Command::QueryDecision { txn: a },
+            Command::QueryDecision { txn: b }
+        ]
+    );
+    assert_eq!(
+        e.handle(Event::CommitRequested { txn: done }),
+        vec![Command::Ack { txn: done }]
+    );
+}
+
+#[test]
+fn in_doubt_queries_back_off_exponentially_up_to_the_cap() {
+    let mut e = engine();
+    let txn = prepared(&mut e, "alice", "h1"); // prepared at 1_000, in doubt from 3_000
+    assert_eq!(e.handle(Event::Tick { now: 2_999 }), vec![]);
+    let mut asked_at = Vec::new();
+    for now in (3_000..6_000).step_by(10) {
+        if !e.handle(Event::Tick { now }).is_empty() {
+            asked_at.push(now);
+        }
+    }
+    // 100, 200, 400, then the 500 ms cap.
+    assert_eq!(&asked_at[..6], &[3_000, 3_100, 3_300, 3_700, 4_200, 4_700]);
+    let _ = txn;
+}
+
+#[test]
+fn learned_decisions_finish_the_transaction() {
+    let mut e = engine();
+    let committed = prepared(&mut e, "alice", "h1");
+    let aborted = prepared(&mut e, "bob", "h2");
+    let pending = prepared(&mut e, "carol", "h3");
+    assert_eq!(
+        e.handle(Event::DecisionLearned {
+            txn: committed,
+            decision: Decision::Committed,
+            at: 9
+        }),
+        vec![Command::ApplyCommit {
+            txn: committed,
+            change: "h1"
+        }]
+    );
+    assert_eq!(
+        e.handle(Event::DecisionLearned {
+            txn: aborted,
+            decision: Decision::Aborted,
+            at: 9
+        }),
+        vec![
+            Command::DropPrepared { txn: aborted },
+            Command::LockReleased { user: user("bob") },
+            Command::Ack { txn: aborted }
+        ]
+    );
+    assert_eq!(
+        e.handle(Event::DecisionLearned {
+            txn: pending,
+            decision: Decision::Pending,
+            at: 9
+        }),
+        vec![]
+    );
+    assert!(e.is_locked(&user("carol")));
+}
+
+#[test]
+fn old_tombstones_are_forgotten() {
+    let mut e = engine();
+    let committed = prepared(&mut e, "alice", "h1");
+    e.handle(Event::CommitRequested { txn: committed });
+    e.handle(Event::CommitApplied {
+        txn: committed,
+        at: 1_000,
+    });
+    let aborted = TxnId::generate();
+    e.handle(Event::AbortRequested {
+        txn: aborted,
+        at: 1_000,
+    });
+    let retention = Config::default().tombstone_ms;
+    assert_eq!(
+        e.handle(Event::Tick {
+            now: 1_000 + retention
+        }),
+        vec![]
+    );
+    assert_eq!(
+        e.handle(Event::Tick {
+            now: 1_001 + retention
+        }),
+        vec![Command::Forget { txn: committed }]
+    );
+    // The aborted tombstone is gone too: a very late Prepare would now run (and be resolved by asking).
+    assert_eq!(
+        e.handle(Event::PrepareRequested {
+            txn: aborted,
+            user: user("bob")
+        }),
+        vec![Command::Validate { txn: aborted }]
+    );
+}

@@ -7,3 +7,11 @@
 //! - `node`: the runtime that executes the engine's commands; `api` the gRPC services; `server` wiring.
 
 pub mod engine;
+pub mod hashing;
+pub mod history;
+pub mod password;
+pub mod resource;
+pub mod store;
+pub mod node;
+pub mod api;
+pub mod server;

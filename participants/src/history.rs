@@ -1,0 +1,91 @@
+//! The history participant's resource: per user, the list of password changes (newest first), with the
+//! argon2id hashes of the most recent ones, so a recently used password can be refused.
+
+use serde::{Deserialize, Serialize};
+use tpc_common::{Operation, OperationKind, TxnId, UserId};
+
+use crate::hashing::Hasher;
+use crate::resource::Resource;
+use crate::store::{Data, StoreError};
+
+/// One password change.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Entry {
+    pub txn: TxnId,
+    pub changed_at: u64,
+    /// Kept for the newest `depth` entries only; older entries keep just the fact of the change.
+    pub hash: Option<String>,
+}
+
+/// A prepared history entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryChange {
+    pub user: UserId,
+    pub kind: OperationKind,
+    pub hash: String,
+}
+
+pub struct Histories {
+    pub hasher: Hasher,
+    /// How many recent passwords are refused (default 5).
+    pub depth: usize,
+}
+
+impl Resource for Histories {
+    type Change = HistoryChange;
+    const NAME: &'static str = "history";
+
+    fn validate(&self, data: &Data, op: &Operation) -> Result<Result<HistoryChange, String>, StoreError> {
+        let entries: Vec<Entry> = data.get(op.user())?.unwrap_or_default();
+        match op {
+            Operation::Register { .. } if !entries.is_empty() => {
+                return Ok(Err("user exists".into()));
+            }
+            Operation::Update { .. } if entries.is_empty() => {
+                return Ok(Err("unknown user".into()));
+            }
+            _ => {}
+        }
+        let new = op.new_password();
+        let reused = entries
+            .iter()
+            .filter_map(|e| e.hash.as_deref())
+            .any(|hash| self.hasher.verify(new, hash));
+        if reused {
+            return Ok(Err("password was used recently".into()));
+        }
+        Ok(self.hasher.hash(new).map(|hash| HistoryChange {
+            user: op.user().clone(),
+            kind: op.kind(),
+            hash,
+        }))
+    }
+
+    fn apply(
+        &self,
+        data: &Data,
+        txn: TxnId,
+        change: &HistoryChange,
+        at: u64,
+        batch: &mut sled::Batch,
+    ) -> Result<(), StoreError> {
+        let mut entries: Vec<Entry> = data.get(&change.user)?.unwrap_or_default();
+        // A repeated commit after a crash between apply and ack must not append twice.
+        if entries.first().is_some_and(|e| e.txn == txn) {
+            return Ok(());
+        }
+        entries.insert(
+            0,
+            Entry {
+                txn,
+                changed_at: at,
+                hash: Some(change.hash.clone()),
+            },
+        );
+        for old in entries.iter_mut().skip(self.depth) {
+            old.hash = None;
+        }
+        Data::put(batch, &change.user, &entries);
+        Ok(())
+    }
+}

@@ -1,0 +1,258 @@
+//! The participant runtime: executes the engine's commands (argon2 on the blocking pool, forced writes
+//! through the group commit, replies, `QueryDecision` calls) and feeds the results back as events.
+//!
+//! The engine sits behind a plain mutex that is never held across an `.await`: every event is handled
+//! synchronously, and the slow work happens between events.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tonic::Status;
+use tonic::transport::Channel;
+use tpc_common::{Operation, TxnId, UserId, crash_point, now_ms};
+use tpc_proto::v1::query_decision_response::Decision as WireDecision;
+use tpc_proto::v1::transaction_manager_client::TransactionManagerClient;
+use tpc_proto::v1::QueryDecisionRequest;
+use tracing::{Instrument, debug, error, info, info_span, warn};
+
+use crate::engine::{Command, Config, Decision, Engine, Event, Refusal, Vote};
+use crate::resource::Resource;
+use crate::store::{Data, Store, StoreError};
+
+/// How a request driven through the engine was answered.
+#[derive(Debug)]
+pub enum Reply<C> {
+    Vote(Vote<C>),
+    Ack,
+    /// Internal events (ticks, learned decisions) answer nobody.
+    Nothing,
+}
+
+pub struct Node<R: Resource> {
+    engine: Mutex<Engine<R::Change>>,
+    store: Store<R::Change>,
+    data: Data,
+    resource: Arc<R>,
+    released: Notify,
+    coordinator: TransactionManagerClient<Channel>,
+    read_wait: Duration,
+}
+
+impl<R: Resource> Node<R> {
+    /// Opens the store, recovers in-doubt transactions and locks their users.
+    pub fn open(
+        resource: R,
+        store: Store<R::Change>,
+        coordinator: Channel,
+        config: Config,
+        read_wait: Duration,
+    ) -> Result<Arc<Self>, StoreError> {
+        let recovered = store.recover()?;
+        let mut engine = Engine::new(config);
+        if !recovered.prepared.is_empty() {
+            info!(
+                participant = R::NAME,
+                in_doubt = recovered.prepared.len(),
+                "recovered prepared transactions; asking the coordinator for their outcome"
+            );
+        }
+        engine.handle(Event::Recovered {
+            prepared: recovered.prepared,
+            committed: recovered.committed,
+        });
+        Ok(Arc::new(Self {
+            engine: Mutex::new(engine),
+            data: store.data(),
+            store,
+            resource: Arc::new(resource),
+            released: Notify::new(),
+            coordinator: TransactionManagerClient::new(coordinator),
+            read_wait,
+        }))
+    }
+
+    pub fn data(&self) -> &Data {
+        &self.data
+    }
+
+    pub fn in_doubt(&self) -> usize {
+        self.engine().in_doubt()
+    }
+
+    fn engine(&self) -> std::sync::MutexGuard<'_, Engine<R::Change>> {
+        // A panic while holding the lock would be an engine bug; the state is still the best we have.
+        self.engine.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Handles `event`, then every command that follows from it, until the request is answered.
+    pub async fn drive(
+        self: &Arc<Self>,
+        event: Event<R::Change>,
+        op: Option<&Operation>,
+    ) -> Result<Reply<R::Change>, Status> {
+        let mut queue: VecDeque<_> = self.engine().handle(event).into();
+        let mut reply = Reply::Nothing;
+        while let Some(command) = queue.pop_front() {
+            let next = match command {
+                Command::Validate { txn } => {
+                    let Some(op) = op.cloned() else {
+                        return Err(Status::internal("validation without an operation"));
+                    };
+                    let (resource, data) = (self.resource.clone(), self.data.clone());
+                    let outcome = tokio::task::spawn_blocking(move || resource.validate(&data, &op))
+                        .await
+                        .map_err(|e| Status::internal(format!("validation task failed: {e}")))?
+                        .unwrap_or_else(|e| fatal(e));
+                    if let Err(reason) = &outcome {
+                        info!(participant = R::NAME, %txn, reason, "voting no");
+                    }
+                    Some(Event::Validated { txn, outcome })
+                }
+                Command::ForcePrepared { txn, user, change } => {
+                    crash_point("part.before_prepare_forced");
+                    let at = now_ms();
+                    if let Err(e) = self.store.force_prepared(txn, &user, &change, at).await {
+                        fatal(e)
+                    }
+                    crash_point("part.after_prepare_forced");
+                    Some(Event::PreparedForced { txn, at })
+                }
+                Command::ApplyCommit { txn, change } => {
+                    crash_point("part.before_commit_applied");
+                    let at = now_ms();
+                    let mut batch = sled::Batch::default();
+                    let applied = self
+                        .resource
+                        .apply(&self.data, txn, &change, at, &mut batch);
+                    if let Err(e) = applied {
+                        fatal(e)
+                    }
+                    if let Err(e) = self.store.force_commit(txn, batch, at).await {
+                        fatal(e)
+                    }
+                    info!(participant = R::NAME, %txn, "committed");
+                    crash_point("part.after_commit_forced");
+                    Some(Event::CommitApplied { txn, at })
+                }
+                Command::DropPrepared { txn } | Command::Forget { txn } => {
+                    if let Err(e) = self.store.remove(txn) {
+                        fatal(e)
+                    }
+                    None
+                }
+                Command::Vote { vote, .. } => {
+                    reply = Reply::Vote(vote);
+                    None
+                }
+                Command::Ack { .. } => {
+                    reply = Reply::Ack;
+                    None
+                }
+                Command::Refuse { txn, refusal } => return Err(refusal_status(txn, refusal)),
+                Command::QueryDecision { txn } => {
+                    self.spawn_query(txn);
+                    None
+                }
+                Command::LockReleased { .. } => {
+                    self.released.notify_waiters();
+                    None
+                }
+            };
+            if let Some(event) = next {
+                queue.extend(self.engine().handle(event));
+            }
+        }
+        Ok(reply)
+    }
+
+    /// Asks the coordinator for an in-doubt transaction's outcome and applies what it says.
+    fn spawn_query(self: &Arc<Self>, txn: TxnId) {
+        let node = self.clone();
+        let span = info_span!("in_doubt", participant = R::NAME, txn_id = %txn);
+        tokio::spawn(
+            async move {
+                let mut client = node.coordinator.clone();
+                let request = tpc_common::telemetry::request_with_txn_id(
+                    QueryDecisionRequest {
+                        txn_id: txn.to_string(),
+                    },
+                    &txn,
+                );
+                let answer = tokio::time::timeout(Duration::from_secs(2), client.query_decision(request)).await;
+                let decision = match answer {
+                    Ok(Ok(resp)) => match resp.into_inner().decision() {
+                        WireDecision::Committed => Decision::Committed,
+                        WireDecision::Aborted => Decision::Aborted,
+                        WireDecision::Pending | WireDecision::Unspecified => Decision::Pending,
+                    },
+                    Ok(Err(status)) => {
+                        debug!(code = ?status.code(), "coordinator did not answer QueryDecision");
+                        return;
+                    }
+                    Err(_) => {
+                        debug!("QueryDecision timed out");
+                        return;
+                    }
+                };
+                info!(?decision, "in-doubt transaction: coordinator answered");
+                let event = Event::DecisionLearned {
+                    txn,
+                    decision,
+                    at: now_ms(),
+                };
+                if let Err(status) = node.drive(event, None).await {
+                    warn!(%status, "could not apply the learned decision");
+                }
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Runs the engine's clock: in-doubt queries and forgetting old tombstones.
+    pub async fn tick_forever(self: Arc<Self>, every: Duration) {
+        let mut interval = tokio::time::interval(every);
+        loop {
+            interval.tick().await;
+            if let Err(status) = self.drive(Event::Tick { now: now_ms() }, None).await {
+                warn!(%status, "tick failed");
+            }
+        }
+    }
+
+    /// Waits until no transaction holds `user`'s lock, so a read never sees a half-done change; gives up
+    /// with `UNAVAILABLE` after the read deadline (the coordinator may be down with the user in doubt).
+    pub async fn wait_unlocked(&self, user: &UserId) -> Result<(), Status> {
+        let deadline = tokio::time::Instant::now() + self.read_wait;
+        loop {
+            let released = self.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            if !self.engine().is_locked(user) {
+                return Ok(());
+            }
+            if tokio::time::timeout_at(deadline, released).await.is_err() {
+                return Err(Status::unavailable(
+                    "the user has a transaction in doubt; try again later",
+                ));
+            }
+        }
+    }
+}
+
+fn refusal_status(txn: TxnId, refusal: Refusal) -> Status {
+    match refusal {
+        Refusal::InProgress => Status::unavailable(format!("{txn} is being worked on; retry")),
+        Refusal::AlreadyCommitted => Status::failed_precondition(format!("{txn} is committed")),
+        Refusal::AlreadyAborted => Status::failed_precondition(format!("{txn} was aborted")),
+        Refusal::NotPrepared => Status::failed_precondition(format!("{txn} is not prepared")),
+    }
+}
+
+/// A failed forced write leaves the participant unable to keep its promises: stop at once and let
+/// recovery start from what is durable (as databases do when fsync fails).
+fn fatal(err: StoreError) -> ! {
+    error!(cause = %err, "storage failed; aborting the process");
+    std::process::abort()
+}

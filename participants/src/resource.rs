@@ -1,0 +1,39 @@
+//! What a participant manages. The engine and the runtime are the same for both participants; a
+//! `Resource` supplies the two things that differ: how to check and prepare an operation, and how to
+//! apply a prepared change.
+
+use std::fmt::Debug;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tpc_common::{Operation, TxnId};
+
+use crate::store::{Data, StoreError};
+
+pub trait Resource: Send + Sync + 'static {
+    /// The prepared change, as written in the PREPARED record: hashes, never a plaintext.
+    type Change: Clone + Debug + Serialize + DeserializeOwned + Send + Sync + 'static;
+
+    /// `"password"` or `"history"`, for logs.
+    const NAME: &'static str;
+
+    /// Checks the operation against the committed data and does the expensive work (argon2). Runs on
+    /// the blocking pool while the user's lock is held, so the data cannot change underneath.
+    /// `Ok(None)`-style "no" answers are `Err(reason)`; storage failures are `Err(StoreError)`.
+    fn validate(&self, data: &Data, op: &Operation) -> Result<Result<Self::Change, String>, StoreError>;
+
+    /// Adds the writes that apply `change` to `batch`.
+    fn apply(
+        &self,
+        data: &Data,
+        txn: TxnId,
+        change: &Self::Change,
+        at: u64,
+        batch: &mut sled::Batch,
+    ) -> Result<(), StoreError>;
+
+    /// What the yes-vote tells the coordinator (the password participant: the user's e-mail address).
+    fn vote_detail(_change: &Self::Change) -> String {
+        String::new()
+    }
+}

@@ -1,0 +1,139 @@
+//! Wiring of one participant process: store, node, background clock, gRPC services.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tonic::transport::Endpoint;
+use tpc_proto::MAX_MESSAGE_BYTES;
+use tpc_proto::v1::history_reader_server::HistoryReaderServer;
+use tpc_proto::v1::participant_server::ParticipantServer;
+use tpc_proto::v1::password_reader_server::PasswordReaderServer;
+use tracing::info;
+
+use crate::api::{HistoryApi, ParticipantApi, PasswordApi};
+use crate::engine;
+use crate::hashing::{Cost, Hasher};
+use crate::history::Histories;
+use crate::node::Node;
+use crate::password::Passwords;
+use crate::resource::Resource;
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Password,
+    History,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub role: Role,
+    pub data_dir: PathBuf,
+    /// The coordinator's URL, for `QueryDecision`.
+    pub coordinator: String,
+    pub cost: Cost,
+    /// History only: how many recent passwords are refused.
+    pub history_depth: usize,
+    /// How long a read waits for a user's in-doubt transaction before `UNAVAILABLE`.
+    pub read_wait: Duration,
+    pub engine: engine::Config,
+}
+
+impl Config {
+    pub fn new(role: Role, data_dir: PathBuf, coordinator: String) -> Self {
+        Self {
+            role,
+            data_dir,
+            coordinator,
+            cost: Cost::Owasp,
+            history_depth: 5,
+            read_wait: Duration::from_secs(3),
+            engine: engine::Config::default(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("bad coordinator URL: {0}")]
+    CoordinatorUrl(String),
+    #[error(transparent)]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Serves the participant on `listener` until `shutdown` completes.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| StoreError::Sled(e.into()))?;
+    let coordinator = Endpoint::from_shared(config.coordinator.clone())
+        .map_err(|e| ServeError::CoordinatorUrl(e.to_string()))?
+        .connect_timeout(Duration::from_secs(1))
+        .connect_lazy();
+    let hasher = Hasher::new(config.cost);
+    let addr = listener.local_addr().ok();
+    match config.role {
+        Role::Password => {
+            let node = open(Passwords { hasher }, &config, coordinator)?;
+            let clock = tokio::spawn(node.clone().tick_forever(TICK));
+            info!(?addr, data_dir = %config.data_dir.display(), "password participant listening");
+            let router = tpc_common::serve::router(&["tpc.v1.Participant", "tpc.v1.PasswordReader"])
+                .await
+                .add_service(participant_server(node.clone()))
+                .add_service(
+                    PasswordReaderServer::new(PasswordApi(node))
+                        .max_decoding_message_size(MAX_MESSAGE_BYTES),
+                );
+            let served = tpc_common::serve::run(router, listener, shutdown).await;
+            clock.abort();
+            served?;
+        }
+        Role::History => {
+            let node = open(
+                Histories {
+                    hasher,
+                    depth: config.history_depth,
+                },
+                &config,
+                coordinator,
+            )?;
+            let clock = tokio::spawn(node.clone().tick_forever(TICK));
+            info!(?addr, data_dir = %config.data_dir.display(), "history participant listening");
+            let router = tpc_common::serve::router(&["tpc.v1.Participant", "tpc.v1.HistoryReader"])
+                .await
+                .add_service(participant_server(node.clone()))
+                .add_service(
+                    HistoryReaderServer::new(HistoryApi(node))
+                        .max_decoding_message_size(MAX_MESSAGE_BYTES),
+                );
+            let served = tpc_common::serve::run(router, listener, shutdown).await;
+            clock.abort();
+            served?;
+        }
+    }
+    info!("participant stopped");
+    Ok(())
+}
+
+/// How often the engine's clock ticks: in-doubt transactions are asked about within this of a restart.
+const TICK: Duration = Duration::from_millis(100);
+
+fn open<R: Resource>(
+    resource: R,
+    config: &Config,
+    coordinator: tonic::transport::Channel,
+) -> Result<Arc<Node<R>>, StoreError> {
+    let store = Store::open(&config.data_dir.join(R::NAME))?;
+    Node::open(resource, store, coordinator, config.engine, config.read_wait)
+}
+
+fn participant_server<R: Resource>(node: Arc<Node<R>>) -> ParticipantServer<ParticipantApi<R>> {
+    ParticipantServer::new(ParticipantApi(node)).max_decoding_message_size(MAX_MESSAGE_BYTES)
+}

@@ -1,0 +1,162 @@
+//! The participant's durable state in one sled database: the transaction log (PREPARED and COMMITTED
+//! records, keys `t/<txn>`) beside the data it guards (keys `d/<user>`). A commit writes the new data
+//! and the COMMITTED record in one atomic batch, so they can never disagree after a crash.
+
+use std::marker::PhantomData;
+use std::path::Path;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tpc_common::{GroupCommit, TxnId, UserId};
+
+const TXN: &[u8] = b"t/";
+const DATA: &[u8] = b"d/";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("storage flush: {0}")]
+    Flush(#[from] std::sync::Arc<sled::Error>),
+    #[error("corrupt record {key}: {cause}")]
+    Corrupt { key: String, cause: String },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+enum TxnRecord<C> {
+    Prepared { user: UserId, change: C, at: u64 },
+    Committed { at: u64 },
+}
+
+/// What the log holds after a restart.
+pub struct Recovered<C> {
+    pub prepared: Vec<(TxnId, UserId, C)>,
+    pub committed: Vec<(TxnId, u64)>,
+}
+
+/// Read and batch-write access to the participant's data (`d/<user>` → JSON).
+#[derive(Clone)]
+pub struct Data {
+    db: sled::Db,
+}
+
+impl Data {
+    pub fn get<T: DeserializeOwned>(&self, user: &UserId) -> Result<Option<T>, StoreError> {
+        let key = data_key(user);
+        self.db
+            .get(&key)?
+            .map(|raw| decode(&key, &raw))
+            .transpose()
+    }
+
+    pub fn put<T: Serialize>(batch: &mut sled::Batch, user: &UserId, value: &T) {
+        batch.insert(data_key(user), encode(value));
+    }
+}
+
+pub struct Store<C> {
+    db: sled::Db,
+    forcer: GroupCommit,
+    _change: PhantomData<fn() -> C>,
+}
+
+impl<C: Serialize + DeserializeOwned> Store<C> {
+    /// Opens (or creates) the database; must run inside a tokio runtime (it starts the group commit).
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let db = sled::open(dir)?;
+        let forcer = GroupCommit::start(db.clone());
+        Ok(Self {
+            db,
+            forcer,
+            _change: PhantomData,
+        })
+    }
+
+    pub fn data(&self) -> Data {
+        Data {
+            db: self.db.clone(),
+        }
+    }
+
+    pub fn recover(&self) -> Result<Recovered<C>, StoreError> {
+        let mut recovered = Recovered {
+            prepared: Vec::new(),
+            committed: Vec::new(),
+        };
+        for item in self.db.scan_prefix(TXN) {
+            let (key, raw) = item?;
+            let txn = TxnId::from_bytes(&key[TXN.len()..]).ok_or_else(|| StoreError::Corrupt {
+                key: String::from_utf8_lossy(&key).into_owned(),
+                cause: "not a transaction id".into(),
+            })?;
+            match decode(&key, &raw)? {
+                TxnRecord::Prepared { user, change, .. } => {
+                    recovered.prepared.push((txn, user, change))
+                }
+                TxnRecord::Committed { at } => recovered.committed.push((txn, at)),
+            }
+        }
+        Ok(recovered)
+    }
+
+    /// Writes the PREPARED record and returns once it is on disk: only then may the participant vote yes.
+    pub async fn force_prepared(
+        &self,
+        txn: TxnId,
+        user: &UserId,
+        change: &C,
+        at: u64,
+    ) -> Result<(), StoreError>
+    where
+        C: Clone,
+    {
+        let record = TxnRecord::Prepared {
+            user: user.clone(),
+            change: change.clone(),
+            at,
+        };
+        self.db.insert(txn_key(txn), encode(&record))?;
+        self.forcer.force().await?;
+        Ok(())
+    }
+
+    /// Applies `data_writes` and replaces PREPARED with COMMITTED, atomically and forced.
+    pub async fn force_commit(
+        &self,
+        txn: TxnId,
+        mut data_writes: sled::Batch,
+        at: u64,
+    ) -> Result<(), StoreError> {
+        data_writes.insert(txn_key(txn), encode(&TxnRecord::<C>::Committed { at }));
+        self.db.apply_batch(data_writes)?;
+        self.forcer.force().await?;
+        Ok(())
+    }
+
+    /// Deletes a transaction's record (an aborted PREPARED one, or an old COMMITTED one). Not forced: a
+    /// PREPARED record that comes back after a crash is asked about and resolves as aborted.
+    pub fn remove(&self, txn: TxnId) -> Result<(), StoreError> {
+        self.db.remove(txn_key(txn))?;
+        Ok(())
+    }
+}
+
+fn txn_key(txn: TxnId) -> Vec<u8> {
+    [TXN, txn.as_bytes()].concat()
+}
+
+fn data_key(user: &UserId) -> Vec<u8> {
+    [DATA, user.as_str().as_bytes()].concat()
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Serializing plain structs of strings and numbers to JSON cannot fail.
+    serde_json::to_vec(value).expect("records serialize")
+}
+
+fn decode<T: DeserializeOwned>(key: &[u8], raw: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(raw).map_err(|e| StoreError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        cause: e.to_string(),
+    })
+}

@@ -1,1 +1,10 @@
+//! The tpc transaction manager.
+//!
+//! - `engine`: two-phase commit with presumed abort, as a pure state machine.
+//! - `log`: the durable sled log: COMMIT records, the e-mail outbox, END and ABORT notes.
+//! - `email`: what the user is told, composed from a COMMIT record.
+//! - `outbox`: the dispatcher that delivers the outbox with lettre, at least once.
+//! - `peers`: gRPC clients of the two participants.
+//! - `runtime`: executes the engine's commands; `service` the gRPC API; `server` wiring.
 
+pub mod engine;

@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 use tpc_common::{Operation, Password, TxnId, UserId, now_ms, telemetry, wire};
+use tpc_proto::v1::history_reader_server::HistoryReader;
 use tpc_proto::v1::participant_server::Participant;
 use tpc_proto::v1::password_reader_server::PasswordReader;
-use tpc_proto::v1::history_reader_server::HistoryReader;
 use tpc_proto::v1::{
     AbortRequest, Ack, CommitRequest, GetHistoryRequest, GetUserRequest, History, PrepareRequest,
     PrepareResponse, User, VerifyPasswordRequest, VerifyPasswordResponse, history,
@@ -24,9 +24,19 @@ use crate::resource::Resource;
 /// `tpc.v1.Participant` for either resource.
 pub struct ParticipantApi<R: Resource>(pub Arc<Node<R>>);
 
-fn txn_span<T>(request: &Request<T>, rpc: &'static str, participant: &'static str, txn: &str) -> tracing::Span {
+fn txn_span<T>(
+    request: &Request<T>,
+    rpc: &'static str,
+    participant: &'static str,
+    txn: &str,
+) -> tracing::Span {
     let propagated = telemetry::txn_id_from(request);
-    info_span!("rpc", rpc, participant, txn_id = propagated.as_deref().unwrap_or(txn))
+    info_span!(
+        "rpc",
+        rpc,
+        participant,
+        txn_id = propagated.as_deref().unwrap_or(txn)
+    )
 }
 
 fn storage(e: crate::store::StoreError) -> Status {
@@ -35,7 +45,10 @@ fn storage(e: crate::store::StoreError) -> Status {
 
 #[tonic::async_trait]
 impl<R: Resource> Participant for ParticipantApi<R> {
-    async fn prepare(&self, request: Request<PrepareRequest>) -> Result<Response<PrepareResponse>, Status> {
+    async fn prepare(
+        &self,
+        request: Request<PrepareRequest>,
+    ) -> Result<Response<PrepareResponse>, Status> {
         let span = txn_span(&request, "Prepare", R::NAME, &request.get_ref().txn_id);
         let req = request.into_inner();
         let txn = TxnId::parse(&req.txn_id)?;
@@ -56,7 +69,9 @@ impl<R: Resource> Participant for ParticipantApi<R> {
                 reason,
                 email: String::new(),
             },
-            Reply::Ack | Reply::Nothing => return Err(Status::internal("prepare was not answered")),
+            Reply::Ack | Reply::Nothing => {
+                return Err(Status::internal("prepare was not answered"));
+            }
         };
         Ok(Response::new(response))
     }
@@ -130,7 +145,10 @@ pub struct HistoryApi(pub Arc<Node<Histories>>);
 
 #[tonic::async_trait]
 impl HistoryReader for HistoryApi {
-    async fn get_history(&self, request: Request<GetHistoryRequest>) -> Result<Response<History>, Status> {
+    async fn get_history(
+        &self,
+        request: Request<GetHistoryRequest>,
+    ) -> Result<Response<History>, Status> {
         let user = UserId::parse(&request.get_ref().user_id)?;
         self.0.wait_unlocked(&user).await?;
         let entries: Vec<Entry> = self

@@ -1,8 +1,8 @@
 //! argon2id password hashing. Every call here is CPU-heavy (≈34 ms at OWASP cost) and must run on the
 //! blocking pool: callers use `tokio::task::spawn_blocking`, never an async worker.
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::password_hash::rand_core::OsRng;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
 use tpc_common::Password;
 

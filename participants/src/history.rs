@@ -35,7 +35,11 @@ impl Resource for Histories {
     type Change = HistoryChange;
     const NAME: &'static str = "history";
 
-    fn validate(&self, data: &Data, op: &Operation) -> Result<Result<HistoryChange, String>, StoreError> {
+    fn validate(
+        &self,
+        data: &Data,
+        op: &Operation,
+    ) -> Result<Result<HistoryChange, String>, StoreError> {
         let entries: Vec<Entry> = data.get(op.user())?.unwrap_or_default();
         match op {
             Operation::Register { .. } if !entries.is_empty() => {

@@ -6,12 +6,12 @@
 //! - `hashing`: argon2id on the blocking pool.
 //! - `node`: the runtime that executes the engine's commands; `api` the gRPC services; `server` wiring.
 
+pub mod api;
 pub mod engine;
 pub mod hashing;
 pub mod history;
+pub mod node;
 pub mod password;
 pub mod resource;
-pub mod store;
-pub mod node;
-pub mod api;
 pub mod server;
+pub mod store;

@@ -12,9 +12,9 @@ use tokio::sync::Notify;
 use tonic::Status;
 use tonic::transport::Channel;
 use tpc_common::{Operation, TxnId, UserId, crash_point, now_ms};
+use tpc_proto::v1::QueryDecisionRequest;
 use tpc_proto::v1::query_decision_response::Decision as WireDecision;
 use tpc_proto::v1::transaction_manager_client::TransactionManagerClient;
-use tpc_proto::v1::QueryDecisionRequest;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::engine::{Command, Config, Decision, Engine, Event, Refusal, Vote};
@@ -101,10 +101,11 @@ impl<R: Resource> Node<R> {
                         return Err(Status::internal("validation without an operation"));
                     };
                     let (resource, data) = (self.resource.clone(), self.data.clone());
-                    let outcome = tokio::task::spawn_blocking(move || resource.validate(&data, &op))
-                        .await
-                        .map_err(|e| Status::internal(format!("validation task failed: {e}")))?
-                        .unwrap_or_else(|e| fatal(e));
+                    let outcome =
+                        tokio::task::spawn_blocking(move || resource.validate(&data, &op))
+                            .await
+                            .map_err(|e| Status::internal(format!("validation task failed: {e}")))?
+                            .unwrap_or_else(|e| fatal(e));
                     if let Err(reason) = &outcome {
                         info!(participant = R::NAME, %txn, reason, "voting no");
                     }
@@ -180,7 +181,9 @@ impl<R: Resource> Node<R> {
                     },
                     &txn,
                 );
-                let answer = tokio::time::timeout(Duration::from_secs(2), client.query_decision(request)).await;
+                let answer =
+                    tokio::time::timeout(Duration::from_secs(2), client.query_decision(request))
+                        .await;
                 let decision = match answer {
                     Ok(Ok(resp)) => match resp.into_inner().decision() {
                         WireDecision::Committed => Decision::Committed,

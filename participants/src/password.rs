@@ -36,7 +36,11 @@ impl Resource for Passwords {
     type Change = PasswordChange;
     const NAME: &'static str = "password";
 
-    fn validate(&self, data: &Data, op: &Operation) -> Result<Result<PasswordChange, String>, StoreError> {
+    fn validate(
+        &self,
+        data: &Data,
+        op: &Operation,
+    ) -> Result<Result<PasswordChange, String>, StoreError> {
         let existing: Option<Account> = data.get(op.user())?;
         let email = match (op, existing) {
             (Operation::Register { .. }, Some(_)) => return Ok(Err("user exists".into())),
@@ -49,12 +53,15 @@ impl Resource for Passwords {
                 account.email
             }
         };
-        Ok(self.hasher.hash(op.new_password()).map(|hash| PasswordChange {
-            user: op.user().clone(),
-            kind: op.kind(),
-            email,
-            hash,
-        }))
+        Ok(self
+            .hasher
+            .hash(op.new_password())
+            .map(|hash| PasswordChange {
+                user: op.user().clone(),
+                kind: op.kind(),
+                email,
+                hash,
+            }))
     }
 
     fn apply(

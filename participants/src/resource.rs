@@ -20,7 +20,11 @@ pub trait Resource: Send + Sync + 'static {
     /// Checks the operation against the committed data and does the expensive work (argon2). Runs on
     /// the blocking pool while the user's lock is held, so the data cannot change underneath.
     /// `Ok(None)`-style "no" answers are `Err(reason)`; storage failures are `Err(StoreError)`.
-    fn validate(&self, data: &Data, op: &Operation) -> Result<Result<Self::Change, String>, StoreError>;
+    fn validate(
+        &self,
+        data: &Data,
+        op: &Operation,
+    ) -> Result<Result<Self::Change, String>, StoreError>;
 
     /// Adds the writes that apply `change` to `batch`.
     fn apply(

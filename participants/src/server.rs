@@ -84,13 +84,14 @@ pub async fn run(
             let node = open(Passwords { hasher }, &config, coordinator)?;
             let clock = tokio::spawn(node.clone().tick_forever(TICK));
             info!(?addr, data_dir = %config.data_dir.display(), "password participant listening");
-            let router = tpc_common::serve::router(&["tpc.v1.Participant", "tpc.v1.PasswordReader"])
-                .await
-                .add_service(participant_server(node.clone()))
-                .add_service(
-                    PasswordReaderServer::new(PasswordApi(node))
-                        .max_decoding_message_size(MAX_MESSAGE_BYTES),
-                );
+            let router =
+                tpc_common::serve::router(&["tpc.v1.Participant", "tpc.v1.PasswordReader"])
+                    .await
+                    .add_service(participant_server(node.clone()))
+                    .add_service(
+                        PasswordReaderServer::new(PasswordApi(node))
+                            .max_decoding_message_size(MAX_MESSAGE_BYTES),
+                    );
             let served = tpc_common::serve::run(router, listener, shutdown).await;
             clock.abort();
             served?;
@@ -131,7 +132,13 @@ fn open<R: Resource>(
     coordinator: tonic::transport::Channel,
 ) -> Result<Arc<Node<R>>, StoreError> {
     let store = Store::open(&config.data_dir.join(R::NAME))?;
-    Node::open(resource, store, coordinator, config.engine, config.read_wait)
+    Node::open(
+        resource,
+        store,
+        coordinator,
+        config.engine,
+        config.read_wait,
+    )
 }
 
 fn participant_server<R: Resource>(node: Arc<Node<R>>) -> ParticipantServer<ParticipantApi<R>> {

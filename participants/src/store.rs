@@ -43,10 +43,7 @@ pub struct Data {
 impl Data {
     pub fn get<T: DeserializeOwned>(&self, user: &UserId) -> Result<Option<T>, StoreError> {
         let key = data_key(user);
-        self.db
-            .get(&key)?
-            .map(|raw| decode(&key, &raw))
-            .transpose()
+        self.db.get(&key)?.map(|raw| decode(&key, &raw)).transpose()
     }
 
     pub fn put<T: Serialize>(batch: &mut sled::Batch, user: &UserId, value: &T) {

@@ -1,0 +1,514 @@
+//! One event in, the exact commands out, for every event of the coordinator engine.
+
+use super::*;
+use tpc_common::Password;
+
+const NOW: u64 = 1_000;
+
+fn user() -> UserId {
+    UserId::parse("alice").unwrap()
+}
+
+fn email() -> Email {
+    Email::parse("alice@example.com").unwrap()
+}
+
+fn update() -> Operation {
+    Operation::Update {
+        user: user(),
+        current: Password::new("current_password", "old".into()).unwrap(),
+        new: Password::new("new_password", "new".into()).unwrap(),
+    }
+}
+
+fn begin(e: &mut Engine, request_id: &str) -> TxnId {
+    let txn = TxnId::generate();
+    e.handle(
+        Event::Begin {
+            txn,
+            request_id: request_id.into(),
+            op: update(),
+        },
+        NOW,
+    );
+    txn
+}
+
+fn yes(e: &mut Engine, txn: TxnId) -> Vec<Command> {
+    e.handle(
+        Event::Voted {
+            txn,
+            from: Participant::History,
+            vote: Vote::Yes { email: None },
+        },
+        NOW + 5,
+    );
+    e.handle(
+        Event::Voted {
+            txn,
+            from: Participant::Password,
+            vote: Vote::Yes {
+                email: Some(email()),
+            },
+        },
+        NOW + 10,
+    )
+}
+
+fn record(txn: TxnId, request_id: &str) -> CommitRecord {
+    CommitRecord {
+        txn,
+        request_id: request_id.into(),
+        kind: OperationKind::Update,
+        user: user(),
+        email: email(),
+        started_at: NOW,
+        decided_at: NOW + 10,
+    }
+}
+
+fn send_commit(txn: TxnId, to: Participant) -> Command {
+    Command::SendCommit {
+        txn,
+        to,
+        after: Duration::ZERO,
+        attempt: 0,
+    }
+}
+
+fn committed(txn: TxnId, request_id: &str) -> Command {
+    Command::Reply {
+        outcome: Outcome {
+            txn,
+            request_id: request_id.into(),
+            committed: true,
+            reason: String::new(),
+        },
+    }
+}
+
+#[test]
+fn begin_prepares_both_in_parallel_with_a_deadline() {
+    let mut e = Engine::default();
+    let txn = TxnId::generate();
+    let out = e.handle(
+        Event::Begin {
+            txn,
+            request_id: "r1".into(),
+            op: update(),
+        },
+        NOW,
+    );
+    assert_eq!(
+        out,
+        vec![
+            Command::SendPrepare {
+                txn,
+                to: Participant::Password,
+                op: update()
+            },
+            Command::SendPrepare {
+                txn,
+                to: Participant::History,
+                op: update()
+            },
+            Command::StartDeadline {
+                txn,
+                after: Duration::from_secs(2)
+            },
+        ]
+    );
+    assert_eq!(e.decision(txn), Decision::Pending);
+}
+
+#[test]
+fn all_yes_forces_the_commit_record_before_anything_else() {
+    let mut e = Engine::default();
+    let txn = begin(&mut e, "r1");
+    assert_eq!(
+        yes(&mut e, txn),
+        vec![Command::ForceCommit {
+            record: record(txn, "r1")
+        }]
+    );
+    // Not committed until the record is durable.
+    assert_eq!(e.decision(txn), Decision::Pending);
+}
+
+#[test]
+fn one_yes_waits_for_the_other() {
+    let mut e = Engine::default();
+    let txn = begin(&mut e, "r1");
+    let out = e.handle(
+        Event::Voted {
+            txn,
+            from: Participant::History,
+            vote: Vote::Yes { email: None },
+        },
+        NOW,
+    );
+    assert_eq!(out, vec![]);
+}
+
+#[test]
+fn commit_forced_replies_then_sends_commit_and_wakes_the_outbox() {
+    let mut e = Engine::default();
+    let txn = begin(&mut e, "r1");
+    yes(&mut e, txn);
+    assert_eq!(
+        e.handle(Event::CommitForced { txn }, NOW + 20),
+        vec![
+            committed(txn, "r1"),
+            send_commit(txn, Participant::Password),
+            send_commit(txn, Participant::History),
+            Command::DispatchOutbox,
+        ]
+    );
+    assert_eq!(e.decision(txn), Decision::Committed);
+}
+
+#[test]
+fn a_no_vote_aborts_everywhere_and_replies_with_the_reason() {
+    let mut e = Engine::default();
+    let txn = begin(&mut e, "r1");
+    let out = e.handle(
+        Event::Voted {
+            txn,
+            from: Participant::History,
+            vote: Vote::No {
+                reason: "password was used recently".into(),
+            },
+        },
+        NOW + 7,
+    );
+    assert_eq!(
+        out,
+        vec![
+            Command::LogAbort {
+                note: AbortNote {
+                    txn,
+                    request_id: "r1".into(),
+                    kind: OperationKind::Update,
+                    user: user(),
+                    reason: "password was used recently".into(),
+                    started_at: NOW,
+                    decided_at: NOW + 7,
+                }
+            },
+            Command::SendAbort {
+                txn,
+                to: Participant::Password
+            },
+            Command::SendAbort {
+                txn,
+                to: Participant::History
+            },
+            Command::Reply {
+                outcome: Outcome {
+                    txn,
+                    request_id: "r1".into(),
+                    committed: false,
+                    reason: "password was used recently".into(),
+                }
+            },
+        ]
+    );
+    assert_eq!(e.decision(txn), Decision::Aborted);
+    // A late yes changes nothing.
+    let late = e.handle(
+        Event::Voted {
+            txn,
+            from: Participant::Password,
+            vote: Vote::Yes {
+                email: Some(email()),
+            },
+        },
+        NOW + 8,
+    );
+    assert_eq!(late, vec![]);
+}
+
+#[test]
+fn an_unreachable_participant_aborts() {
+    let mut e = Engine::default();
+    let txn = begin(&mut e, "r1");
+    let out = e.handle(
+        Event::PrepareFailed {
+            txn,
+            from: Participant::Password,
+            error: "connection refused".into(),
+        },
+        NOW,
+    );
+    assert!(matches!(
+        out.last(),
+        Some(Command::Reply { outcome }) if !outcome.committed
+            && outcome.reason == "password participant unavailable: connection refused"
+    ));
+}
+
+#[test]
+fn the_prepare_deadline_aborts_only_while_preparing() {
+    let mut e = Engine::default();
+    let txn = begin(&mut e, "r1");
+    let out = e.handle(Event::PrepareDeadline { txn }, NOW + 2_000);
+    assert_eq!(out.len(), 4, "{out:?}");
+    assert!(
+        matches!(&out[3], Command::Reply { outcome } if outcome.reason == "prepare deadline exceeded")
+    );
+
+    let decided = begin(&mut e, "r2");
+    yes(&mut e, decided);
+    assert_eq!(
+        e.handle(Event::PrepareDeadline { txn: decided }, NOW + 2_000),
+        vec![]
+    );
+}
+
+#[test]
+fn every_ack_ends_the_transaction() {
+    let mut e = Engine::default();
+    let txn = begin(&mut e, "r1");
+    yes(&mut e, txn);
+    e.handle(Event::CommitForced { txn }, NOW);
+    assert_eq!(
+        e.handle(
+            Event::CommitAcked {
+                txn,
+                from: Participant::History
+            },
+            NOW
+        ),
+        vec![]
+    );
+    assert_eq!(
+        e.handle(
+            Event::CommitAcked {
+                txn,
+                from: Participant::Password
+            },
+            NOW
+        ),
+        vec![Command::LogEnd { txn }]
+    );
+    assert!(e.active().is_empty());
+    assert_eq!(
+        e.decision(txn),
+        Decision::Committed,
+        "still known until collected"
+    );
+}
+
+#[test]
+fn a_failed_commit_is_resent_with_capped_backoff() {
+    let mut e = Engine::default();
+    let txn = begin(&mut e, "r1");
+    yes(&mut e, txn);
+    e.handle(Event::CommitForced { txn }, NOW);
+    let delays: Vec<Duration> = (0..8)
+        .map(|attempt| {
+            match e
+                .handle(
+                    Event::CommitFailed {
+                        txn,
+                        from: Participant::History,
+                        attempt,
+                    },
+                    NOW,
+                )
+                .as_slice()
+            {
+                [
+                    Command::SendCommit {
+                        after,
+                        attempt: next,
+                        to: Participant::History,
+                        ..
+                    },
+                ] => {
+                    assert_eq!(*next, attempt + 1);
+                    *after
+                }
+                other => panic!("{other:?}"),
+            }
+        })
+        .collect();
+    let ms: Vec<u128> = delays.iter().map(Duration::as_millis).collect();
+    assert_eq!(ms, [50, 100, 200, 400, 800, 1600, 2000, 2000]);
+    // Once acked, a stale failure is not resent.
+    e.handle(
+        Event::CommitAcked {
+            txn,
+            from: Participant::History,
+        },
+        NOW,
+    );
+    assert_eq!(
+        e.handle(
+            Event::CommitFailed {
+                txn,
+                from: Participant::History,
+                attempt: 9
+            },
+            NOW
+        ),
+        vec![]
+    );
+}
+
+#[test]
+fn a_retried_request_joins_the_running_transaction() {
+    let mut e = Engine::default();
+    begin(&mut e, "r1");
+    let again = TxnId::generate();
+    assert_eq!(
+        e.handle(
+            Event::Begin {
+                txn: again,
+                request_id: "r1".into(),
+                op: update()
+            },
+            NOW
+        ),
+        vec![]
+    );
+}
+
+#[test]
+fn a_retried_request_gets_the_recorded_commit() {
+    let mut e = Engine::default();
+    let txn = begin(&mut e, "r1");
+    yes(&mut e, txn);
+    e.handle(Event::CommitForced { txn }, NOW);
+    let again = TxnId::generate();
+    assert_eq!(
+        e.handle(
+            Event::Begin {
+                txn: again,
+                request_id: "r1".into(),
+                op: update()
+            },
+            NOW
+        ),
+        vec![committed(txn, "r1")]
+    );
+}
+
+#[test]
+fn an_aborted_request_may_run_again() {
+    let mut e = Engine::default();
+    let txn = begin(&mut e, "r1");
+    e.handle(Event::PrepareDeadline { txn }, NOW);
+    let again = TxnId::generate();
+    let out = e.handle(
+        Event::Begin {
+            txn: again,
+            request_id: "r1".into(),
+            op: update(),
+        },
+        NOW,
+    );
+    assert_eq!(out.len(), 3, "prepares again: {out:?}");
+}
+
+#[test]
+fn recovery_drives_unfinished_commits_and_remembers_request_ids() {
+    let mut e = Engine::default();
+    let (open, ended) = (TxnId::generate(), TxnId::generate());
+    assert_eq!(
+        e.handle(
+            Event::Recovered {
+                records: vec![
+                    (record(open, "r-open"), false),
+                    (record(ended, "r-ended"), true)
+                ]
+            },
+            NOW
+        ),
+        vec![
+            send_commit(open, Participant::Password),
+            send_commit(open, Participant::History),
+            Command::DispatchOutbox,
+        ]
+    );
+    assert_eq!(e.decision(open), Decision::Committed);
+    assert_eq!(e.decision(ended), Decision::Committed);
+    assert_eq!(
+        e.handle(
+            Event::Begin {
+                txn: TxnId::generate(),
+                request_id: "r-ended".into(),
+                op: update()
+            },
+            NOW
+        ),
+        vec![committed(ended, "r-ended")]
+    );
+}
+
+#[test]
+fn a_transaction_unknown_after_a_crash_is_presumed_aborted() {
+    let e = Engine::default();
+    assert_eq!(e.decision(TxnId::generate()), Decision::Aborted);
+}
+
+#[test]
+fn forgotten_transactions_leave_no_trace() {
+    let mut e = Engine::default();
+    let txn = TxnId::generate();
+    e.handle(
+        Event::Recovered {
+            records: vec![(record(txn, "r1"), true)],
+        },
+        NOW,
+    );
+    assert_eq!(
+        e.handle(
+            Event::Forgotten {
+                txn,
+                request_id: "r1".into()
+            },
+            NOW
+        ),
+        vec![]
+    );
+    assert_eq!(e.decision(txn), Decision::Aborted);
+}
+
+#[test]
+fn registration_takes_the_address_from_the_request() {
+    let mut e = Engine::default();
+    let txn = TxnId::generate();
+    let op = Operation::Register {
+        user: user(),
+        email: email(),
+        password: Password::new("password", "pw".into()).unwrap(),
+    };
+    e.handle(
+        Event::Begin {
+            txn,
+            request_id: "r1".into(),
+            op,
+        },
+        NOW,
+    );
+    e.handle(
+        Event::Voted {
+            txn,
+            from: Participant::History,
+            vote: Vote::Yes { email: None },
+        },
+        NOW,
+    );
+    let out = e.handle(
+        Event::Voted {
+            txn,
+            from: Participant::Password,
+            vote: Vote::Yes { email: None },
+        },
+        NOW,
+    );
+    assert!(
+        matches!(&out[..], [Command::ForceCommit { record }] if record.email == email() && record.kind == OperationKind::Register)
+    );
+}

@@ -7,4 +7,11 @@
 //! - `peers`: gRPC clients of the two participants.
 //! - `runtime`: executes the engine's commands; `service` the gRPC API; `server` wiring.
 
+pub mod email;
 pub mod engine;
+pub mod log;
+pub mod outbox;
+pub mod peers;
+pub mod runtime;
+pub mod server;
+pub mod service;

@@ -1,0 +1,219 @@
+//! The coordinator's durable log, one sled database:
+//! - `t/<txn>` → [`TxnRecord`]: COMMIT records (forced: the commit point), END (unforced), ABORT notes
+//!   (unforced, only for `tpc txn list`: presumed abort needs no abort record);
+//! - `o/<txn>` → [`OutboxEntry`]: the e-mail, written in the same forced batch as the COMMIT record and
+//!   deleted when the mail server accepted it.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use tpc_common::{Email, GroupCommit, OperationKind, TxnId, UserId};
+
+use crate::engine::{AbortNote, CommitRecord};
+
+const TXN: &[u8] = b"t/";
+const OUTBOX: &[u8] = b"o/";
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("log storage: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("log flush: {0}")]
+    Flush(#[from] std::sync::Arc<sled::Error>),
+    #[error("corrupt log record: {0}")]
+    Corrupt(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum State {
+    /// COMMIT forced; not every participant has acknowledged.
+    Committing,
+    /// END written: every participant acknowledged.
+    Committed,
+    Aborted,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxnRecord {
+    pub txn: TxnId,
+    pub request_id: String,
+    pub kind: OperationKind,
+    pub user: UserId,
+    /// Where the e-mail went (committed transactions only).
+    pub email: Option<Email>,
+    pub state: State,
+    pub reason: String,
+    pub started_at: u64,
+    pub decided_at: u64,
+    pub email_sent: bool,
+}
+
+/// An e-mail waiting for delivery.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboxEntry {
+    pub txn: TxnId,
+    pub to: String,
+    pub subject: String,
+    pub body: String,
+    /// Stable across retries (derived from the txn id), so receivers can drop duplicates.
+    pub message_id: String,
+}
+
+pub struct Log {
+    db: sled::Db,
+    forcer: GroupCommit,
+}
+
+impl Log {
+    /// Opens (or creates) the log; must run inside a tokio runtime (it starts the group commit).
+    pub fn open(dir: &Path) -> Result<Self, LogError> {
+        let db = sled::open(dir)?;
+        let forcer = GroupCommit::start(db.clone());
+        Ok(Self { db, forcer })
+    }
+
+    /// The commit point: the COMMIT record and its e-mail, in one batch, on disk when this returns.
+    pub async fn force_commit(
+        &self,
+        record: &CommitRecord,
+        mail: &OutboxEntry,
+    ) -> Result<(), LogError> {
+        let txn = TxnRecord {
+            txn: record.txn,
+            request_id: record.request_id.clone(),
+            kind: record.kind,
+            user: record.user.clone(),
+            email: Some(record.email.clone()),
+            state: State::Committing,
+            reason: String::new(),
+            started_at: record.started_at,
+            decided_at: record.decided_at,
+            email_sent: false,
+        };
+        let mut batch = sled::Batch::default();
+        batch.insert(key(TXN, record.txn), encode(&txn));
+        batch.insert(key(OUTBOX, record.txn), encode(mail));
+        self.db.apply_batch(batch)?;
+        self.forcer.force().await?;
+        Ok(())
+    }
+
+    pub fn note_abort(&self, note: &AbortNote) -> Result<(), LogError> {
+        let record = TxnRecord {
+            txn: note.txn,
+            request_id: note.request_id.clone(),
+            kind: note.kind,
+            user: note.user.clone(),
+            email: None,
+            state: State::Aborted,
+            reason: note.reason.clone(),
+            started_at: note.started_at,
+            decided_at: note.decided_at,
+            email_sent: false,
+        };
+        self.db.insert(key(TXN, note.txn), encode(&record))?;
+        Ok(())
+    }
+
+    /// END: every participant acknowledged. Unforced: if lost, recovery resends `Commit`, which the
+    /// participants acknowledge again.
+    pub fn end(&self, txn: TxnId) -> Result<(), LogError> {
+        self.update(txn, |r| r.state = State::Committed)
+    }
+
+    /// The mail server accepted the e-mail: drop it from the outbox.
+    pub fn mark_sent(&self, txn: TxnId) -> Result<(), LogError> {
+        self.update(txn, |r| r.email_sent = true)?;
+        self.db.remove(key(OUTBOX, txn))?;
+        Ok(())
+    }
+
+    fn update(&self, txn: TxnId, change: impl Fn(&mut TxnRecord)) -> Result<(), LogError> {
+        let mut corrupt = None;
+        self.db.fetch_and_update(key(TXN, txn), |old| {
+            let old = old?;
+            match serde_json::from_slice::<TxnRecord>(old) {
+                Ok(mut record) => {
+                    change(&mut record);
+                    Some(encode(&record))
+                }
+                Err(e) => {
+                    corrupt = Some(e.to_string());
+                    Some(old.to_vec())
+                }
+            }
+        })?;
+        corrupt.map_or(Ok(()), |e| Err(LogError::Corrupt(e)))
+    }
+
+    pub fn get(&self, txn: TxnId) -> Result<Option<TxnRecord>, LogError> {
+        self.db
+            .get(key(TXN, txn))?
+            .map(|raw| decode(&raw))
+            .transpose()
+    }
+
+    /// Every record, newest first.
+    pub fn records(&self) -> Result<Vec<TxnRecord>, LogError> {
+        self.db
+            .scan_prefix(TXN)
+            .rev()
+            .map(|item| decode(&item?.1))
+            .collect()
+    }
+
+    /// E-mails not yet accepted by the mail server, oldest first.
+    pub fn outbox(&self) -> Result<Vec<OutboxEntry>, LogError> {
+        self.db
+            .scan_prefix(OUTBOX)
+            .map(|item| decode(&item?.1))
+            .collect()
+    }
+
+    /// Deletes finished records decided before `cutoff` (committed with END and e-mail sent, or aborted)
+    /// and returns them, so the engine can forget their request ids too.
+    pub fn collect_garbage(&self, cutoff: u64) -> Result<Vec<TxnRecord>, LogError> {
+        let mut collected = Vec::new();
+        for record in self.records()? {
+            let finished = match record.state {
+                State::Committed => record.email_sent,
+                State::Aborted => true,
+                State::Committing => false,
+            };
+            if finished && record.decided_at < cutoff {
+                self.db.remove(key(TXN, record.txn))?;
+                collected.push(record);
+            }
+        }
+        Ok(collected)
+    }
+}
+
+impl TxnRecord {
+    /// The COMMIT record this entry was written from; `None` for an aborted transaction.
+    pub fn commit_record(&self) -> Option<CommitRecord> {
+        let email = self.email.clone()?;
+        (self.state != State::Aborted).then(|| CommitRecord {
+            txn: self.txn,
+            request_id: self.request_id.clone(),
+            kind: self.kind,
+            user: self.user.clone(),
+            email,
+            started_at: self.started_at,
+            decided_at: self.decided_at,
+        })
+    }
+}
+
+fn key(prefix: &[u8], txn: TxnId) -> Vec<u8> {
+    [prefix, txn.as_bytes()].concat()
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Plain structs of strings and numbers always serialize.
+    serde_json::to_vec(value).expect("records serialize")
+}
+
+fn decode<T: serde::de::DeserializeOwned>(raw: &[u8]) -> Result<T, LogError> {
+    serde_json::from_slice(raw).map_err(|e| LogError::Corrupt(e.to_string()))
+}

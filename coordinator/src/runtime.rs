@@ -1,0 +1,268 @@
+//! The coordinator runtime: one task owns the engine and handles its events one at a time; every
+//! command is executed by a short task (an RPC, a forced write, a timer) that reports back as an event.
+//! Clients wait on a oneshot per request id.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::sync::{Notify, mpsc, oneshot};
+use tpc_common::{Operation, TxnId, crash_point, now_ms};
+use tracing::{Instrument, error, info, info_span, warn};
+
+use crate::email;
+use crate::engine::{Active, Command, Decision, Engine, Event, Outcome, Vote};
+use crate::log::Log;
+use crate::peers::Peers;
+
+enum Input {
+    Event(Event),
+    Begin {
+        txn: TxnId,
+        request_id: String,
+        op: Operation,
+        reply: oneshot::Sender<Outcome>,
+    },
+    Query {
+        txn: TxnId,
+        reply: oneshot::Sender<Decision>,
+    },
+    Active {
+        reply: oneshot::Sender<Vec<Active>>,
+    },
+}
+
+/// Handle to the running coordinator.
+#[derive(Clone)]
+pub struct Coordinator {
+    inputs: mpsc::UnboundedSender<Input>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the coordinator is shutting down")]
+pub struct Stopped;
+
+impl Coordinator {
+    /// Starts the runtime with the recovered log; returns at once.
+    pub fn start(
+        engine: Engine,
+        recovered: Vec<Command>,
+        log: Arc<Log>,
+        peers: Peers,
+        outbox: Arc<Notify>,
+    ) -> Self {
+        let (inputs, rx) = mpsc::unbounded_channel();
+        let actor = Actor {
+            engine,
+            log,
+            peers,
+            outbox,
+            waiters: HashMap::new(),
+            inputs: inputs.downgrade(),
+        };
+        tokio::spawn(actor.run(rx, recovered));
+        Self { inputs }
+    }
+
+    /// Runs `op` as a transaction (or joins the one already running for `request_id`).
+    pub async fn execute(
+        &self,
+        txn: TxnId,
+        request_id: String,
+        op: Operation,
+    ) -> Result<Outcome, Stopped> {
+        let (reply, rx) = oneshot::channel();
+        self.inputs
+            .send(Input::Begin {
+                txn,
+                request_id,
+                op,
+                reply,
+            })
+            .map_err(|_| Stopped)?;
+        rx.await.map_err(|_| Stopped)
+    }
+
+    pub async fn decision(&self, txn: TxnId) -> Result<Decision, Stopped> {
+        let (reply, rx) = oneshot::channel();
+        self.inputs
+            .send(Input::Query { txn, reply })
+            .map_err(|_| Stopped)?;
+        rx.await.map_err(|_| Stopped)
+    }
+
+    pub async fn active(&self) -> Result<Vec<Active>, Stopped> {
+        let (reply, rx) = oneshot::channel();
+        self.inputs
+            .send(Input::Active { reply })
+            .map_err(|_| Stopped)?;
+        rx.await.map_err(|_| Stopped)
+    }
+
+    /// Feeds an event from outside the runtime (garbage collection).
+    pub fn notify(&self, event: Event) {
+        let _ = self.inputs.send(Input::Event(event));
+    }
+}
+
+struct Actor {
+    engine: Engine,
+    log: Arc<Log>,
+    peers: Peers,
+    outbox: Arc<Notify>,
+    waiters: HashMap<String, Vec<oneshot::Sender<Outcome>>>,
+    /// Weak, so the actor stops when every `Coordinator` handle is gone.
+    inputs: mpsc::WeakUnboundedSender<Input>,
+}
+
+impl Actor {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Input>, recovered: Vec<Command>) {
+        for command in recovered {
+            self.execute(command);
+        }
+        while let Some(input) = rx.recv().await {
+            match input {
+                Input::Event(event) => self.handle(event),
+                Input::Begin {
+                    txn,
+                    request_id,
+                    op,
+                    reply,
+                } => {
+                    self.waiters
+                        .entry(request_id.clone())
+                        .or_default()
+                        .push(reply);
+                    self.handle(Event::Begin {
+                        txn,
+                        request_id,
+                        op,
+                    });
+                }
+                Input::Query { txn, reply } => {
+                    let _ = reply.send(self.engine.decision(txn));
+                }
+                Input::Active { reply } => {
+                    let _ = reply.send(self.engine.active());
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, event: Event) {
+        for command in self.engine.handle(event, now_ms()) {
+            self.execute(command);
+        }
+    }
+
+    /// Runs `work` in its own task and feeds the event it returns back to the engine.
+    fn spawn(&self, txn: TxnId, work: impl Future<Output = Option<Event>> + Send + 'static) {
+        let inputs = self.inputs.clone();
+        tokio::spawn(
+            async move {
+                if let Some(event) = work.await
+                    && let Some(inputs) = inputs.upgrade()
+                {
+                    let _ = inputs.send(Input::Event(event));
+                }
+            }
+            .instrument(info_span!("txn", txn_id = %txn)),
+        );
+    }
+
+    fn execute(&mut self, command: Command) {
+        match command {
+            Command::SendPrepare { txn, to, op } => {
+                let peers = self.peers.clone();
+                info!(target: "tpc::protocol", txn_id = %txn, "coordinator → {}: Prepare", to.name());
+                self.spawn(txn, async move {
+                    Some(match peers.prepare(to, txn, &op).await {
+                        Ok(vote) => {
+                            match &vote {
+                                Vote::Yes { .. } => info!(target: "tpc::protocol", "{} → coordinator: vote YES", to.name()),
+                                Vote::No { reason } => info!(target: "tpc::protocol", "{} → coordinator: vote NO ({reason})", to.name()),
+                            }
+                            Event::Voted { txn, from: to, vote }
+                        }
+                        Err(error) => {
+                            warn!(participant = to.name(), %error, "prepare failed");
+                            Event::PrepareFailed { txn, from: to, error }
+                        }
+                    })
+                });
+            }
+            Command::StartDeadline { txn, after } => self.spawn(txn, async move {
+                tokio::time::sleep(after).await;
+                Some(Event::PrepareDeadline { txn })
+            }),
+            Command::ForceCommit { record } => {
+                crash_point("coord.after_votes");
+                let log = self.log.clone();
+                let txn = record.txn;
+                self.spawn(txn, async move {
+                    let mail = email::compose(&record);
+                    if let Err(e) = log.force_commit(&record, &mail).await {
+                        // Without a durable decision there is no commit; stop and let recovery presume
+                        // abort rather than run on with a log that lies.
+                        error!(cause = %e, "cannot force the COMMIT record; aborting the process");
+                        std::process::abort();
+                    }
+                    info!(target: "tpc::protocol", "coordinator: COMMIT record + e-mail forced to the log (the commit point)");
+                    crash_point("coord.after_decision_forced");
+                    Some(Event::CommitForced { txn })
+                });
+            }
+            Command::LogAbort { note } => {
+                info!(target: "tpc::protocol", txn_id = %note.txn, reason = %note.reason, "coordinator: decision ABORT (nothing forced: presumed abort)");
+                if let Err(e) = self.log.note_abort(&note) {
+                    warn!(cause = %e, "could not note the abort");
+                }
+            }
+            Command::SendAbort { txn, to } => {
+                let peers = self.peers.clone();
+                info!(target: "tpc::protocol", txn_id = %txn, "coordinator → {}: Abort", to.name());
+                self.spawn(txn, async move {
+                    if let Err(error) = peers.abort(to, txn).await {
+                        // Not retried: a participant that prepared will ask, and hear "aborted".
+                        info!(participant = to.name(), %error, "abort not delivered");
+                    }
+                    None
+                });
+            }
+            Command::Reply { outcome } => {
+                for waiter in self.waiters.remove(&outcome.request_id).unwrap_or_default() {
+                    let _ = waiter.send(outcome.clone());
+                }
+            }
+            Command::SendCommit {
+                txn,
+                to,
+                after,
+                attempt,
+            } => {
+                let peers = self.peers.clone();
+                self.spawn(txn, async move {
+                    tokio::time::sleep(after).await;
+                    info!(target: "tpc::protocol", attempt, "coordinator → {}: Commit", to.name());
+                    match peers.commit(to, txn).await {
+                        Ok(()) => {
+                            info!(target: "tpc::protocol", "{} → coordinator: ack Commit", to.name());
+                            Some(Event::CommitAcked { txn, from: to })
+                        }
+                        Err(error) => {
+                            warn!(participant = to.name(), %error, attempt, "commit not acknowledged; will resend");
+                            Some(Event::CommitFailed { txn, from: to, attempt })
+                        }
+                    }
+                });
+            }
+            Command::LogEnd { txn } => {
+                crash_point("coord.before_end");
+                info!(target: "tpc::protocol", txn_id = %txn, "coordinator: END (every participant acknowledged)");
+                if let Err(e) = self.log.end(txn) {
+                    warn!(cause = %e, "could not write END; recovery will resend Commit");
+                }
+            }
+            Command::DispatchOutbox => self.outbox.notify_one(),
+        }
+    }
+}

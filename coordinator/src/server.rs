@@ -1,0 +1,147 @@
+//! Wiring of the coordinator process: log, recovery, runtime, outbox dispatcher, garbage collection,
+//! gRPC services.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tpc_common::{Backoff, now_ms};
+use tpc_proto::MAX_MESSAGE_BYTES;
+use tpc_proto::v1::password_service_server::PasswordServiceServer;
+use tpc_proto::v1::transaction_manager_server::TransactionManagerServer;
+use tracing::{info, warn};
+
+use crate::engine::{self, Engine, Event};
+use crate::log::{Log, LogError, State};
+use crate::outbox::{self, Mailer, MailerError};
+use crate::peers::Peers;
+use crate::runtime::Coordinator;
+use crate::service::Api;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub password_url: String,
+    pub history_url: String,
+    /// `smtp://host:port`; without it e-mails are `.eml` files in `<data-dir>/mail/`.
+    pub smtp: Option<String>,
+    pub engine: engine::Config,
+    /// Finished transactions are kept this long for `tpc txn` and request-id deduplication.
+    pub retention: Duration,
+}
+
+impl Config {
+    pub fn new(data_dir: PathBuf, password_url: String, history_url: String) -> Self {
+        Self {
+            data_dir,
+            password_url,
+            history_url,
+            smtp: None,
+            engine: engine::Config::default(),
+            retention: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error(transparent)]
+    Mailer(#[from] MailerError),
+    #[error("participant URL: {0}")]
+    Peer(String),
+    #[error(transparent)]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Recovers from the log, then serves on `listener` until `shutdown` completes.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let log = Arc::new(Log::open(&config.data_dir.join("coordinator"))?);
+    let mailer = match &config.smtp {
+        Some(url) => Mailer::smtp(url)?,
+        None => Mailer::files(config.data_dir.join("mail"))?,
+    };
+    let peers = Peers::new(
+        &config.password_url,
+        &config.history_url,
+        config.engine.prepare_deadline,
+    )
+    .map_err(ServeError::Peer)?;
+
+    // Recovery: every COMMIT without END is driven to completion; every unsent e-mail is dispatched.
+    let mut engine = Engine::new(config.engine);
+    let records: Vec<_> = log
+        .records()?
+        .into_iter()
+        .filter_map(|r| r.commit_record().map(|c| (c, r.state == State::Committed)))
+        .collect();
+    let unfinished = records.iter().filter(|(_, ended)| !ended).count();
+    if unfinished > 0 {
+        info!(target: "tpc::protocol", unfinished, "recovery: resending Commit for transactions committed before the crash");
+    }
+    let recovered = engine.handle(Event::Recovered { records }, now_ms());
+    let wake = Arc::new(Notify::new());
+    let coordinator = Coordinator::start(engine, recovered, log.clone(), peers, wake.clone());
+
+    info!(mailer = %mailer.describe(), "e-mail outbox");
+    let dispatcher = tokio::spawn(outbox::dispatch_forever(
+        log.clone(),
+        mailer,
+        wake.clone(),
+        Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
+    ));
+    wake.notify_one();
+    let collector = tokio::spawn(collect_garbage(
+        log.clone(),
+        coordinator.clone(),
+        config.retention,
+    ));
+
+    let api = || Api {
+        coordinator: coordinator.clone(),
+        log: log.clone(),
+    };
+    let router =
+        tpc_common::serve::router(&["tpc.v1.PasswordService", "tpc.v1.TransactionManager"])
+            .await
+            .add_service(
+                PasswordServiceServer::new(api()).max_decoding_message_size(MAX_MESSAGE_BYTES),
+            )
+            .add_service(
+                TransactionManagerServer::new(api()).max_decoding_message_size(MAX_MESSAGE_BYTES),
+            );
+    info!(addr = ?listener.local_addr().ok(), data_dir = %config.data_dir.display(), "coordinator listening");
+    let served = tpc_common::serve::run(router, listener, shutdown).await;
+    dispatcher.abort();
+    collector.abort();
+    info!("coordinator stopped");
+    Ok(served?)
+}
+
+/// Deletes finished transactions older than `retention`, once a minute.
+async fn collect_garbage(log: Arc<Log>, coordinator: Coordinator, retention: Duration) {
+    let mut every = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        every.tick().await;
+        let cutoff = now_ms().saturating_sub(retention.as_millis() as u64);
+        match log.collect_garbage(cutoff) {
+            Ok(collected) => {
+                for r in collected {
+                    coordinator.notify(Event::Forgotten {
+                        txn: r.txn,
+                        request_id: r.request_id,
+                    });
+                }
+            }
+            Err(e) => warn!(cause = %e, "garbage collection failed"),
+        }
+    }
+}

@@ -1,0 +1,226 @@
+//! The coordinator's gRPC API: `tpc.v1.PasswordService` for clients and `tpc.v1.TransactionManager` for
+//! operators and in-doubt participants. Requests are validated here, before any transaction starts.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+use tpc_common::{Email, Operation, Password, TxnId, UserId, wire::timestamp};
+use tpc_proto::v1::password_service_server::PasswordService;
+use tpc_proto::v1::transaction_manager_server::TransactionManager;
+use tpc_proto::v1::{
+    GetTransactionRequest, ListTransactionsRequest, ListTransactionsResponse, QueryDecisionRequest,
+    QueryDecisionResponse, RegisterUserRequest, Transaction, TransactionResult,
+    UpdatePasswordRequest, query_decision_response, transaction, transaction_result,
+};
+use tracing::{Instrument, info, info_span};
+
+use crate::engine::{Active, Decision, Participant};
+use crate::log::{Log, State, TxnRecord};
+use crate::runtime::{Coordinator, Stopped};
+
+pub struct Api {
+    pub coordinator: Coordinator,
+    pub log: Arc<Log>,
+}
+
+const MAX_REQUEST_ID: usize = 128;
+
+impl From<Stopped> for Status {
+    fn from(e: Stopped) -> Self {
+        Status::unavailable(e.to_string())
+    }
+}
+
+impl Api {
+    async fn run(
+        &self,
+        request_id: String,
+        op: Operation,
+    ) -> Result<Response<TransactionResult>, Status> {
+        if request_id.len() > MAX_REQUEST_ID {
+            return Err(Status::invalid_argument(format!(
+                "request_id is longer than {MAX_REQUEST_ID} bytes"
+            )));
+        }
+        let request_id = if request_id.is_empty() {
+            uuid::Uuid::now_v7().to_string()
+        } else {
+            request_id
+        };
+        let txn = TxnId::generate();
+        let span = info_span!("txn", txn_id = %txn, kind = op.kind().as_str(), user = %op.user());
+        let outcome = async {
+            info!(target: "tpc::protocol", request_id, "client → coordinator: {}", op.kind().as_str());
+            let outcome = self.coordinator.execute(txn, request_id, op).await?;
+            info!(
+                target: "tpc::protocol",
+                committed = outcome.committed,
+                reason = %outcome.reason,
+                "coordinator → client: {}",
+                if outcome.committed { "COMMITTED" } else { "ABORTED" }
+            );
+            Ok::<_, Status>(outcome)
+        }
+        .instrument(span)
+        .await?;
+        Ok(Response::new(TransactionResult {
+            txn_id: outcome.txn.to_string(),
+            outcome: if outcome.committed {
+                transaction_result::Outcome::Committed
+            } else {
+                transaction_result::Outcome::Aborted
+            }
+            .into(),
+            reason: outcome.reason,
+            request_id: outcome.request_id,
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl PasswordService for Api {
+    async fn register_user(
+        &self,
+        request: Request<RegisterUserRequest>,
+    ) -> Result<Response<TransactionResult>, Status> {
+        let req = request.into_inner();
+        let op = Operation::Register {
+            user: UserId::parse(&req.user_id)?,
+            email: Email::parse(&req.email)?,
+            password: Password::new("password", req.password)?,
+        };
+        self.run(req.request_id, op).await
+    }
+
+    async fn update_password(
+        &self,
+        request: Request<UpdatePasswordRequest>,
+    ) -> Result<Response<TransactionResult>, Status> {
+        let req = request.into_inner();
+        let op = Operation::Update {
+            user: UserId::parse(&req.user_id)?,
+            current: Password::new("current_password", req.current_password)?,
+            new: Password::new("new_password", req.new_password)?,
+        };
+        self.run(req.request_id, op).await
+    }
+}
+
+#[tonic::async_trait]
+impl TransactionManager for Api {
+    async fn get_transaction(
+        &self,
+        request: Request<GetTransactionRequest>,
+    ) -> Result<Response<Transaction>, Status> {
+        let txn = TxnId::parse(&request.get_ref().txn_id)?;
+        let active = self.coordinator.active().await?;
+        if let Some(a) = active.iter().find(|a| a.txn == txn && !a.decided) {
+            return Ok(Response::new(from_active(a)));
+        }
+        match self.log.get(txn).map_err(internal)? {
+            Some(record) => Ok(Response::new(from_record(&record, &active))),
+            None => Err(Status::not_found(format!(
+                "no transaction {txn} (unknown, collected, or aborted before a crash)"
+            ))),
+        }
+    }
+
+    async fn list_transactions(
+        &self,
+        request: Request<ListTransactionsRequest>,
+    ) -> Result<Response<ListTransactionsResponse>, Status> {
+        let req = request.into_inner();
+        let limit = match req.limit {
+            0 => 100,
+            n => n.min(10_000) as usize,
+        };
+        let wanted = req.state();
+        let active = self.coordinator.active().await?;
+        let mut all: Vec<Transaction> = active
+            .iter()
+            .filter(|a| !a.decided)
+            .map(from_active)
+            .collect();
+        all.extend(
+            self.log
+                .records()
+                .map_err(internal)?
+                .iter()
+                .map(|r| from_record(r, &active)),
+        );
+        all.sort_by(|a, b| b.txn_id.cmp(&a.txn_id));
+        let transactions = all
+            .into_iter()
+            .filter(|t| wanted == transaction::State::Unspecified || t.state() == wanted)
+            .take(limit)
+            .collect();
+        Ok(Response::new(ListTransactionsResponse { transactions }))
+    }
+
+    async fn query_decision(
+        &self,
+        request: Request<QueryDecisionRequest>,
+    ) -> Result<Response<QueryDecisionResponse>, Status> {
+        let txn = TxnId::parse(&request.get_ref().txn_id)?;
+        let decision = match self.coordinator.decision(txn).await? {
+            Decision::Pending => query_decision_response::Decision::Pending,
+            Decision::Committed => query_decision_response::Decision::Committed,
+            Decision::Aborted => query_decision_response::Decision::Aborted,
+        };
+        info!(target: "tpc::protocol", txn_id = %txn, "participant asked QueryDecision → {}", decision.as_str_name());
+        Ok(Response::new(QueryDecisionResponse {
+            decision: decision.into(),
+        }))
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> Status {
+    Status::internal(e.to_string())
+}
+
+fn from_active(a: &Active) -> Transaction {
+    Transaction {
+        txn_id: a.txn.to_string(),
+        state: transaction::State::Active.into(),
+        kind: a.kind.as_str().into(),
+        user_id: a.user.to_string(),
+        request_id: a.request_id.clone(),
+        reason: String::new(),
+        started_at: Some(timestamp(a.started_at)),
+        decided_at: None,
+        acked_by: Vec::new(),
+        email_sent: false,
+    }
+}
+
+fn from_record(r: &TxnRecord, active: &[Active]) -> Transaction {
+    let state = match r.state {
+        State::Committing => transaction::State::Committing,
+        State::Committed => transaction::State::Committed,
+        State::Aborted => transaction::State::Aborted,
+    };
+    let acked_by = match r.state {
+        State::Committed => Participant::ALL
+            .iter()
+            .map(|p| p.name().to_owned())
+            .collect(),
+        State::Committing => active
+            .iter()
+            .find(|a| a.txn == r.txn)
+            .map(|a| a.acked.iter().map(|p| p.name().to_owned()).collect())
+            .unwrap_or_default(),
+        State::Aborted => Vec::new(),
+    };
+    Transaction {
+        txn_id: r.txn.to_string(),
+        state: state.into(),
+        kind: r.kind.as_str().into(),
+        user_id: r.user.to_string(),
+        request_id: r.request_id.clone(),
+        reason: r.reason.clone(),
+        started_at: Some(timestamp(r.started_at)),
+        decided_at: Some(timestamp(r.decided_at)),
+        acked_by,
+        email_sent: r.email_sent,
+    }
+}

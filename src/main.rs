@@ -1,1 +1,173 @@
-fn main() {}
+//! `tpc`: the command line of the tpc transaction manager.
+//!
+//! Servers: `tpc up` (all three services in one process), `tpc coordinator`, `tpc participant`.
+//! Clients: `tpc user add`, `tpc passwd`, `tpc verify`, `tpc history`, `tpc txn list|show`.
+//! Teaching: `tpc demo` runs the whole story, crash and recovery included, and narrates it.
+
+mod client;
+mod demo;
+mod servers;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tpc_common::telemetry::{self, LogFormat};
+
+#[derive(Parser)]
+#[command(
+    name = "tpc",
+    version,
+    about = "Atomic password changes: two-phase commit across password and history services, e-mail only after commit"
+)]
+struct Cli {
+    /// Log format on stderr (filter with RUST_LOG).
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormatArg,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormatArg {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum, Default)]
+pub enum Argon2Arg {
+    /// OWASP's cost: m=19456 KiB, t=2, p=1.
+    #[default]
+    Owasp,
+    /// INSECURE m=8 KiB, t=1: for tests and benchmarks only.
+    Fast,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum RoleArg {
+    Password,
+    History,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the coordinator on PORT and the password and history participants on PORT+1 and PORT+2.
+    Up {
+        #[arg(long, default_value = "./tpc-data")]
+        data_dir: PathBuf,
+        #[arg(long, default_value_t = 50051)]
+        port: u16,
+        /// SMTP server for e-mail (smtp://host:port); default: .eml files in DATA_DIR/mail.
+        #[arg(long)]
+        smtp: Option<String>,
+        #[arg(long, value_enum, default_value = "owasp")]
+        argon2: Argon2Arg,
+    },
+    /// Run the transaction manager alone.
+    Coordinator {
+        #[arg(long)]
+        listen: String,
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// URL of the password participant.
+        #[arg(long)]
+        password: String,
+        /// URL of the history participant.
+        #[arg(long)]
+        history: String,
+        #[arg(long)]
+        smtp: Option<String>,
+    },
+    /// Run one participant alone.
+    Participant {
+        #[arg(value_enum)]
+        role: RoleArg,
+        #[arg(long)]
+        listen: String,
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// URL of the coordinator, asked about in-doubt transactions.
+        #[arg(long)]
+        coordinator: String,
+        #[arg(long, value_enum, default_value = "owasp")]
+        argon2: Argon2Arg,
+        /// History only: how many recent passwords are refused.
+        #[arg(long, default_value_t = 5)]
+        history_depth: usize,
+    },
+    /// Manage users.
+    #[command(subcommand)]
+    User(client::UserCommand),
+    /// Change a user's password.
+    Passwd(client::PasswdArgs),
+    /// Check a user's password.
+    Verify(client::VerifyArgs),
+    /// Show a user's password history (dates and transactions, never hashes).
+    History(client::HistoryArgs),
+    /// Inspect the coordinator's transactions.
+    #[command(subcommand)]
+    Txn(client::TxnCommand),
+    /// Run the whole story in a temporary directory, crash and recovery included, and narrate it.
+    Demo {
+        /// Keep the temporary directory (data, logs, e-mails) and print its path.
+        #[arg(long)]
+        keep: bool,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let format = match cli.log_format {
+        LogFormatArg::Text => LogFormat::Text,
+        LogFormatArg::Json => LogFormat::Json,
+    };
+    let result = match cli.command {
+        Command::Up {
+            data_dir,
+            port,
+            smtp,
+            argon2,
+        } => {
+            telemetry::init(format);
+            servers::up(data_dir, port, smtp, argon2).await
+        }
+        Command::Coordinator {
+            listen,
+            data_dir,
+            password,
+            history,
+            smtp,
+        } => {
+            telemetry::init(format);
+            servers::coordinator(listen, data_dir, password, history, smtp).await
+        }
+        Command::Participant {
+            role,
+            listen,
+            data_dir,
+            coordinator,
+            argon2,
+            history_depth,
+        } => {
+            telemetry::init(format);
+            servers::participant(role, listen, data_dir, coordinator, argon2, history_depth).await
+        }
+        Command::User(cmd) => client::user(cmd).await,
+        Command::Passwd(args) => client::passwd(args).await,
+        Command::Verify(args) => client::verify(args).await,
+        Command::History(args) => client::history(args).await,
+        Command::Txn(cmd) => client::txn(cmd).await,
+        Command::Demo { keep } => demo::run(keep).await,
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("tpc: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Errors end the command with a message and exit status 2.
+pub type Result<T = ExitCode> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;

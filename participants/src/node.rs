@@ -106,8 +106,13 @@ impl<R: Resource> Node<R> {
                             .await
                             .map_err(|e| Status::internal(format!("validation task failed: {e}")))?
                             .unwrap_or_else(|e| fatal(e));
-                    if let Err(reason) = &outcome {
-                        info!(participant = R::NAME, %txn, reason, "voting no");
+                    match &outcome {
+                        Ok(_) => {
+                            info!(target: "tpc::protocol", participant = R::NAME, %txn, "{}: checks passed, forcing PREPARED record", R::NAME)
+                        }
+                        Err(reason) => {
+                            info!(target: "tpc::protocol", participant = R::NAME, %txn, "{}: votes NO ({reason}); writes nothing", R::NAME)
+                        }
                     }
                     Some(Event::Validated { txn, outcome })
                 }
@@ -118,6 +123,7 @@ impl<R: Resource> Node<R> {
                         fatal(e)
                     }
                     crash_point("part.after_prepare_forced");
+                    info!(target: "tpc::protocol", participant = R::NAME, %txn, "{}: PREPARED record forced, votes YES (now in doubt until told)", R::NAME);
                     Some(Event::PreparedForced { txn, at })
                 }
                 Command::ApplyCommit { txn, change } => {
@@ -133,11 +139,18 @@ impl<R: Resource> Node<R> {
                     if let Err(e) = self.store.force_commit(txn, batch, at).await {
                         fatal(e)
                     }
-                    info!(participant = R::NAME, %txn, "committed");
+                    info!(target: "tpc::protocol", participant = R::NAME, %txn, "{}: change applied, COMMITTED record forced, lock released", R::NAME);
                     crash_point("part.after_commit_forced");
                     Some(Event::CommitApplied { txn, at })
                 }
-                Command::DropPrepared { txn } | Command::Forget { txn } => {
+                Command::DropPrepared { txn } => {
+                    info!(target: "tpc::protocol", participant = R::NAME, %txn, "{}: aborted, prepared record dropped", R::NAME);
+                    if let Err(e) = self.store.remove(txn) {
+                        fatal(e)
+                    }
+                    None
+                }
+                Command::Forget { txn } => {
                     if let Err(e) = self.store.remove(txn) {
                         fatal(e)
                     }
@@ -199,7 +212,7 @@ impl<R: Resource> Node<R> {
                         return;
                     }
                 };
-                info!(?decision, "in-doubt transaction: coordinator answered");
+                info!(target: "tpc::protocol", participant = R::NAME, "{}: in doubt, asked QueryDecision → {decision:?}", R::NAME);
                 let event = Event::DecisionLearned {
                     txn,
                     decision,

@@ -1,0 +1,137 @@
+//! `tpc up`, `tpc coordinator` and `tpc participant`: thin wrappers that bind sockets and run the
+//! services until Ctrl-C or SIGTERM.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tpc_coordinator::server as coord;
+use tpc_participants::hashing::Cost;
+use tpc_participants::server::{self as part, Role};
+
+use crate::{Argon2Arg, Result, RoleArg};
+
+fn cost(arg: Argon2Arg) -> Cost {
+    match arg {
+        Argon2Arg::Owasp => Cost::Owasp,
+        Argon2Arg::Fast => {
+            tracing::warn!("argon2 cost 'fast' is INSECURE: use it only for tests and benchmarks");
+            Cost::InsecureFast
+        }
+    }
+}
+
+async fn bind(addr: &str) -> Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr}: {e}").into())
+}
+
+pub async fn coordinator(
+    listen: String,
+    data_dir: PathBuf,
+    password: String,
+    history: String,
+    smtp: Option<String>,
+) -> Result {
+    let listener = bind(&listen).await?;
+    let mut config = coord::Config::new(data_dir, password, history);
+    config.smtp = smtp;
+    coord::run(config, listener, tpc_common::shutdown::signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn participant(
+    role: RoleArg,
+    listen: String,
+    data_dir: PathBuf,
+    coordinator: String,
+    argon2: Argon2Arg,
+    history_depth: usize,
+) -> Result {
+    let listener = bind(&listen).await?;
+    let role = match role {
+        RoleArg::Password => Role::Password,
+        RoleArg::History => Role::History,
+    };
+    let mut config = part::Config::new(role, data_dir, coordinator);
+    config.cost = cost(argon2);
+    config.history_depth = history_depth.max(1);
+    part::run(config, listener, tpc_common::shutdown::signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// All three services in one process, on PORT, PORT+1 and PORT+2 of 127.0.0.1.
+pub async fn up(data_dir: PathBuf, port: u16, smtp: Option<String>, argon2: Argon2Arg) -> Result {
+    let addr = |offset: u16| format!("127.0.0.1:{}", port + offset);
+    let url = |offset: u16| format!("http://{}", addr(offset));
+    let (coord_l, pass_l, hist_l) = (
+        bind(&addr(0)).await?,
+        bind(&addr(1)).await?,
+        bind(&addr(2)).await?,
+    );
+
+    let (stop, stopped) = watch::channel(false);
+    let until_stopped = || {
+        let mut rx = stopped.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let mut coord_config = coord::Config::new(data_dir.clone(), url(1), url(2));
+    coord_config.smtp = smtp.clone();
+    let mut pass_config = part::Config::new(Role::Password, data_dir.clone(), url(0));
+    pass_config.cost = cost(argon2);
+    let mut hist_config = part::Config::new(Role::History, data_dir.clone(), url(0));
+    hist_config.cost = pass_config.cost;
+
+    println!("tpc is up (data in {}):", data_dir.display());
+    println!(
+        "  coordinator           {}  (PasswordService, TransactionManager)",
+        url(0)
+    );
+    println!(
+        "  password participant  {}  (Participant, PasswordReader)",
+        url(1)
+    );
+    println!(
+        "  history participant   {}  (Participant, HistoryReader)",
+        url(2)
+    );
+    println!(
+        "  e-mail                {}",
+        smtp.as_deref().map_or_else(
+            || format!("{}/mail/*.eml", data_dir.display()),
+            str::to_owned
+        )
+    );
+    println!("Press Ctrl-C to stop.");
+
+    let signal = tokio::spawn(async move {
+        tpc_common::shutdown::signal().await;
+        let _ = stop.send(true);
+    });
+    // If one service fails, the others are dropped too: half a cluster is no use.
+    let boxed = |e: Box<dyn std::error::Error + Send + Sync>| e;
+    let served = tokio::try_join!(
+        async {
+            coord::run(coord_config, coord_l, until_stopped())
+                .await
+                .map_err(|e| boxed(e.into()))
+        },
+        async {
+            part::run(pass_config, pass_l, until_stopped())
+                .await
+                .map_err(|e| boxed(e.into()))
+        },
+        async {
+            part::run(hist_config, hist_l, until_stopped())
+                .await
+                .map_err(|e| boxed(e.into()))
+        },
+    );
+    signal.abort();
+    served?;
+    Ok(ExitCode::SUCCESS)
+}

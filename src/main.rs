@@ -4,6 +4,8 @@
 //! Clients: `tpc user add`, `tpc passwd`, `tpc verify`, `tpc history`, `tpc txn list|show`.
 //! Teaching: `tpc demo` runs the whole story, crash and recovery included, and narrates it.
 
+use tpc as _;
+
 mod client;
 mod demo;
 mod servers;

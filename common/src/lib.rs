@@ -24,7 +24,7 @@ pub mod wire;
 
 pub use backoff::Backoff;
 pub use clock::now_ms;
-pub use crash::crash_point;
+pub use crash::{CRASH_AT_ENV, crash_point};
 pub use email::Email;
 pub use group_commit::GroupCommit;
 pub use invalid::InvalidInput;

@@ -1,0 +1,307 @@
+//! A tpc cluster of three OS processes: coordinator, password participant, history participant.
+
+use std::fs::OpenOptions;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::process::{Child, Command};
+use tonic::transport::Channel;
+use tpc_proto::v1::history_reader_client::HistoryReaderClient;
+use tpc_proto::v1::password_reader_client::PasswordReaderClient;
+use tpc_proto::v1::password_service_client::PasswordServiceClient;
+use tpc_proto::v1::transaction_manager_client::TransactionManagerClient;
+
+/// One of the three processes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Service {
+    Coordinator,
+    Password,
+    History,
+}
+
+impl Service {
+    pub const ALL: [Service; 3] = [Service::Coordinator, Service::Password, Service::History];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Service::Coordinator => "coordinator",
+            Service::Password => "password",
+            Service::History => "history",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ClusterOptions {
+    /// The `tpc` binary.
+    pub exe: PathBuf,
+    /// Where the data directories and logs go (created if missing).
+    pub dir: PathBuf,
+    /// `smtp://…`; without it the coordinator writes `.eml` files.
+    pub smtp: Option<String>,
+    /// `RUST_LOG` for the processes (default `info`).
+    pub rust_log: Option<String>,
+    /// Hash at OWASP cost instead of the insecure fast one tests use.
+    pub owasp_cost: bool,
+    /// Print each process's protocol steps (log target `tpc::protocol`) to stdout as they happen,
+    /// instead of logging to files: what `tpc demo` shows.
+    pub narrate: bool,
+}
+
+pub struct Cluster {
+    options: ClusterOptions,
+    ports: [u16; 3],
+    children: [Option<Child>; 3],
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl Cluster {
+    /// Starts all three processes and waits until each accepts connections.
+    pub async fn start(options: ClusterOptions) -> Result<Self, BoxError> {
+        std::fs::create_dir_all(options.dir.join("logs"))?;
+        let mut cluster = Self {
+            options,
+            ports: [free_port()?, free_port()?, free_port()?],
+            children: [None, None, None],
+        };
+        for service in Service::ALL {
+            cluster.start_service(service, &[]).await?;
+        }
+        Ok(cluster)
+    }
+
+    pub fn url(&self, service: Service) -> String {
+        format!("http://127.0.0.1:{}", self.ports[service.index()])
+    }
+
+    pub fn data_dir(&self, service: Service) -> PathBuf {
+        self.options.dir.join(format!("{}-data", service.name()))
+    }
+
+    pub fn log_file(&self, service: Service) -> PathBuf {
+        self.options
+            .dir
+            .join("logs")
+            .join(format!("{}.log", service.name()))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.options.dir
+    }
+
+    /// Starts `service` (it must not be running) with extra environment variables, such as
+    /// `TPC_CRASH_AT`, and waits until it accepts connections.
+    pub async fn start_service(
+        &mut self,
+        service: Service,
+        env: &[(&str, &str)],
+    ) -> Result<(), BoxError> {
+        let listen = format!("127.0.0.1:{}", self.ports[service.index()]);
+        let data_dir = self.data_dir(service).display().to_string();
+        let mut args: Vec<String> = match service {
+            Service::Coordinator => vec![
+                "coordinator".into(),
+                "--password".into(),
+                self.url(Service::Password),
+                "--history".into(),
+                self.url(Service::History),
+            ],
+            Service::Password | Service::History => vec![
+                "participant".into(),
+                service.name().into(),
+                "--coordinator".into(),
+                self.url(Service::Coordinator),
+                "--argon2".into(),
+                if self.options.owasp_cost {
+                    "owasp"
+                } else {
+                    "fast"
+                }
+                .into(),
+            ],
+        };
+        args.extend(["--listen".into(), listen, "--data-dir".into(), data_dir]);
+        if let (Service::Coordinator, Some(smtp)) = (service, &self.options.smtp) {
+            args.extend(["--smtp".into(), smtp.clone()]);
+        }
+        let mut cmd = Command::new(&self.options.exe);
+        cmd.args(&args)
+            .env(
+                "RUST_LOG",
+                self.options.rust_log.as_deref().unwrap_or("info"),
+            )
+            .env_remove(tpc_common::CRASH_AT_ENV)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .kill_on_drop(true);
+        if self.options.narrate {
+            cmd.env("RUST_LOG", "tpc::protocol=info,error")
+                .arg("--log-format")
+                .arg("json")
+                .stderr(Stdio::piped());
+        } else {
+            let log = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.log_file(service))?;
+            cmd.stderr(Stdio::from(log));
+        }
+        let mut child = cmd.spawn()?;
+        if let Some(stderr) = child.stderr.take() {
+            tokio::spawn(narrate(service.name(), stderr));
+        }
+        self.children[service.index()] = Some(child);
+        self.wait_ready(service).await
+    }
+
+    /// Waits until `service` accepts connections (10 s at most).
+    pub async fn wait_ready(&mut self, service: Service) -> Result<(), BoxError> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(child) = self.children[service.index()].as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                return Err(format!("{} exited while starting: {status}", service.name()).into());
+            }
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.ports[service.index()]))
+                .await
+                .is_ok()
+            {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(format!("{} did not start listening", service.name()).into());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// `kill -9`: the process dies at once, losing everything it had not forced to disk.
+    pub async fn kill(&mut self, service: Service) -> Result<(), BoxError> {
+        if let Some(mut child) = self.children[service.index()].take() {
+            child.kill().await?;
+        }
+        Ok(())
+    }
+
+    /// SIGTERM, then waits for the graceful exit.
+    pub async fn stop(&mut self, service: Service) -> Result<(), BoxError> {
+        if let Some(mut child) = self.children[service.index()].take() {
+            if let Some(pid) = child.id() {
+                signal(pid, libc::SIGTERM)?;
+            }
+            match tokio::time::timeout(Duration::from_secs(10), child.wait()).await {
+                Ok(status) => {
+                    status?;
+                }
+                Err(_) => child.kill().await?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for a process that is expected to die by itself (a crash point), returning its status.
+    pub async fn wait_exit(
+        &mut self,
+        service: Service,
+        within: Duration,
+    ) -> Result<std::process::ExitStatus, BoxError> {
+        let Some(mut child) = self.children[service.index()].take() else {
+            return Err(format!("{} is not running", service.name()).into());
+        };
+        match tokio::time::timeout(within, child.wait()).await {
+            Ok(status) => Ok(status?),
+            Err(_) => {
+                self.children[service.index()] = Some(child);
+                Err(format!("{} did not exit", service.name()).into())
+            }
+        }
+    }
+
+    pub async fn restart(&mut self, service: Service) -> Result<(), BoxError> {
+        self.kill(service).await?;
+        self.start_service(service, &[]).await
+    }
+
+    async fn channel(&self, service: Service) -> Result<Channel, BoxError> {
+        Ok(Channel::from_shared(self.url(service))?
+            .connect_timeout(Duration::from_secs(2))
+            .connect()
+            .await?)
+    }
+
+    pub async fn client(&self) -> Result<PasswordServiceClient<Channel>, BoxError> {
+        Ok(PasswordServiceClient::new(
+            self.channel(Service::Coordinator).await?,
+        ))
+    }
+
+    pub async fn transactions(&self) -> Result<TransactionManagerClient<Channel>, BoxError> {
+        Ok(TransactionManagerClient::new(
+            self.channel(Service::Coordinator).await?,
+        ))
+    }
+
+    pub async fn passwords(&self) -> Result<PasswordReaderClient<Channel>, BoxError> {
+        Ok(PasswordReaderClient::new(
+            self.channel(Service::Password).await?,
+        ))
+    }
+
+    pub async fn histories(&self) -> Result<HistoryReaderClient<Channel>, BoxError> {
+        Ok(HistoryReaderClient::new(
+            self.channel(Service::History).await?,
+        ))
+    }
+
+    /// Stops every process gracefully.
+    pub async fn shutdown(&mut self) -> Result<(), BoxError> {
+        for service in Service::ALL {
+            self.stop(service).await?;
+        }
+        Ok(())
+    }
+}
+
+fn signal(pid: u32, sig: libc::c_int) -> std::io::Result<()> {
+    let pid = libc::pid_t::try_from(pid).map_err(std::io::Error::other)?;
+    // SAFETY: kill(2) has no memory-safety preconditions; the pid is our own child's.
+    if unsafe { libc::kill(pid, sig) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Prints a process's protocol log lines (JSON, target `tpc::protocol`) as they arrive.
+async fn narrate(name: &'static str, stderr: tokio::process::ChildStderr) {
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(stderr).lines();
+    let label = format!("[{name}]");
+    while let Ok(Some(line)) = lines.next_line().await {
+        match serde_json::from_str::<serde_json::Value>(&line) {
+            Ok(v) if v["target"] == "tpc::protocol" => {
+                println!(
+                    "      {label:<14}{}",
+                    v["message"].as_str().unwrap_or_default()
+                );
+            }
+            Ok(_) => {}
+            // Not a log line: a crash point's last words, or a panic.
+            Err(_) => println!("      {label:<14}!! {line}"),
+        }
+    }
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}

@@ -180,8 +180,25 @@ impl Default for Config {
     }
 }
 
+/// The reason given when another change of the same user is being prepared.
+pub const CONFLICT: &str = "conflict: another transaction is changing this user";
+
+enum UserState {
+    /// Nothing in flight.
+    Free,
+    /// A transaction is collecting votes: a new one conflicts.
+    Preparing,
+    /// Decided transactions are finishing phase two (or others queue behind them): a new one queues.
+    Finishing,
+}
+
 #[derive(Debug)]
 enum Phase {
+    /// Waiting for an earlier transaction of the same user to finish phase two: its participants still
+    /// hold the user's lock, so preparing now would only meet a conflict.
+    Queued {
+        op: Operation,
+    },
     Preparing {
         votes: HashMap<Participant, Vote>,
     },
@@ -236,7 +253,9 @@ impl Engine {
 
     pub fn decision(&self, txn: TxnId) -> Decision {
         match self.txns.get(&txn).map(|t| &t.phase) {
-            Some(Phase::Preparing { .. } | Phase::Forcing) => Decision::Pending,
+            Some(Phase::Queued { .. } | Phase::Preparing { .. } | Phase::Forcing) => {
+                Decision::Pending
+            }
             Some(Phase::Committing { .. }) => Decision::Committed,
             None if self.committed_txns.contains(&txn) => Decision::Committed,
             // Presumed abort: no record means it did not commit, and now never will.
@@ -289,6 +308,11 @@ impl Engine {
                 Some(Phase::Preparing { .. }) => {
                     self.abort(txn, "prepare deadline exceeded".into(), now)
                 }
+                Some(Phase::Queued { .. }) => self.abort(
+                    txn,
+                    "an earlier change of this user is still being committed".into(),
+                    now,
+                ),
                 _ => Vec::new(),
             },
             Event::CommitForced { txn } => self.commit_forced(txn),
@@ -330,19 +354,25 @@ impl Engine {
             return Vec::new();
         }
         self.running.insert(request_id.clone(), txn);
-        let mut out: Vec<Command> = Participant::ALL
-            .iter()
-            .map(|&to| Command::SendPrepare {
-                txn,
-                to,
-                op: op.clone(),
-            })
-            .collect();
+        let mut out = Vec::new();
+        let phase = match self.user_state(op.user()) {
+            UserState::Free => {
+                out.extend(prepare(txn, &op));
+                Phase::Preparing {
+                    votes: HashMap::new(),
+                }
+            }
+            UserState::Finishing => Phase::Queued { op: op.clone() },
+            UserState::Preparing => Phase::Preparing {
+                votes: HashMap::new(),
+            },
+        };
+        let conflict = matches!(self.user_state(op.user()), UserState::Preparing);
         out.push(Command::StartDeadline {
             txn,
             after: self.config.prepare_deadline,
         });
-        // The operation (with its passwords) goes out in the Prepares and is not kept.
+        // The operation (with its passwords) goes out in the Prepares and is not kept after.
         self.txns.insert(
             txn,
             Txn {
@@ -354,12 +384,57 @@ impl Engine {
                     Operation::Update { .. } => None,
                 },
                 started_at: now,
-                phase: Phase::Preparing {
-                    votes: HashMap::new(),
-                },
+                phase,
             },
         );
+        if conflict {
+            // No-wait, as at the participants: another change of this user is being prepared.
+            return self.abort(txn, CONFLICT.into(), now);
+        }
         out
+    }
+
+    /// Where the user's transactions stand at this coordinator.
+    fn user_state(&self, user: &UserId) -> UserState {
+        let mut state = UserState::Free;
+        for t in self.txns.values().filter(|t| t.user == *user) {
+            match t.phase {
+                Phase::Preparing { .. } => return UserState::Preparing,
+                Phase::Queued { .. } | Phase::Forcing | Phase::Committing { .. } => {
+                    state = UserState::Finishing
+                }
+            }
+        }
+        state
+    }
+
+    /// Starts the oldest queued transaction of `user` once nothing else of that user is in flight.
+    fn start_next(&mut self, user: &UserId) -> Vec<Command> {
+        let in_flight = self
+            .txns
+            .values()
+            .any(|t| t.user == *user && !matches!(t.phase, Phase::Queued { .. }));
+        let next = self
+            .txns
+            .iter()
+            .filter(|(_, t)| t.user == *user && matches!(t.phase, Phase::Queued { .. }))
+            .map(|(id, _)| *id)
+            .min();
+        let (false, Some(next)) = (in_flight, next) else {
+            return Vec::new();
+        };
+        let Some(t) = self.txns.get_mut(&next) else {
+            return Vec::new();
+        };
+        match std::mem::replace(
+            &mut t.phase,
+            Phase::Preparing {
+                votes: HashMap::new(),
+            },
+        ) {
+            Phase::Queued { op } => prepare(next, &op).collect(),
+            _ => Vec::new(),
+        }
     }
 
     fn voted(&mut self, txn: TxnId, from: Participant, vote: Vote, now: u64) -> Vec<Command> {
@@ -431,6 +506,7 @@ impl Engine {
                 reason,
             },
         });
+        out.extend(self.start_next(&t.user));
         out
     }
 
@@ -478,8 +554,13 @@ impl Engine {
         if acked.len() < Participant::ALL.len() {
             return Vec::new();
         }
-        self.txns.remove(&txn);
-        vec![Command::LogEnd { txn }]
+        let Some(done) = self.txns.remove(&txn) else {
+            return Vec::new();
+        };
+        // The participants released the user: start what queued behind this transaction.
+        let mut out = vec![Command::LogEnd { txn }];
+        out.extend(self.start_next(&done.user));
+        out
     }
 
     fn recovered(&mut self, records: Vec<(CommitRecord, bool)>) -> Vec<Command> {
@@ -516,6 +597,16 @@ impl Engine {
         }
         out
     }
+}
+
+fn prepare(txn: TxnId, op: &Operation) -> impl Iterator<Item = Command> + '_ {
+    Participant::ALL
+        .iter()
+        .map(move |&to| Command::SendPrepare {
+            txn,
+            to,
+            op: op.clone(),
+        })
 }
 
 #[cfg(test)]

@@ -512,3 +512,142 @@ fn registration_takes_the_address_from_the_request() {
         matches!(&out[..], [Command::ForceCommit { record }] if record.email == email() && record.kind == OperationKind::Register)
     );
 }
+
+#[test]
+fn a_change_of_a_user_still_committing_queues_until_phase_two_ends() {
+    let mut e = Engine::default();
+    let first = begin(&mut e, "r1");
+    yes(&mut e, first);
+    e.handle(Event::CommitForced { txn: first }, NOW);
+    // The client already heard COMMITTED and sends the next change at once.
+    let second = TxnId::generate();
+    assert_eq!(
+        e.handle(
+            Event::Begin {
+                txn: second,
+                request_id: "r2".into(),
+                op: update()
+            },
+            NOW
+        ),
+        vec![Command::StartDeadline {
+            txn: second,
+            after: Duration::from_secs(2)
+        }]
+    );
+    assert_eq!(e.decision(second), Decision::Pending);
+    e.handle(
+        Event::CommitAcked {
+            txn: first,
+            from: Participant::Password,
+        },
+        NOW,
+    );
+    assert_eq!(
+        e.handle(
+            Event::CommitAcked {
+                txn: first,
+                from: Participant::History
+            },
+            NOW
+        ),
+        vec![
+            Command::LogEnd { txn: first },
+            Command::SendPrepare {
+                txn: second,
+                to: Participant::Password,
+                op: update()
+            },
+            Command::SendPrepare {
+                txn: second,
+                to: Participant::History,
+                op: update()
+            },
+        ]
+    );
+}
+
+#[test]
+fn a_queued_change_gives_up_at_the_deadline() {
+    let mut e = Engine::default();
+    let first = begin(&mut e, "r1");
+    yes(&mut e, first);
+    e.handle(Event::CommitForced { txn: first }, NOW);
+    let second = begin(&mut e, "r2");
+    let out = e.handle(Event::PrepareDeadline { txn: second }, NOW + 2_000);
+    assert!(matches!(
+        out.last(),
+        Some(Command::Reply { outcome }) if !outcome.committed
+            && outcome.reason == "an earlier change of this user is still being committed"
+    ));
+    // It never prepared, but an Abort to both is harmless and keeps a late Prepare from hanging.
+    assert_eq!(e.decision(second), Decision::Aborted);
+}
+
+#[test]
+fn a_second_change_while_the_first_collects_votes_conflicts_at_once() {
+    let mut e = Engine::default();
+    begin(&mut e, "r1");
+    let second = TxnId::generate();
+    let out = e.handle(
+        Event::Begin {
+            txn: second,
+            request_id: "r2".into(),
+            op: update(),
+        },
+        NOW,
+    );
+    assert!(
+        matches!(out.last(), Some(Command::Reply { outcome }) if !outcome.committed && outcome.reason == CONFLICT),
+        "{out:?}"
+    );
+    assert!(!out.iter().any(|c| matches!(c, Command::SendPrepare { .. })));
+}
+
+#[test]
+fn queued_changes_start_one_at_a_time() {
+    let mut e = Engine::default();
+    let first = begin(&mut e, "r1");
+    yes(&mut e, first);
+    e.handle(Event::CommitForced { txn: first }, NOW);
+    let second = begin(&mut e, "r2");
+    let third = begin(&mut e, "r3");
+    e.handle(
+        Event::CommitAcked {
+            txn: first,
+            from: Participant::Password,
+        },
+        NOW,
+    );
+    let out = e.handle(
+        Event::CommitAcked {
+            txn: first,
+            from: Participant::History,
+        },
+        NOW,
+    );
+    assert_eq!(out.len(), 3, "END and the second's two Prepares: {out:?}");
+    assert!(
+        out.iter()
+            .all(|c| !matches!(c, Command::SendPrepare { txn, .. } if *txn == third))
+    );
+    // The second aborts: the third starts.
+    let out = e.handle(
+        Event::Voted {
+            txn: second,
+            from: Participant::History,
+            vote: Vote::No {
+                reason: "no".into(),
+            },
+        },
+        NOW,
+    );
+    let prepared: Vec<_> = out
+        .iter()
+        .filter_map(|c| match c {
+            Command::SendPrepare { txn, .. } => Some(*txn),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(prepared, [third, third]);
+}

@@ -57,7 +57,7 @@ impl<R: Resource> Participant for ParticipantApi<R> {
             txn,
             user: op.user().clone(),
         };
-        let reply = self.0.drive(event, Some(&op)).instrument(span).await?;
+        let reply = self.0.drive(event, Some(op)).instrument(span).await?;
         let response = match reply {
             Reply::Vote(Vote::Yes(change)) => PrepareResponse {
                 vote: prepare_response::Vote::Yes.into(),

@@ -87,7 +87,23 @@ impl<R: Resource> Node<R> {
     }
 
     /// Handles `event`, then every command that follows from it, until the request is answered.
+    ///
+    /// The work runs in its own task: if the caller goes away (the coordinator crashed, the RPC was
+    /// cancelled), the step still runs to its end, so no transaction is left half-way between two
+    /// engine states, holding its user's lock forever.
     pub async fn drive(
+        self: &Arc<Self>,
+        event: Event<R::Change>,
+        op: Option<Operation>,
+    ) -> Result<Reply<R::Change>, Status> {
+        let node = self.clone();
+        let work = async move { node.run(event, op.as_ref()).await }.in_current_span();
+        tokio::spawn(work)
+            .await
+            .map_err(|e| Status::internal(format!("participant task failed: {e}")))?
+    }
+
+    async fn run(
         self: &Arc<Self>,
         event: Event<R::Change>,
         op: Option<&Operation>,
@@ -218,7 +234,7 @@ impl<R: Resource> Node<R> {
                     decision,
                     at: now_ms(),
                 };
-                if let Err(status) = node.drive(event, None).await {
+                if let Err(status) = node.run(event, None).await {
                     warn!(%status, "could not apply the learned decision");
                 }
             }
@@ -231,7 +247,7 @@ impl<R: Resource> Node<R> {
         let mut interval = tokio::time::interval(every);
         loop {
             interval.tick().await;
-            if let Err(status) = self.drive(Event::Tick { now: now_ms() }, None).await {
+            if let Err(status) = self.run(Event::Tick { now: now_ms() }, None).await {
                 warn!(%status, "tick failed");
             }
         }

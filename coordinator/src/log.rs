@@ -121,10 +121,12 @@ impl Log {
         self.update(txn, |r| r.state = State::Committed)
     }
 
-    /// The mail server accepted the e-mail: drop it from the outbox.
-    pub fn mark_sent(&self, txn: TxnId) -> Result<(), LogError> {
+    /// The mail server accepted the e-mail: drop it from the outbox. Forced (off the commit path), so a
+    /// crash can resend only an e-mail accepted in the last instant before it.
+    pub async fn mark_sent(&self, txn: TxnId) -> Result<(), LogError> {
         self.update(txn, |r| r.email_sent = true)?;
         self.db.remove(key(OUTBOX, txn))?;
+        self.forcer.force().await?;
         Ok(())
     }
 

@@ -114,7 +114,7 @@ pub async fn dispatch_forever(log: Arc<Log>, mailer: Mailer, wake: Arc<Notify>, 
             match delivered {
                 Ok(()) => {
                     crash_point("outbox.after_send_before_mark");
-                    if let Err(e) = log.mark_sent(entry.txn) {
+                    if let Err(e) = log.mark_sent(entry.txn).await {
                         warn!(cause = %e, txn_id = %entry.txn, "sent, but could not mark the e-mail sent");
                     }
                     info!(txn_id = %entry.txn, message_id = %entry.message_id, "e-mail sent");

@@ -1,0 +1,543 @@
+//! End to end: the three services as separate processes on real loopback ports, a real SMTP server,
+//! driven through gRPC like any client would.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::Duration;
+
+use tonic::Code;
+use tpc::harness::{Cluster, ClusterOptions, MailServer, Service};
+use tpc_proto::v1::{
+    GetHistoryRequest, GetTransactionRequest, GetUserRequest, ListTransactionsRequest,
+    QueryDecisionRequest, RegisterUserRequest, TransactionResult, UpdatePasswordRequest,
+    VerifyPasswordRequest, query_decision_response, transaction, transaction_result,
+};
+
+type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+struct Env {
+    cluster: Cluster,
+    mail: MailServer,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Env {
+    /// A failing test prints what the processes logged.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for service in Service::ALL {
+                let log =
+                    std::fs::read_to_string(self.cluster.log_file(service)).unwrap_or_default();
+                eprintln!("==== {} log ====\n{log}", service.name());
+            }
+        }
+    }
+}
+
+async fn env() -> Result<Env> {
+    let dir = tempfile::Builder::new().prefix("tpc-e2e-").tempdir()?;
+    let mail = MailServer::start().await?;
+    let cluster = Cluster::start(ClusterOptions {
+        exe: env!("CARGO_BIN_EXE_tpc").into(),
+        dir: dir.path().to_path_buf(),
+        smtp: Some(mail.url()),
+        ..ClusterOptions::default()
+    })
+    .await?;
+    Ok(Env {
+        cluster,
+        mail,
+        _dir: dir,
+    })
+}
+
+impl Env {
+    async fn register(&self, user: &str, password: &str) -> Result<TransactionResult> {
+        Ok(self
+            .cluster
+            .client()
+            .await?
+            .register_user(RegisterUserRequest {
+                user_id: user.into(),
+                email: format!("{user}@example.com"),
+                password: password.into(),
+                request_id: String::new(),
+            })
+            .await?
+            .into_inner())
+    }
+
+    async fn update(
+        &self,
+        user: &str,
+        current: &str,
+        new: &str,
+        request_id: &str,
+    ) -> Result<TransactionResult> {
+        Ok(self
+            .cluster
+            .client()
+            .await?
+            .update_password(UpdatePasswordRequest {
+                user_id: user.into(),
+                current_password: current.into(),
+                new_password: new.into(),
+                request_id: request_id.into(),
+            })
+            .await?
+            .into_inner())
+    }
+
+    async fn version(&self, user: &str) -> Result<String> {
+        Ok(self
+            .cluster
+            .passwords()
+            .await?
+            .get_user(GetUserRequest {
+                user_id: user.into(),
+            })
+            .await?
+            .into_inner()
+            .version)
+    }
+
+    async fn history(&self, user: &str) -> Result<Vec<String>> {
+        Ok(self
+            .cluster
+            .histories()
+            .await?
+            .get_history(GetHistoryRequest {
+                user_id: user.into(),
+            })
+            .await?
+            .into_inner()
+            .entries
+            .into_iter()
+            .map(|e| e.txn_id)
+            .collect())
+    }
+
+    async fn verify(&self, user: &str, password: &str) -> Result<bool> {
+        Ok(self
+            .cluster
+            .passwords()
+            .await?
+            .verify_password(VerifyPasswordRequest {
+                user_id: user.into(),
+                password: password.into(),
+            })
+            .await?
+            .into_inner()
+            .valid)
+    }
+
+    /// Waits until the SMTP server holds `n` mails, then a little longer to catch extras.
+    async fn mails_settle(&self, n: usize) -> Vec<tpc::harness::Mail> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while self.mail.mails().len() < n && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        self.mail.mails()
+    }
+}
+
+fn committed(r: &TransactionResult) -> bool {
+    r.outcome() == transaction_result::Outcome::Committed
+}
+
+fn message_id(txn: &str) -> String {
+    format!("<{txn}@tpc.local>")
+}
+
+/// Fails if any file under `dir` contains one of `secrets`.
+fn assert_no_plaintext(dir: &Path, secrets: &[&str]) {
+    let mut stack = vec![dir.to_path_buf()];
+    let mut files = 0;
+    while let Some(path) = stack.pop() {
+        if path.is_dir() {
+            for entry in std::fs::read_dir(&path).unwrap() {
+                stack.push(entry.unwrap().path());
+            }
+            continue;
+        }
+        files += 1;
+        let bytes = std::fs::read(&path).unwrap();
+        for secret in secrets {
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "plaintext password found in {}",
+                path.display()
+            );
+        }
+    }
+    assert!(
+        files > 3,
+        "expected data, logs and mail under {}",
+        dir.display()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_committed_change_reaches_both_services_and_sends_one_mail() -> Result {
+    let env = env().await?;
+    let reg = env.register("alice", "first-secret-pw").await?;
+    assert!(committed(&reg), "{reg:?}");
+    let upd = env
+        .update("alice", "first-secret-pw", "second-secret-pw", "")
+        .await?;
+    assert!(committed(&upd), "{upd:?}");
+
+    assert_eq!(env.version("alice").await?, upd.txn_id);
+    assert_eq!(
+        env.history("alice").await?,
+        [upd.txn_id.clone(), reg.txn_id.clone()]
+    );
+    assert!(env.verify("alice", "second-secret-pw").await?);
+    assert!(!env.verify("alice", "first-secret-pw").await?);
+
+    let mails = env.mails_settle(2).await;
+    assert_eq!(mails.len(), 2, "{mails:?}");
+    let ids: Vec<_> = mails
+        .iter()
+        .map(|m| m.message_id().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(ids, [message_id(&reg.txn_id), message_id(&upd.txn_id)]);
+    assert_eq!(mails[0].header("Subject"), Some("Your account was created"));
+    assert_eq!(
+        mails[1].header("Subject"),
+        Some("Your password was changed")
+    );
+    assert_eq!(mails[1].to, ["alice@example.com"]);
+    assert!(mails[1].data.contains("Not you?"));
+
+    let mut tm = env.cluster.transactions().await?;
+    let shown = tm
+        .get_transaction(GetTransactionRequest {
+            txn_id: upd.txn_id.clone(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(shown.kind, "update");
+    assert_eq!(shown.user_id, "alice");
+    let decision = tm
+        .query_decision(QueryDecisionRequest {
+            txn_id: upd.txn_id.clone(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(
+        decision.decision(),
+        query_decision_response::Decision::Committed
+    );
+
+    for mail in &mails {
+        assert!(!mail.data.contains("secret-pw"), "password in e-mail");
+    }
+    let mut env = env;
+    env.cluster.shutdown().await?;
+    assert_no_plaintext(env.cluster.dir(), &["first-secret-pw", "second-secret-pw"]);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_no_vote_aborts_without_effect_and_without_mail() -> Result {
+    let env = env().await?;
+    let reg = env.register("bob", "bob-pw-1").await?;
+    let upd = env.update("bob", "bob-pw-1", "bob-pw-2", "").await?;
+    assert!(committed(&reg) && committed(&upd));
+    env.mails_settle(2).await;
+
+    let cases = [
+        (
+            env.update("bob", "wrong-pw", "bob-pw-3", "").await?,
+            "current password is wrong",
+        ),
+        (
+            env.update("bob", "bob-pw-2", "bob-pw-1", "").await?,
+            "password was used recently",
+        ),
+        (
+            env.update("bob", "bob-pw-2", "bob-pw-2", "").await?,
+            "password was used recently",
+        ),
+        (env.update("nobody", "x", "y", "").await?, "unknown user"),
+        (env.register("bob", "another-pw").await?, "user exists"),
+    ];
+    for (result, reason) in &cases {
+        assert_eq!(
+            result.outcome(),
+            transaction_result::Outcome::Aborted,
+            "{result:?}"
+        );
+        assert_eq!(result.reason, *reason);
+    }
+    assert_eq!(env.version("bob").await?, upd.txn_id);
+    assert_eq!(
+        env.history("bob").await?,
+        [upd.txn_id.clone(), reg.txn_id.clone()]
+    );
+    assert!(env.verify("bob", "bob-pw-2").await?);
+    assert_eq!(env.mails_settle(3).await.len(), 2, "no e-mail for an abort");
+
+    let aborted = env
+        .cluster
+        .transactions()
+        .await?
+        .list_transactions(ListTransactionsRequest {
+            state: transaction::State::Aborted.into(),
+            limit: 0,
+        })
+        .await?
+        .into_inner()
+        .transactions;
+    assert_eq!(aborted.len(), cases.len());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_request_returns_the_first_outcome() -> Result {
+    let env = env().await?;
+    env.register("carol", "carol-pw-1").await?;
+    let first = env
+        .update("carol", "carol-pw-1", "carol-pw-2", "req-42")
+        .await?;
+    // The retry carries the old current password: run again, it would abort. It must not run again.
+    let retry = env
+        .update("carol", "carol-pw-1", "carol-pw-2", "req-42")
+        .await?;
+    assert!(committed(&first));
+    assert_eq!(retry.txn_id, first.txn_id);
+    assert!(committed(&retry));
+    assert_eq!(retry.request_id, "req-42");
+    assert_eq!(env.history("carol").await?.len(), 2);
+    let mails = env.mails_settle(3).await;
+    assert_eq!(
+        mails.len(),
+        2,
+        "one for the registration, one for the update"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_updates_of_one_user_commit_exactly_once() -> Result {
+    let env = std::sync::Arc::new(env().await?);
+    env.register("dave", "dave-pw-0").await?;
+    let mut tasks = Vec::new();
+    for i in 1..=8 {
+        let env = env.clone();
+        tasks.push(tokio::spawn(async move {
+            env.update("dave", "dave-pw-0", &format!("dave-pw-{i}"), "")
+                .await
+        }));
+    }
+    let mut winners = Vec::new();
+    for task in tasks {
+        let result = task.await??;
+        if committed(&result) {
+            winners.push(result.txn_id);
+        } else {
+            assert!(
+                result.reason.starts_with("conflict")
+                    || result.reason == "current password is wrong",
+                "{result:?}"
+            );
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one update commits");
+    assert_eq!(env.version("dave").await?, winners[0]);
+    assert_eq!(env.history("dave").await?.len(), 2);
+    assert_eq!(env.mails_settle(3).await.len(), 2);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_and_restart_of_every_service_keeps_committed_data() -> Result {
+    let mut env = env().await?;
+    let reg = env.register("erin", "erin-pw-1").await?;
+    let upd = env.update("erin", "erin-pw-1", "erin-pw-2", "").await?;
+    assert!(committed(&reg) && committed(&upd));
+    env.mails_settle(2).await;
+    for service in Service::ALL {
+        env.cluster.kill(service).await?;
+    }
+    for service in Service::ALL {
+        env.cluster.start_service(service, &[]).await?;
+    }
+    assert_eq!(env.version("erin").await?, upd.txn_id);
+    assert_eq!(
+        env.history("erin").await?,
+        [upd.txn_id.clone(), reg.txn_id.clone()]
+    );
+    assert!(env.verify("erin", "erin-pw-2").await?);
+    let retry = env
+        .update("erin", "erin-pw-1", "erin-pw-2", &upd.request_id)
+        .await?;
+    assert_eq!(
+        retry.txn_id, upd.txn_id,
+        "the request id survives the restart"
+    );
+    let again = env.update("erin", "erin-pw-2", "erin-pw-3", "").await?;
+    assert!(committed(&again), "{again:?}");
+    let mails = env.mails_settle(3).await;
+    let ids: HashSet<_> = mails.iter().filter_map(|m| m.message_id()).collect();
+    assert_eq!(ids.len(), 3);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_right_after_the_commit_point_is_finished_by_recovery() -> Result {
+    let mut env = env().await?;
+    env.register("frank", "frank-pw-1").await?;
+    env.cluster.stop(Service::Coordinator).await?;
+    env.cluster
+        .start_service(
+            Service::Coordinator,
+            &[("TPC_CRASH_AT", "coord.after_decision_forced")],
+        )
+        .await?;
+    let lost = env
+        .update("frank", "frank-pw-1", "frank-pw-2", "frank-req")
+        .await;
+    assert!(
+        lost.is_err(),
+        "the coordinator died before answering: {lost:?}"
+    );
+    let status = env
+        .cluster
+        .wait_exit(Service::Coordinator, Duration::from_secs(5))
+        .await?;
+    assert!(!status.success());
+
+    // Both participants are in doubt: a reader waits, then gives up.
+    let read = env
+        .cluster
+        .passwords()
+        .await?
+        .get_user(GetUserRequest {
+            user_id: "frank".into(),
+        })
+        .await;
+    assert_eq!(read.map_err(|s| s.code()).err(), Some(Code::Unavailable));
+
+    env.cluster.start_service(Service::Coordinator, &[]).await?;
+    let retry = env
+        .update("frank", "frank-pw-1", "frank-pw-2", "frank-req")
+        .await?;
+    assert!(committed(&retry), "the forced decision stands: {retry:?}");
+    assert_eq!(env.version("frank").await?, retry.txn_id);
+    assert!(env.verify("frank", "frank-pw-2").await?);
+    let mails = env.mails_settle(2).await;
+    let for_txn = mails
+        .iter()
+        .filter(|m| m.message_id() == Some(&message_id(&retry.txn_id)))
+        .count();
+    assert_eq!(for_txn, 1);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mail_waits_in_the_outbox_while_the_smtp_server_is_down() -> Result {
+    let mut env = env().await?;
+    env.mail.stop();
+    let reg = env.register("gina", "gina-pw-1").await?;
+    assert!(committed(&reg), "the commit does not wait for e-mail");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(env.mail.mails().is_empty());
+    env.mail.resume().await?;
+    let mails = env.mails_settle(1).await;
+    assert_eq!(mails.len(), 1);
+    assert_eq!(
+        mails[0].message_id(),
+        Some(message_id(&reg.txn_id).as_str())
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_clear_status_and_changes_nothing() -> Result {
+    let env = env().await?;
+    let mut client = env.cluster.client().await?;
+    let register = |user: &str, email: &str, password: String| RegisterUserRequest {
+        user_id: user.into(),
+        email: email.into(),
+        password,
+        request_id: String::new(),
+    };
+    let bad = [
+        register("", "a@example.com", "pw".into()),
+        register("has space", "a@example.com", "pw".into()),
+        register(&"x".repeat(65), "a@example.com", "pw".into()),
+        register("ok", "not-an-address", "pw".into()),
+        register("ok", "a@example.com", String::new()),
+        register("ok", "a@example.com", "p".repeat(1025)),
+    ];
+    for request in bad {
+        let status = client.register_user(request).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    }
+    let huge = client
+        .register_user(register("ok", "a@example.com", "p".repeat(100_000)))
+        .await;
+    assert!(huge.is_err(), "an oversized message is refused");
+
+    let mut tm = env.cluster.transactions().await?;
+    let status = tm
+        .get_transaction(GetTransactionRequest {
+            txn_id: "garbage".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let status = tm
+        .get_transaction(GetTransactionRequest {
+            txn_id: uuid_like(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    let status = env
+        .cluster
+        .passwords()
+        .await?
+        .get_user(GetUserRequest {
+            user_id: "ghost".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+
+    // Garbage bytes on every service's socket: the services keep serving.
+    for service in Service::ALL {
+        use tokio::io::AsyncWriteExt;
+        let addr = env
+            .cluster
+            .url(service)
+            .trim_start_matches("http://")
+            .to_owned();
+        let mut socket = tokio::net::TcpStream::connect(addr).await?;
+        socket
+            .write_all(b"\x16\x03\x01 GET / HTTP/1.1\r\n\r\n\xff\xfe garbage")
+            .await?;
+        drop(socket);
+    }
+    assert!(committed(&env.register("ok", "pw-after-garbage").await?));
+    assert_eq!(
+        env.cluster
+            .transactions()
+            .await?
+            .list_transactions(ListTransactionsRequest::default())
+            .await?
+            .into_inner()
+            .transactions
+            .len(),
+        1,
+        "only the valid request became a transaction"
+    );
+    Ok(())
+}
+
+fn uuid_like() -> String {
+    "01a21c94-0000-7000-8000-000000000000".into()
+}

@@ -541,3 +541,111 @@ async fn bad_input_gets_a_clear_status_and_changes_nothing() -> Result {
 fn uuid_like() -> String {
     "01a21c94-0000-7000-8000-000000000000".into()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn participants_in_doubt_learn_presumed_abort_from_the_restarted_coordinator() -> Result {
+    let mut env = env().await?;
+    let reg = env.register("hana", "hana-pw-1").await?;
+    env.mails_settle(1).await;
+    env.cluster.stop(Service::Coordinator).await?;
+    // Dies with every vote in and nothing forced: both participants prepared, nobody decided.
+    env.cluster
+        .start_service(
+            Service::Coordinator,
+            &[("TPC_CRASH_AT", "coord.after_votes")],
+        )
+        .await?;
+    let lost = env
+        .update("hana", "hana-pw-1", "hana-pw-2", "hana-req")
+        .await;
+    assert!(lost.is_err());
+    env.cluster
+        .wait_exit(Service::Coordinator, Duration::from_secs(5))
+        .await?;
+
+    env.cluster.start_service(Service::Coordinator, &[]).await?;
+    let started = std::time::Instant::now();
+    // The participants ask, hear "aborted" (presumed abort), and release the user.
+    assert_eq!(env.version("hana").await?, reg.txn_id);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "in doubt for {:?}",
+        started.elapsed()
+    );
+    assert!(env.verify("hana", "hana-pw-1").await?);
+    assert_eq!(env.history("hana").await?, [reg.txn_id.clone()]);
+    // The request may run again: abort means nothing happened.
+    let retry = env
+        .update("hana", "hana-pw-1", "hana-pw-2", "hana-req")
+        .await?;
+    assert!(committed(&retry), "{retry:?}");
+    assert_eq!(
+        env.mails_settle(2).await.len(),
+        2,
+        "no e-mail for the forgotten transaction"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn participants_refuse_malformed_protocol_messages() -> Result {
+    use tpc_proto::v1::participant_client::ParticipantClient;
+    use tpc_proto::v1::{CommitRequest, PrepareRequest, Register, prepare_request};
+
+    let env = env().await?;
+    for service in [Service::Password, Service::History] {
+        let channel = tonic::transport::Channel::from_shared(env.cluster.url(service))?
+            .connect()
+            .await?;
+        let mut participant = ParticipantClient::new(channel);
+        let register = prepare_request::Operation::Register(Register {
+            user_id: "ivan".into(),
+            email: "ivan@example.com".into(),
+            password: "pw".into(),
+        });
+        let cases = [
+            PrepareRequest {
+                txn_id: "not-a-txn".into(),
+                operation: Some(register.clone()),
+            },
+            PrepareRequest {
+                txn_id: uuid_like(),
+                operation: None,
+            },
+            PrepareRequest {
+                txn_id: uuid_like(),
+                operation: Some(prepare_request::Operation::Register(Register {
+                    user_id: "ivan".into(),
+                    email: "ivan@example.com".into(),
+                    password: String::new(),
+                })),
+            },
+        ];
+        for request in cases {
+            let status = participant.prepare(request).await.unwrap_err();
+            assert_eq!(
+                status.code(),
+                Code::InvalidArgument,
+                "{} {status:?}",
+                service.name()
+            );
+        }
+        let status = participant
+            .commit(CommitRequest { txn_id: "x".into() })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument);
+    }
+    // Nothing was prepared, so ivan is unknown and unlocked.
+    let status = env
+        .cluster
+        .passwords()
+        .await?
+        .get_user(GetUserRequest {
+            user_id: "ivan".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    Ok(())
+}

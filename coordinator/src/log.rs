@@ -219,3 +219,78 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 fn decode<T: serde::de::DeserializeOwned>(raw: &[u8]) -> Result<T, LogError> {
     serde_json::from_slice(raw).map_err(|e| LogError::Corrupt(e.to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::email;
+
+    fn record(decided_at: u64) -> CommitRecord {
+        CommitRecord {
+            txn: TxnId::generate(),
+            request_id: format!("r-{decided_at}"),
+            kind: OperationKind::Update,
+            user: UserId::parse("alice").unwrap(),
+            email: Email::parse("alice@example.com").unwrap(),
+            started_at: decided_at,
+            decided_at,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_commit_lives_through_end_and_mail_until_collected() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path()).unwrap();
+        let (old, young) = (record(1_000), record(9_000));
+        for r in [&old, &young] {
+            log.force_commit(r, &email::compose(r)).await.unwrap();
+        }
+        assert_eq!(log.outbox().unwrap().len(), 2);
+        assert_eq!(
+            log.get(old.txn).unwrap().unwrap().commit_record(),
+            Some(old.clone())
+        );
+
+        // Not collectable before END and the e-mail.
+        assert!(log.collect_garbage(u64::MAX).unwrap().is_empty());
+        log.end(old.txn).unwrap();
+        assert!(log.collect_garbage(u64::MAX).unwrap().is_empty());
+        log.mark_sent(old.txn).await.unwrap();
+        log.end(young.txn).unwrap();
+        log.mark_sent(young.txn).await.unwrap();
+        assert!(log.outbox().unwrap().is_empty());
+
+        let collected = log.collect_garbage(5_000).unwrap();
+        assert_eq!(
+            collected.iter().map(|r| r.txn).collect::<Vec<_>>(),
+            [old.txn]
+        );
+        assert_eq!(log.get(old.txn).unwrap(), None);
+        assert_eq!(log.records().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn abort_notes_are_listed_newest_first_and_have_no_commit_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path()).unwrap();
+        let committed = record(1);
+        log.force_commit(&committed, &email::compose(&committed))
+            .await
+            .unwrap();
+        let aborted = AbortNote {
+            txn: TxnId::generate(),
+            request_id: "r".into(),
+            kind: OperationKind::Update,
+            user: UserId::parse("alice").unwrap(),
+            reason: "password was used recently".into(),
+            started_at: 2,
+            decided_at: 3,
+        };
+        log.note_abort(&aborted).unwrap();
+        let records = log.records().unwrap();
+        assert_eq!(records[0].txn, aborted.txn);
+        assert_eq!(records[0].state, State::Aborted);
+        assert_eq!(records[0].commit_record(), None);
+        assert_eq!(records[1].state, State::Committing);
+    }
+}

@@ -93,3 +93,73 @@ impl Resource for Histories {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tpc_common::Password;
+
+    use super::*;
+    use crate::hashing::Cost;
+    use crate::store::Store;
+
+    fn pw(s: &str) -> Password {
+        Password::new("password", s.into()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn refuses_the_last_depth_passwords_and_forgets_older_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Store<HistoryChange> = Store::open(dir.path()).unwrap();
+        let data = store.data();
+        let histories = Histories {
+            hasher: Hasher::new(Cost::InsecureFast),
+            depth: 3,
+        };
+        let user = UserId::parse("alice").unwrap();
+        async fn commit(
+            store: &Store<HistoryChange>,
+            histories: &Histories,
+            op: Operation,
+        ) -> Result<(), String> {
+            let data = store.data();
+            let change = histories.validate(&data, &op).unwrap()?;
+            let txn = TxnId::generate();
+            let mut batch = sled::Batch::default();
+            histories.apply(&data, txn, &change, 0, &mut batch).unwrap();
+            store.force_commit(txn, batch, 0).await.unwrap();
+            Ok(())
+        }
+        let register = Operation::Register {
+            user: user.clone(),
+            email: tpc_common::Email::parse("a@example.com").unwrap(),
+            password: pw("p0"),
+        };
+        commit(&store, &histories, register.clone()).await.unwrap();
+        assert_eq!(
+            commit(&store, &histories, register).await,
+            Err("user exists".into())
+        );
+        let update = |new: &str| Operation::Update {
+            user: user.clone(),
+            current: pw("ignored by history"),
+            new: pw(new),
+        };
+        commit(&store, &histories, update("p1")).await.unwrap();
+        commit(&store, &histories, update("p2")).await.unwrap();
+        // p0, p1, p2 are the last three.
+        assert_eq!(
+            commit(&store, &histories, update("p0")).await,
+            Err("password was used recently".into())
+        );
+        assert_eq!(
+            commit(&store, &histories, update("p2")).await,
+            Err("password was used recently".into())
+        );
+        commit(&store, &histories, update("p3")).await.unwrap();
+        // p0 fell out of the window.
+        commit(&store, &histories, update("p0")).await.unwrap();
+        let entries: Vec<Entry> = data.get(&user).unwrap().unwrap();
+        assert_eq!(entries.len(), 5, "every change is listed");
+        assert_eq!(entries.iter().filter(|e| e.hash.is_some()).count(), 3);
+    }
+}

@@ -157,3 +157,48 @@ fn decode<T: DeserializeOwned>(key: &[u8], raw: &[u8]) -> Result<T, StoreError> 
         cause: e.to_string(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn recovery_finds_prepared_and_committed_records_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let user = UserId::parse("alice").unwrap();
+        let (prepared, committed, aborted) =
+            (TxnId::generate(), TxnId::generate(), TxnId::generate());
+        {
+            let store: Store<String> = Store::open(dir.path()).unwrap();
+            store
+                .force_prepared(prepared, &user, &"h1".to_owned(), 1)
+                .await
+                .unwrap();
+            store
+                .force_prepared(committed, &user, &"h2".to_owned(), 2)
+                .await
+                .unwrap();
+            let mut batch = sled::Batch::default();
+            Data::put(&mut batch, &user, &"h2");
+            store.force_commit(committed, batch, 3).await.unwrap();
+            store
+                .force_prepared(aborted, &user, &"h3".to_owned(), 4)
+                .await
+                .unwrap();
+            store.remove(aborted).unwrap();
+        }
+        // The group-commit task holds the database until it sees its queue closed.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let store: Store<String> = Store::open(dir.path()).unwrap();
+        let recovered = store.recover().unwrap();
+        assert_eq!(
+            recovered.prepared,
+            [(prepared, user.clone(), "h1".to_owned())]
+        );
+        assert_eq!(recovered.committed, [(committed, 3)]);
+        assert_eq!(
+            store.data().get::<String>(&user).unwrap(),
+            Some("h2".to_owned())
+        );
+    }
+}

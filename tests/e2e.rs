@@ -573,7 +573,10 @@ async fn participants_in_doubt_learn_presumed_abort_from_the_restarted_coordinat
         started.elapsed()
     );
     assert!(env.verify("hana", "hana-pw-1").await?);
-    assert_eq!(env.history("hana").await?, std::slice::from_ref(&reg.txn_id));
+    assert_eq!(
+        env.history("hana").await?,
+        std::slice::from_ref(&reg.txn_id)
+    );
     // The request may run again: abort means nothing happened.
     let retry = env
         .update("hana", "hana-pw-1", "hana-pw-2", "hana-req")

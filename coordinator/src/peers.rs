@@ -56,7 +56,7 @@ impl Peers {
         let response = client
             .prepare(request)
             .await
-            .map_err(|s| format!("{}: {}", s.code(), s.message()))?
+            .map_err(describe)?
             .into_inner();
         match response.vote() {
             prepare_response::Vote::Yes => Ok(Vote::Yes {
@@ -81,7 +81,7 @@ impl Peers {
             .commit(request)
             .await
             .map(drop)
-            .map_err(|s| format!("{}: {}", s.code(), s.message()))
+            .map_err(describe)
     }
 
     pub async fn abort(&self, to: Participant, txn: TxnId) -> Result<(), String> {
@@ -96,6 +96,10 @@ impl Peers {
             .abort(request)
             .await
             .map(drop)
-            .map_err(|s| format!("{}: {}", s.code(), s.message()))
+            .map_err(describe)
     }
+}
+
+fn describe(status: tonic::Status) -> String {
+    format!("{}: {}", status.code(), status.message())
 }

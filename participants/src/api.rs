@@ -39,10 +39,6 @@ fn txn_span<T>(
     )
 }
 
-fn storage(e: crate::store::StoreError) -> Status {
-    Status::internal(e.to_string())
-}
-
 #[tonic::async_trait]
 impl<R: Resource> Participant for ParticipantApi<R> {
     async fn prepare(
@@ -109,13 +105,7 @@ impl PasswordReader for PasswordApi {
         let req = request.into_inner();
         let user = UserId::parse(&req.user_id)?;
         let password = Password::new("password", req.password)?;
-        self.0.wait_unlocked(&user).await?;
-        let account: Account = self
-            .0
-            .data()
-            .get(&user)
-            .map_err(storage)?
-            .ok_or_else(|| Status::not_found(format!("unknown user {user}")))?;
+        let account: Account = self.0.read(&user).await?;
         let hasher = crate::hashing::Hasher::new(Default::default());
         let valid = tokio::task::spawn_blocking(move || hasher.verify(&password, &account.hash))
             .await
@@ -125,13 +115,7 @@ impl PasswordReader for PasswordApi {
 
     async fn get_user(&self, request: Request<GetUserRequest>) -> Result<Response<User>, Status> {
         let user = UserId::parse(&request.get_ref().user_id)?;
-        self.0.wait_unlocked(&user).await?;
-        let account: Account = self
-            .0
-            .data()
-            .get(&user)
-            .map_err(storage)?
-            .ok_or_else(|| Status::not_found(format!("unknown user {user}")))?;
+        let account: Account = self.0.read(&user).await?;
         Ok(Response::new(User {
             user_id: user.to_string(),
             email: account.email.to_string(),
@@ -150,13 +134,7 @@ impl HistoryReader for HistoryApi {
         request: Request<GetHistoryRequest>,
     ) -> Result<Response<History>, Status> {
         let user = UserId::parse(&request.get_ref().user_id)?;
-        self.0.wait_unlocked(&user).await?;
-        let entries: Vec<Entry> = self
-            .0
-            .data()
-            .get(&user)
-            .map_err(storage)?
-            .ok_or_else(|| Status::not_found(format!("unknown user {user}")))?;
+        let entries: Vec<Entry> = self.0.read(&user).await?;
         Ok(Response::new(History {
             entries: entries
                 .into_iter()

@@ -253,6 +253,15 @@ impl<R: Resource> Node<R> {
         }
     }
 
+    /// Reads `user`'s committed data once no transaction holds the user (`NOT_FOUND` if there is none).
+    pub async fn read<T: serde::de::DeserializeOwned>(&self, user: &UserId) -> Result<T, Status> {
+        self.wait_unlocked(user).await?;
+        self.data
+            .get(user)
+            .map_err(|e| Status::internal(e.to_string()))?
+            .ok_or_else(|| Status::not_found(format!("unknown user {user}")))
+    }
+
     /// Waits until no transaction holds `user`'s lock, so a read never sees a half-done change; gives up
     /// with `UNAVAILABLE` after the read deadline (the coordinator may be down with the user in doubt).
     pub async fn wait_unlocked(&self, user: &UserId) -> Result<(), Status> {

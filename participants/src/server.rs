@@ -79,46 +79,39 @@ pub async fn run(
         .connect_lazy();
     let hasher = Hasher::new(config.cost);
     let addr = listener.local_addr().ok();
-    match config.role {
+    let (router, clock) = match config.role {
         Role::Password => {
             let node = open(Passwords { hasher }, &config, coordinator)?;
-            let clock = tokio::spawn(node.clone().tick_forever(TICK));
-            info!(?addr, data_dir = %config.data_dir.display(), "password participant listening");
             let router =
                 tpc_common::serve::router(&["tpc.v1.Participant", "tpc.v1.PasswordReader"])
                     .await
                     .add_service(participant_server(node.clone()))
                     .add_service(
-                        PasswordReaderServer::new(PasswordApi(node))
+                        PasswordReaderServer::new(PasswordApi(node.clone()))
                             .max_decoding_message_size(MAX_MESSAGE_BYTES),
                     );
-            let served = tpc_common::serve::run(router, listener, shutdown).await;
-            clock.abort();
-            served?;
+            (router, tokio::spawn(node.tick_forever(TICK)))
         }
         Role::History => {
-            let node = open(
-                Histories {
-                    hasher,
-                    depth: config.history_depth,
-                },
-                &config,
-                coordinator,
-            )?;
-            let clock = tokio::spawn(node.clone().tick_forever(TICK));
-            info!(?addr, data_dir = %config.data_dir.display(), "history participant listening");
+            let histories = Histories {
+                hasher,
+                depth: config.history_depth,
+            };
+            let node = open(histories, &config, coordinator)?;
             let router = tpc_common::serve::router(&["tpc.v1.Participant", "tpc.v1.HistoryReader"])
                 .await
                 .add_service(participant_server(node.clone()))
                 .add_service(
-                    HistoryReaderServer::new(HistoryApi(node))
+                    HistoryReaderServer::new(HistoryApi(node.clone()))
                         .max_decoding_message_size(MAX_MESSAGE_BYTES),
                 );
-            let served = tpc_common::serve::run(router, listener, shutdown).await;
-            clock.abort();
-            served?;
+            (router, tokio::spawn(node.tick_forever(TICK)))
         }
-    }
+    };
+    info!(?addr, role = ?config.role, data_dir = %config.data_dir.display(), "participant listening");
+    let served = tpc_common::serve::run(router, listener, shutdown).await;
+    clock.abort();
+    served?;
     info!("participant stopped");
     Ok(())
 }

@@ -154,14 +154,19 @@ pub async fn run(keep: bool) -> Result {
     ));
 
     step(4, "Crash the coordinator at the commit point");
-    say("Restarting the coordinator with TPC_CRASH_AT=coord.after_decision_forced: it will abort");
+    say(
+        "Restarting the coordinator with TPC_FAILPOINTS=coord.after_decision_forced=crash: it will abort",
+    );
     say("(no flush, no destructors, like kill -9) right after the COMMIT record is on disk,");
     say("before it answers the client or tells any participant.");
     cluster.stop(Service::Coordinator).await?;
     cluster
         .start_service(
             Service::Coordinator,
-            &[(tpc_common::CRASH_AT_ENV, "coord.after_decision_forced")],
+            &[(
+                tpc_common::fault::FAILPOINTS_ENV,
+                "coord.after_decision_forced=crash",
+            )],
         )
         .await?;
     let mut client: PasswordServiceClient<_> = cluster.client().await?;

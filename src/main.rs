@@ -109,6 +109,8 @@ enum Command {
     /// Inspect the coordinator's transactions.
     #[command(subcommand)]
     Txn(client::TxnCommand),
+    /// List the fail points (fault injection), with what a crash at each one tests.
+    Failpoints,
     /// Run the whole story in a temporary directory, crash and recovery included, and narrate it.
     Demo {
         /// Keep the temporary directory (data, logs, e-mails) and print its path.
@@ -160,6 +162,7 @@ async fn main() -> ExitCode {
         Command::Verify(args) => client::verify(args).await,
         Command::History(args) => client::history(args).await,
         Command::Txn(cmd) => client::txn(cmd).await,
+        Command::Failpoints => Ok(servers::list_fail_points()),
         Command::Demo { keep } => demo::run(keep).await,
     };
     match result {

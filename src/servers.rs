@@ -22,6 +22,11 @@ fn cost(arg: Argon2Arg) -> Cost {
     }
 }
 
+/// Arms the fail points named in `TPC_FAILPOINTS`, if any.
+fn fail_points() -> Result<()> {
+    tpc_common::fault::setup_from_env().map_err(|e| e.into())
+}
+
 async fn bind(addr: &str) -> Result<TcpListener> {
     TcpListener::bind(addr)
         .await
@@ -35,6 +40,7 @@ pub async fn coordinator(
     history: String,
     smtp: Option<String>,
 ) -> Result {
+    fail_points()?;
     let listener = bind(&listen).await?;
     let mut config = coord::Config::new(data_dir, password, history);
     config.smtp = smtp;
@@ -50,6 +56,7 @@ pub async fn participant(
     argon2: Argon2Arg,
     history_depth: usize,
 ) -> Result {
+    fail_points()?;
     let listener = bind(&listen).await?;
     let role = match role {
         RoleArg::Password => Role::Password,
@@ -64,6 +71,7 @@ pub async fn participant(
 
 /// All three services in one process, on PORT, PORT+1 and PORT+2 of 127.0.0.1.
 pub async fn up(data_dir: PathBuf, port: u16, smtp: Option<String>, argon2: Argon2Arg) -> Result {
+    fail_points()?;
     let addr = |offset: u16| format!("127.0.0.1:{}", port + offset);
     let url = |offset: u16| format!("http://{}", addr(offset));
     let (coord_l, pass_l, hist_l) = (
@@ -134,4 +142,21 @@ pub async fn up(data_dir: PathBuf, port: u16, smtp: Option<String>, argon2: Argo
     signal.abort();
     served?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `tpc failpoints`: every fail point, what a crash there tests, and what `error` does there.
+pub fn list_fail_points() -> ExitCode {
+    use tpc_common::fault::{ENABLED, FAIL_POINTS, FAILPOINTS_ENV};
+    println!(
+        "Fail points ({}). Arm them with {FAILPOINTS_ENV}=\"name=action;…\", action [p%][count*]crash|error|delay(ms)|off.\n",
+        if ENABLED {
+            "compiled in"
+        } else {
+            "NOT compiled in: build with the failpoints feature"
+        }
+    );
+    for (name, crash, error) in FAIL_POINTS {
+        println!("{name}\n    crash: {crash}\n    error: {error}");
+    }
+    ExitCode::SUCCESS
 }

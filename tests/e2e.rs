@@ -394,7 +394,7 @@ async fn a_crash_right_after_the_commit_point_is_finished_by_recovery() -> Resul
     env.cluster
         .start_service(
             Service::Coordinator,
-            &[("TPC_CRASH_AT", "coord.after_decision_forced")],
+            &[("TPC_FAILPOINTS", "coord.after_decision_forced=crash")],
         )
         .await?;
     let lost = env
@@ -552,7 +552,7 @@ async fn participants_in_doubt_learn_presumed_abort_from_the_restarted_coordinat
     env.cluster
         .start_service(
             Service::Coordinator,
-            &[("TPC_CRASH_AT", "coord.after_votes")],
+            &[("TPC_FAILPOINTS", "coord.after_votes=crash")],
         )
         .await?;
     let lost = env

@@ -4,13 +4,13 @@
 //!   [`Operation`] (what a transaction does).
 //! - [`GroupCommit`]: forced writes to sled, batched, on the blocking pool.
 //! - [`Backoff`]: the capped exponential backoff every retry loop uses.
-//! - [`crash_point`]: named places where a test can make a process die abruptly.
+//! - [`fault`]: fail points, where a test makes a process crash, stall or lose a message.
 //! - [`serve`], [`telemetry`] and [`shutdown`]: what every tpc gRPC server needs around its services.
 
 mod backoff;
 mod clock;
-mod crash;
 mod email;
+pub mod fault;
 mod group_commit;
 mod invalid;
 mod operation;
@@ -24,7 +24,6 @@ pub mod wire;
 
 pub use backoff::Backoff;
 pub use clock::now_ms;
-pub use crash::{CRASH_AT_ENV, crash_point};
 pub use email::Email;
 pub use group_commit::GroupCommit;
 pub use invalid::InvalidInput;

@@ -12,7 +12,8 @@ use std::time::Duration;
 use lettre::message::header::ContentType;
 use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use tokio::sync::Notify;
-use tpc_common::{Backoff, crash_point};
+use tpc_common::Backoff;
+use tpc_common::fault::inject;
 use tracing::{info, warn};
 
 use crate::log::{Log, OutboxEntry};
@@ -113,11 +114,17 @@ pub async fn dispatch_forever(log: Arc<Log>, mailer: Mailer, wake: Arc<Notify>, 
             };
             match delivered {
                 Ok(()) => {
-                    crash_point("outbox.after_send_before_mark");
-                    if let Err(e) = log.mark_sent(entry.txn).await {
-                        warn!(cause = %e, txn_id = %entry.txn, "sent, but could not mark the e-mail sent");
-                    }
                     info!(txn_id = %entry.txn, message_id = %entry.message_id, "e-mail sent");
+                    let marked = match inject("outbox.after_send_before_mark").await {
+                        Ok(()) => log.mark_sent(entry.txn).await.map_err(|e| e.to_string()),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    if let Err(cause) = marked {
+                        // It will be sent again, with the same Message-ID.
+                        warn!(%cause, txn_id = %entry.txn, "sent, but could not mark the e-mail sent");
+                        failed = true;
+                        break;
+                    }
                     failures = 0;
                 }
                 Err(cause) => {

@@ -6,11 +6,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use tokio::sync::{Notify, mpsc, oneshot};
-use tpc_common::{Operation, TxnId, crash_point, now_ms};
+use tpc_common::fault::inject;
+use tpc_common::{Operation, TxnId, now_ms};
 use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::email;
-use crate::engine::{Active, Command, Decision, Engine, Event, Outcome, Vote};
+use crate::engine::{Active, Command, Decision, Engine, Event, Outcome, Participant, Vote};
 use crate::log::Log;
 use crate::peers::Peers;
 
@@ -175,6 +176,10 @@ impl Actor {
                 let peers = self.peers.clone();
                 info!(target: "tpc::protocol", txn_id = %txn, "coordinator → {}: Prepare", to.name());
                 self.spawn(txn, async move {
+                    if inject("coord.before_prepare").await.is_err() {
+                        let error = "injected: the Prepare was lost".to_owned();
+                        return Some(Event::PrepareFailed { txn, from: to, error });
+                    }
                     Some(match peers.prepare(to, txn, &op).await {
                         Ok(vote) => {
                             match &vote {
@@ -195,19 +200,20 @@ impl Actor {
                 Some(Event::PrepareDeadline { txn })
             }),
             Command::ForceCommit { record } => {
-                crash_point("coord.after_votes");
                 let log = self.log.clone();
                 let txn = record.txn;
                 self.spawn(txn, async move {
+                    if inject("coord.after_votes").await.is_err() {
+                        fatal("injected failure of the forced write");
+                    }
                     let mail = email::compose(&record);
                     if let Err(e) = log.force_commit(&record, &mail).await {
-                        // Without a durable decision there is no commit; stop and let recovery presume
-                        // abort rather than run on with a log that lies.
-                        error!(cause = %e, "cannot force the COMMIT record; aborting the process");
-                        std::process::abort();
+                        fatal(&e.to_string());
                     }
                     info!(target: "tpc::protocol", "coordinator: COMMIT record + e-mail forced to the log (the commit point)");
-                    crash_point("coord.after_decision_forced");
+                    if inject("coord.after_decision_forced").await.is_err() {
+                        fatal("injected failure after the forced write");
+                    }
                     Some(Event::CommitForced { txn })
                 });
             }
@@ -243,7 +249,14 @@ impl Actor {
                 self.spawn(txn, async move {
                     tokio::time::sleep(after).await;
                     info!(target: "tpc::protocol", attempt, "coordinator → {}: Commit", to.name());
-                    match peers.commit(to, txn).await {
+                    let mut acked = peers.commit(to, txn).await;
+                    if acked.is_ok()
+                        && to == Participant::ALL[0]
+                        && inject("coord.after_first_commit_sent").await.is_err()
+                    {
+                        acked = Err("injected: the acknowledgement was lost".into());
+                    }
+                    match acked {
                         Ok(()) => {
                             info!(target: "tpc::protocol", "{} → coordinator: ack Commit", to.name());
                             Some(Event::CommitAcked { txn, from: to })
@@ -256,13 +269,27 @@ impl Actor {
                 });
             }
             Command::LogEnd { txn } => {
-                crash_point("coord.before_end");
-                info!(target: "tpc::protocol", txn_id = %txn, "coordinator: END (every participant acknowledged)");
-                if let Err(e) = self.log.end(txn) {
-                    warn!(cause = %e, "could not write END; recovery will resend Commit");
-                }
+                let log = self.log.clone();
+                self.spawn(txn, async move {
+                    let ended = match inject("coord.before_end").await {
+                        Ok(()) => log.end(txn).map_err(|e| e.to_string()),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    match ended {
+                        Ok(()) => info!(target: "tpc::protocol", "coordinator: END (every participant acknowledged)"),
+                        Err(cause) => warn!(%cause, "END not written; recovery will resend Commit"),
+                    }
+                    None
+                });
             }
             Command::DispatchOutbox => self.outbox.notify_one(),
         }
     }
+}
+
+/// A forced write that failed leaves no durable decision to stand on: stop, and let recovery start from
+/// what is on disk (presumed abort for anything not forced), as databases do when `fsync` fails.
+fn fatal(cause: &str) -> ! {
+    error!(%cause, "cannot force the COMMIT record; aborting the process");
+    std::process::abort()
 }

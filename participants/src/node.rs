@@ -11,7 +11,8 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tonic::Status;
 use tonic::transport::Channel;
-use tpc_common::{Operation, TxnId, UserId, crash_point, now_ms};
+use tpc_common::fault::inject;
+use tpc_common::{Operation, TxnId, UserId, now_ms};
 use tpc_proto::v1::QueryDecisionRequest;
 use tpc_proto::v1::query_decision_response::Decision as WireDecision;
 use tpc_proto::v1::transaction_manager_client::TransactionManagerClient;
@@ -110,6 +111,8 @@ impl<R: Resource> Node<R> {
     ) -> Result<Reply<R::Change>, Status> {
         let mut queue: VecDeque<_> = self.engine().handle(event).into();
         let mut reply = Reply::Nothing;
+        // Set by an `error` fail point after a step that completed: its reply is lost.
+        let mut reply_lost = false;
         while let Some(command) = queue.pop_front() {
             let next = match command {
                 Command::Validate { txn } => {
@@ -133,17 +136,21 @@ impl<R: Resource> Node<R> {
                     Some(Event::Validated { txn, outcome })
                 }
                 Command::ForcePrepared { txn, user, change } => {
-                    crash_point("part.before_prepare_forced");
+                    if inject("part.before_prepare_forced").await.is_err() {
+                        fatal(StoreError::Injected);
+                    }
                     let at = now_ms();
                     if let Err(e) = self.store.force_prepared(txn, &user, &change, at).await {
                         fatal(e)
                     }
-                    crash_point("part.after_prepare_forced");
+                    reply_lost |= inject("part.after_prepare_forced").await.is_err();
                     info!(target: "tpc::protocol", participant = R::NAME, %txn, "{}: PREPARED record forced, votes YES (now in doubt until told)", R::NAME);
                     Some(Event::PreparedForced { txn, at })
                 }
                 Command::ApplyCommit { txn, change } => {
-                    crash_point("part.before_commit_applied");
+                    if inject("part.before_commit_applied").await.is_err() {
+                        fatal(StoreError::Injected);
+                    }
                     let at = now_ms();
                     let mut batch = sled::Batch::default();
                     let applied = self
@@ -156,7 +163,7 @@ impl<R: Resource> Node<R> {
                         fatal(e)
                     }
                     info!(target: "tpc::protocol", participant = R::NAME, %txn, "{}: change applied, COMMITTED record forced, lock released", R::NAME);
-                    crash_point("part.after_commit_forced");
+                    reply_lost |= inject("part.after_commit_forced").await.is_err();
                     Some(Event::CommitApplied { txn, at })
                 }
                 Command::DropPrepared { txn } => {
@@ -193,6 +200,9 @@ impl<R: Resource> Node<R> {
             if let Some(event) = next {
                 queue.extend(self.engine().handle(event));
             }
+        }
+        if reply_lost {
+            return Err(Status::unavailable("injected: the reply was lost"));
         }
         Ok(reply)
     }

@@ -18,6 +18,8 @@ pub enum StoreError {
     Sled(#[from] sled::Error),
     #[error("storage flush: {0}")]
     Flush(#[from] std::sync::Arc<sled::Error>),
+    #[error("injected storage failure (fail point)")]
+    Injected,
     #[error("corrupt record {key}: {cause}")]
     Corrupt { key: String, cause: String },
 }

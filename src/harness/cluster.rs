@@ -96,7 +96,7 @@ impl Cluster {
     }
 
     /// Starts `service` (it must not be running) with extra environment variables, such as
-    /// `TPC_CRASH_AT`, and waits until it accepts connections.
+    /// `TPC_FAILPOINTS`, and waits until it accepts connections.
     pub async fn start_service(
         &mut self,
         service: Service,
@@ -136,7 +136,7 @@ impl Cluster {
                 "RUST_LOG",
                 self.options.rust_log.as_deref().unwrap_or("info"),
             )
-            .env_remove(tpc_common::CRASH_AT_ENV)
+            .env_remove(tpc_common::fault::FAILPOINTS_ENV)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -23,6 +23,12 @@ impl Peers {
             Ok(Endpoint::from_shared(url.to_owned())
                 .map_err(|e| format!("{url}: {e}"))?
                 .connect_timeout(Duration::from_secs(1))
+                // A call never outlives the prepare deadline, and a dead or partitioned connection is
+                // noticed by keepalive and replaced, instead of swallowing every later call.
+                .timeout(timeout)
+                .http2_keep_alive_interval(Duration::from_secs(1))
+                .keep_alive_timeout(Duration::from_secs(1))
+                .keep_alive_while_idle(true)
                 .tcp_nodelay(true)
                 .connect_lazy())
         };

@@ -76,6 +76,10 @@ pub async fn run(
     let coordinator = Endpoint::from_shared(config.coordinator.clone())
         .map_err(|e| ServeError::CoordinatorUrl(e.to_string()))?
         .connect_timeout(Duration::from_secs(1))
+        .timeout(Duration::from_secs(2))
+        .http2_keep_alive_interval(Duration::from_secs(1))
+        .keep_alive_timeout(Duration::from_secs(1))
+        .keep_alive_while_idle(true)
         .connect_lazy();
     let hasher = Hasher::new(config.cost);
     let addr = listener.local_addr().ok();

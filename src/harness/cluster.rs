@@ -5,12 +5,16 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use std::collections::HashMap;
+
 use tokio::process::{Child, Command};
 use tonic::transport::Channel;
 use tpc_proto::v1::history_reader_client::HistoryReaderClient;
 use tpc_proto::v1::password_reader_client::PasswordReaderClient;
 use tpc_proto::v1::password_service_client::PasswordServiceClient;
 use tpc_proto::v1::transaction_manager_client::TransactionManagerClient;
+
+use super::proxy::FaultProxy;
 
 /// One of the three processes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -53,10 +57,20 @@ pub struct ClusterOptions {
     pub narrate: bool,
 }
 
+/// The network links between the processes, each through a [`FaultProxy`]: the coordinator calls each
+/// participant, and each participant calls the coordinator (`QueryDecision`).
+pub const LINKS: [(Service, Service); 4] = [
+    (Service::Coordinator, Service::Password),
+    (Service::Coordinator, Service::History),
+    (Service::Password, Service::Coordinator),
+    (Service::History, Service::Coordinator),
+];
+
 pub struct Cluster {
     options: ClusterOptions,
     ports: [u16; 3],
     children: [Option<Child>; 3],
+    links: HashMap<(Service, Service), FaultProxy>,
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -65,10 +79,17 @@ impl Cluster {
     /// Starts all three processes and waits until each accepts connections.
     pub async fn start(options: ClusterOptions) -> Result<Self, BoxError> {
         std::fs::create_dir_all(options.dir.join("logs"))?;
+        let ports = [free_port()?, free_port()?, free_port()?];
+        let mut links = HashMap::new();
+        for (from, to) in LINKS {
+            let target = ([127, 0, 0, 1], ports[to.index()]).into();
+            links.insert((from, to), FaultProxy::start(target).await?);
+        }
         let mut cluster = Self {
             options,
-            ports: [free_port()?, free_port()?, free_port()?],
+            ports,
             children: [None, None, None],
+            links,
         };
         for service in Service::ALL {
             cluster.start_service(service, &[]).await?;
@@ -78,6 +99,45 @@ impl Cluster {
 
     pub fn url(&self, service: Service) -> String {
         format!("http://127.0.0.1:{}", self.ports[service.index()])
+    }
+
+    /// The proxy on the link from `from` to `to` (the direction of the calls).
+    pub fn link(&self, from: Service, to: Service) -> &FaultProxy {
+        &self.links[&(from, to)]
+    }
+
+    /// The URL `from` uses to call `to`: through the link's proxy.
+    fn url_via_link(&self, from: Service, to: Service) -> String {
+        format!("http://{}", self.link(from, to).addr())
+    }
+
+    /// No byte passes between `a` and `b`, either way, until [`Cluster::heal`].
+    pub fn partition(&self, a: Service, b: Service) {
+        for (from, to) in [(a, b), (b, a)] {
+            if let Some(link) = self.links.get(&(from, to)) {
+                link.update(|f| {
+                    f.hold_requests = true;
+                    f.hold_replies = true;
+                });
+            }
+        }
+    }
+
+    /// Bytes from `from` to `to` are held; the other direction flows.
+    pub fn partition_one_way(&self, from: Service, to: Service) {
+        if let Some(link) = self.links.get(&(from, to)) {
+            link.update(|f| f.hold_requests = true);
+        }
+        if let Some(link) = self.links.get(&(to, from)) {
+            link.update(|f| f.hold_replies = true);
+        }
+    }
+
+    /// Every link back to normal.
+    pub fn heal(&self) {
+        for link in self.links.values() {
+            link.heal();
+        }
     }
 
     pub fn data_dir(&self, service: Service) -> PathBuf {
@@ -108,15 +168,15 @@ impl Cluster {
             Service::Coordinator => vec![
                 "coordinator".into(),
                 "--password".into(),
-                self.url(Service::Password),
+                self.url_via_link(Service::Coordinator, Service::Password),
                 "--history".into(),
-                self.url(Service::History),
+                self.url_via_link(Service::Coordinator, Service::History),
             ],
             Service::Password | Service::History => vec![
                 "participant".into(),
                 service.name().into(),
                 "--coordinator".into(),
-                self.url(Service::Coordinator),
+                self.url_via_link(service, Service::Coordinator),
                 "--argon2".into(),
                 if self.options.owasp_cost {
                     "owasp"
@@ -195,6 +255,8 @@ impl Cluster {
     pub async fn stop(&mut self, service: Service) -> Result<(), BoxError> {
         if let Some(mut child) = self.children[service.index()].take() {
             if let Some(pid) = child.id() {
+                // A paused process must run again to handle SIGTERM.
+                signal(pid, libc::SIGCONT)?;
                 signal(pid, libc::SIGTERM)?;
             }
             match tokio::time::timeout(Duration::from_secs(10), child.wait()).await {
@@ -223,6 +285,28 @@ impl Cluster {
                 Err(format!("{} did not exit", service.name()).into())
             }
         }
+    }
+
+    /// SIGSTOP: the process freezes (its sockets stay open, nothing answers) until [`Cluster::resume`].
+    pub fn pause(&self, service: Service) -> Result<(), BoxError> {
+        self.signal(service, libc::SIGSTOP)
+    }
+
+    /// SIGCONT after [`Cluster::pause`].
+    pub fn resume(&self, service: Service) -> Result<(), BoxError> {
+        self.signal(service, libc::SIGCONT)
+    }
+
+    fn signal(&self, service: Service, sig: libc::c_int) -> Result<(), BoxError> {
+        let pid = self.children[service.index()]
+            .as_ref()
+            .and_then(Child::id)
+            .ok_or_else(|| format!("{} is not running", service.name()))?;
+        Ok(signal(pid, sig)?)
+    }
+
+    pub fn is_running(&self, service: Service) -> bool {
+        self.children[service.index()].is_some()
     }
 
     pub async fn restart(&mut self, service: Service) -> Result<(), BoxError> {

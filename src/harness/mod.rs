@@ -1,9 +1,12 @@
 //! Runs tpc the way it runs in production, to test it from outside: each service a separate OS process
 //! on its own loopback port and data directory, a real SMTP server receiving the e-mail, and the
-//! means to break things (`kill -9`, restart).
+//! means to break things: `kill -9`, restart, SIGSTOP, and a TCP fault proxy on every link between the
+//! coordinator and the participants (latency, dropped connections, partitions, one-way partitions).
 
 mod cluster;
 mod mail_server;
+mod proxy;
 
 pub use cluster::{Cluster, ClusterOptions, Service};
 pub use mail_server::{Mail, MailServer};
+pub use proxy::{FaultProxy, LinkFaults};

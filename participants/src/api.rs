@@ -10,7 +10,7 @@ use tpc_proto::v1::participant_server::Participant;
 use tpc_proto::v1::password_reader_server::PasswordReader;
 use tpc_proto::v1::{
     AbortRequest, Ack, CommitRequest, GetHistoryRequest, GetUserRequest, History, PrepareRequest,
-    PrepareResponse, User, VerifyPasswordRequest, VerifyPasswordResponse, history,
+    ParticipantStatus, PrepareResponse, StatusRequest, User, VerifyPasswordRequest, VerifyPasswordResponse, history,
     prepare_response,
 };
 use tracing::{Instrument, info_span};
@@ -90,6 +90,14 @@ impl<R: Resource> Participant for ParticipantApi<R> {
             .instrument(span)
             .await?;
         Ok(Response::new(Ack {}))
+    }
+
+    async fn status(&self, _: Request<StatusRequest>) -> Result<Response<ParticipantStatus>, Status> {
+        let (in_doubt, locked) = self.0.status();
+        Ok(Response::new(ParticipantStatus {
+            in_doubt: in_doubt.iter().map(TxnId::to_string).collect(),
+            locked_users: locked as u32,
+        }))
     }
 }
 

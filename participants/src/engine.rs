@@ -178,12 +178,21 @@ impl<C: Clone> Engine<C> {
         self.locks.contains_key(user)
     }
 
-    /// Transactions that voted yes and do not know the outcome yet.
-    pub fn in_doubt(&self) -> usize {
-        self.txns
-            .values()
-            .filter(|s| matches!(s, State::Prepared { .. }))
-            .count()
+    /// Transactions that voted yes and do not know the outcome yet, oldest first.
+    pub fn in_doubt(&self) -> Vec<TxnId> {
+        let mut txns: Vec<TxnId> = self
+            .txns
+            .iter()
+            .filter(|(_, s)| matches!(s, State::Prepared { .. }))
+            .map(|(txn, _)| *txn)
+            .collect();
+        txns.sort();
+        txns
+    }
+
+    /// How many users a transaction holds.
+    pub fn locked_users(&self) -> usize {
+        self.locks.len()
     }
 
     pub fn handle(&mut self, event: Event<C>) -> Vec<Command<C>> {

@@ -78,8 +78,10 @@ impl<R: Resource> Node<R> {
         &self.data
     }
 
-    pub fn in_doubt(&self) -> usize {
-        self.engine().in_doubt()
+    /// In-doubt transactions and the number of locked users.
+    pub fn status(&self) -> (Vec<TxnId>, usize) {
+        let engine = self.engine();
+        (engine.in_doubt(), engine.locked_users())
     }
 
     fn engine(&self) -> std::sync::MutexGuard<'_, Engine<R::Change>> {

@@ -3,7 +3,9 @@
 //! means to break things: `kill -9`, restart, SIGSTOP, and a TCP fault proxy on every link between the
 //! coordinator and the participants (latency, dropped connections, partitions, one-way partitions).
 
+pub mod checker;
 mod cluster;
+pub mod history;
 mod mail_server;
 mod proxy;
 

@@ -111,6 +111,24 @@ enum Command {
     Txn(client::TxnCommand),
     /// List the fail points (fault injection), with what a crash at each one tests.
     Failpoints,
+    /// Run real processes under a random schedule of faults while clients work, then check every
+    /// invariant. Exit status 1 on any violation.
+    Chaos {
+        /// How long to inject faults, e.g. 60s or 2m.
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        duration: std::time::Duration,
+        /// Seed of the fault schedule and the workload (default: from the clock). A run with the same
+        /// seed makes the same choices, though timing still differs.
+        #[arg(long)]
+        seed: Option<u64>,
+        #[arg(long, default_value_t = 8)]
+        clients: usize,
+        #[arg(long, default_value_t = 20)]
+        users: usize,
+        /// Where data, logs, history.jsonl and report.json go (default: ./tpc-chaos-SEED).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Run the whole story in a temporary directory, crash and recovery included, and narrate it.
     Demo {
         /// Keep the temporary directory (data, logs, e-mails) and print its path.
@@ -163,6 +181,13 @@ async fn main() -> ExitCode {
         Command::History(args) => client::history(args).await,
         Command::Txn(cmd) => client::txn(cmd).await,
         Command::Failpoints => Ok(servers::list_fail_points()),
+        Command::Chaos {
+            duration,
+            seed,
+            clients,
+            users,
+            out,
+        } => chaos(duration, seed, clients, users, out).await,
         Command::Demo { keep } => demo::run(keep).await,
     };
     match result {
@@ -176,3 +201,56 @@ async fn main() -> ExitCode {
 
 /// Errors end the command with a message and exit status 2.
 pub type Result<T = ExitCode> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+fn parse_duration(raw: &str) -> std::result::Result<std::time::Duration, String> {
+    let (number, unit) = raw
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((raw, "s"), |i| raw.split_at(i));
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{raw:?}: expected e.g. 60s or 2m"))?;
+    match unit {
+        "s" => Ok(std::time::Duration::from_secs(n)),
+        "m" => Ok(std::time::Duration::from_secs(n * 60)),
+        "ms" => Ok(std::time::Duration::from_millis(n)),
+        _ => Err(format!("{raw:?}: unit must be ms, s or m")),
+    }
+}
+
+async fn chaos(
+    duration: std::time::Duration,
+    seed: Option<u64>,
+    clients: usize,
+    users: usize,
+    out: Option<PathBuf>,
+) -> Result {
+    use tpc::harness::chaos::{self, ChaosConfig};
+    let seed = seed.unwrap_or_else(tpc_common::now_ms);
+    let out = out.unwrap_or_else(|| PathBuf::from(format!("tpc-chaos-{seed}")));
+    println!(
+        "tpc chaos: {} s of faults, seed {seed}, {clients} clients, {users} users; output in {}",
+        duration.as_secs(),
+        out.display()
+    );
+    let report = chaos::run(ChaosConfig {
+        exe: std::env::current_exe()?,
+        duration,
+        seed,
+        clients: clients.max(1),
+        users: users.max(1),
+        out: out.clone(),
+        progress: true,
+    })
+    .await?;
+    print!("{}", report.render());
+    println!(
+        "history: {}  report: {}",
+        out.join("history.jsonl").display(),
+        out.join("report.json").display()
+    );
+    Ok(if report.violations.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

@@ -175,7 +175,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             prepare_deadline: Duration::from_secs(2),
-            commit_backoff: Backoff::new(Duration::from_millis(50), Duration::from_secs(2)),
+            commit_backoff: Backoff::new(Duration::from_millis(50), Duration::from_secs(1)),
         }
     }
 }

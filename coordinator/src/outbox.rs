@@ -95,6 +95,10 @@ fn build(entry: &OutboxEntry) -> Result<Message, String> {
         .map_err(|e| e.to_string())
 }
 
+/// How many e-mails are handed to the mail server at once: enough to keep up with commits when a
+/// backlog built up while the server was down.
+const IN_FLIGHT: usize = 16;
+
 /// Delivers the outbox until the task is dropped. `wake` is notified after every commit.
 pub async fn dispatch_forever(log: Arc<Log>, mailer: Mailer, wake: Arc<Notify>, backoff: Backoff) {
     let mut failures = 0u32;
@@ -106,45 +110,58 @@ pub async fn dispatch_forever(log: Arc<Log>, mailer: Mailer, wake: Arc<Notify>, 
                 Vec::new()
             }
         };
-        let mut failed = false;
-        for entry in &pending {
-            let delivered = match build(entry) {
-                Ok(message) => mailer.send(message).await,
-                Err(e) => Err(e),
-            };
-            match delivered {
-                Ok(()) => {
-                    info!(txn_id = %entry.txn, message_id = %entry.message_id, "e-mail sent");
-                    let marked = match inject("outbox.after_send_before_mark").await {
-                        Ok(()) => log.mark_sent(entry.txn).await.map_err(|e| e.to_string()),
-                        Err(e) => Err(e.to_string()),
-                    };
-                    if let Err(cause) = marked {
-                        // It will be sent again, with the same Message-ID.
-                        warn!(%cause, txn_id = %entry.txn, "sent, but could not mark the e-mail sent");
-                        failed = true;
-                        break;
-                    }
-                    failures = 0;
-                }
-                Err(cause) => {
-                    warn!(txn_id = %entry.txn, %cause, attempt = failures + 1, "e-mail not accepted; will retry");
-                    failed = true;
-                    break;
-                }
-            }
-        }
-        if failed {
-            tokio::time::sleep(backoff.delay(failures)).await;
-            failures = failures.saturating_add(1);
-        } else if pending.is_empty() {
+        if pending.is_empty() {
             // notify_one keeps a permit, so a commit between the scan and this wait is not missed.
             tokio::select! {
                 () = wake.notified() => {}
                 () = tokio::time::sleep(Duration::from_secs(5)) => {}
             }
+            continue;
+        }
+        let mut failed = false;
+        for batch in pending.chunks(IN_FLIGHT) {
+            let mut sends = tokio::task::JoinSet::new();
+            for entry in batch {
+                let (log, mailer, entry) = (log.clone(), mailer.clone(), entry.clone());
+                sends.spawn(async move { deliver(&log, &mailer, &entry).await });
+            }
+            while let Some(delivered) = sends.join_next().await {
+                failed |= !matches!(delivered, Ok(true));
+            }
+            if failed {
+                break;
+            }
+        }
+        if failed {
+            tokio::time::sleep(backoff.delay(failures)).await;
+            failures = failures.saturating_add(1);
+        } else {
+            failures = 0;
         }
     }
+}
+
+/// Sends one e-mail and removes it from the outbox; false if it must be tried again.
+async fn deliver(log: &Log, mailer: &Mailer, entry: &OutboxEntry) -> bool {
+    let sent = match build(entry) {
+        Ok(message) => mailer.send(message).await,
+        Err(e) => Err(e),
+    };
+    if let Err(cause) = sent {
+        warn!(txn_id = %entry.txn, %cause, "e-mail not accepted; will retry");
+        return false;
+    }
+    info!(txn_id = %entry.txn, message_id = %entry.message_id, "e-mail sent");
+    let marked = match inject("outbox.after_send_before_mark").await {
+        Ok(()) => log.mark_sent(entry.txn).await.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(cause) = marked {
+        // It will be sent again, with the same Message-ID.
+        warn!(%cause, txn_id = %entry.txn, "sent, but could not mark the e-mail sent");
+        return false;
+    }
+    true
 }
 
 #[cfg(test)]

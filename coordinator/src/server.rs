@@ -96,7 +96,7 @@ pub async fn run(
         log.clone(),
         mailer,
         wake.clone(),
-        Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
+        Backoff::new(Duration::from_millis(100), Duration::from_secs(1)),
     ));
     wake.notify_one();
     let collector = tokio::spawn(collect_garbage(

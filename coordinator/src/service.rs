@@ -132,7 +132,7 @@ impl TransactionManager for Api {
         let req = request.into_inner();
         let limit = match req.limit {
             0 => 100,
-            n => n.min(10_000) as usize,
+            n => n.min(1_000_000) as usize,
         };
         let wanted = req.state();
         let active = self.coordinator.active().await?;

@@ -9,9 +9,9 @@ use tpc_proto::v1::history_reader_server::HistoryReader;
 use tpc_proto::v1::participant_server::Participant;
 use tpc_proto::v1::password_reader_server::PasswordReader;
 use tpc_proto::v1::{
-    AbortRequest, Ack, CommitRequest, GetHistoryRequest, GetUserRequest, History, PrepareRequest,
-    ParticipantStatus, PrepareResponse, StatusRequest, User, VerifyPasswordRequest, VerifyPasswordResponse, history,
-    prepare_response,
+    AbortRequest, Ack, CommitRequest, GetHistoryRequest, GetUserRequest, History,
+    ParticipantStatus, PrepareRequest, PrepareResponse, StatusRequest, User, VerifyPasswordRequest,
+    VerifyPasswordResponse, history, prepare_response,
 };
 use tracing::{Instrument, info_span};
 
@@ -92,7 +92,10 @@ impl<R: Resource> Participant for ParticipantApi<R> {
         Ok(Response::new(Ack {}))
     }
 
-    async fn status(&self, _: Request<StatusRequest>) -> Result<Response<ParticipantStatus>, Status> {
+    async fn status(
+        &self,
+        _: Request<StatusRequest>,
+    ) -> Result<Response<ParticipantStatus>, Status> {
         let (in_doubt, locked) = self.0.status();
         Ok(Response::new(ParticipantStatus {
             in_doubt: in_doubt.iter().map(TxnId::to_string).collect(),

@@ -118,7 +118,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            in_doubt_after_ms: 2_000,
+            in_doubt_after_ms: 300,
             query_backoff: Backoff::new(
                 std::time::Duration::from_millis(100),
                 std::time::Duration::from_millis(500),

@@ -415,16 +415,16 @@ fn recovered_prepared_transactions_are_locked_and_queried_at_once() {
 #[test]
 fn in_doubt_queries_back_off_exponentially_up_to_the_cap() {
     let mut e = engine();
-    let txn = prepared(&mut e, "alice", "h1"); // prepared at 1_000, in doubt from 3_000
-    assert_eq!(e.handle(Event::Tick { now: 2_999 }), vec![]);
+    let txn = prepared(&mut e, "alice", "h1"); // prepared at 1_000, in doubt from 1_300
+    assert_eq!(e.handle(Event::Tick { now: 1_299 }), vec![]);
     let mut asked_at = Vec::new();
-    for now in (3_000..6_000).step_by(10) {
+    for now in (1_300..4_000).step_by(10) {
         if !e.handle(Event::Tick { now }).is_empty() {
             asked_at.push(now);
         }
     }
     // 100, 200, 400, then the 500 ms cap.
-    assert_eq!(&asked_at[..6], &[3_000, 3_100, 3_300, 3_700, 4_200, 4_700]);
+    assert_eq!(&asked_at[..6], &[1_300, 1_400, 1_600, 2_000, 2_500, 3_000]);
     let _ = txn;
 }
 

@@ -87,8 +87,11 @@ pub fn check(o: &Observed) -> Vec<Violation> {
         .collect();
     let txn_by_id: HashMap<&str, &CoordinatorTxn> =
         o.transactions.iter().map(|t| (t.txn.as_str(), t)).collect();
-    let op_by_request: HashMap<&str, &Op> =
-        o.ops.iter().map(|op| (op.request_id.as_str(), op)).collect();
+    let op_by_request: HashMap<&str, &Op> = o
+        .ops
+        .iter()
+        .map(|op| (op.request_id.as_str(), op))
+        .collect();
     let op_of_txn = |txn: &str| -> Option<&Op> {
         txn_by_id
             .get(txn)
@@ -102,7 +105,12 @@ pub fn check(o: &Observed) -> Vec<Violation> {
 
     // 1 + 3 at rest: agreement and atomic visibility of the final state.
     for (user, state) in &o.users {
-        let ops_of = |txns: &[&str]| txns.iter().filter_map(|t| op_of_txn(t)).map(|op| op.index).collect();
+        let ops_of = |txns: &[&str]| {
+            txns.iter()
+                .filter_map(|t| op_of_txn(t))
+                .map(|op| op.index)
+                .collect()
+        };
         if state.version.as_deref() != state.history.first().map(String::as_str) {
             out.push(violation(
                 "atomic visibility",
@@ -111,7 +119,14 @@ pub fn check(o: &Observed) -> Vec<Violation> {
                     state.version,
                     state.history.first()
                 ),
-                ops_of(&state.history.iter().take(1).map(String::as_str).collect::<Vec<_>>()),
+                ops_of(
+                    &state
+                        .history
+                        .iter()
+                        .take(1)
+                        .map(String::as_str)
+                        .collect::<Vec<_>>(),
+                ),
             ));
         }
         for txn in &state.history {
@@ -124,13 +139,25 @@ pub fn check(o: &Observed) -> Vec<Violation> {
             }
         }
     }
-    for t in o.transactions.iter().filter(|t| committed.contains(t.txn.as_str())) {
-        let applied = o.users.get(&t.user).is_some_and(|u| u.history.contains(&t.txn));
+    for t in o
+        .transactions
+        .iter()
+        .filter(|t| committed.contains(t.txn.as_str()))
+    {
+        let applied = o
+            .users
+            .get(&t.user)
+            .is_some_and(|u| u.history.contains(&t.txn));
         if !applied {
             out.push(violation(
                 "agreement",
-                format!("{}: {} committed by the coordinator but missing at the participants", t.user, t.txn),
-                op_of_txn(&t.txn).map(|op| vec![op.index]).unwrap_or_default(),
+                format!(
+                    "{}: {} committed by the coordinator but missing at the participants",
+                    t.user, t.txn
+                ),
+                op_of_txn(&t.txn)
+                    .map(|op| vec![op.index])
+                    .unwrap_or_default(),
             ));
         }
     }
@@ -155,7 +182,10 @@ pub fn check(o: &Observed) -> Vec<Violation> {
                     if recent[window..].contains(new) {
                         out.push(violation(
                             "validity",
-                            format!("{user}: {txn} reused password #{new} within the last {}", o.history_depth),
+                            format!(
+                                "{user}: {txn} reused password #{new} within the last {}",
+                                o.history_depth
+                            ),
                             vec![op.index],
                         ));
                     }
@@ -173,13 +203,20 @@ pub fn check(o: &Observed) -> Vec<Violation> {
     // The client's view: durability, no effect of aborts, all-or-nothing for unknown outcomes, and
     // atomic visibility of every read.
     for op in &o.ops {
-        let coordinator = || o.transactions.iter().filter(|t| t.request_id == op.request_id);
+        let coordinator = || {
+            o.transactions
+                .iter()
+                .filter(|t| t.request_id == op.request_id)
+        };
         match &op.completion {
             Some(Completion::Ok { txn }) => {
                 if !committed.contains(txn.as_str()) || !in_any_history.contains(txn.as_str()) {
                     out.push(violation(
                         "durability",
-                        format!("{}: {txn} was COMMITTED to the client but is not committed now", op.user),
+                        format!(
+                            "{}: {txn} was COMMITTED to the client but is not committed now",
+                            op.user
+                        ),
                         vec![op.index],
                     ));
                 }
@@ -188,7 +225,10 @@ pub fn check(o: &Observed) -> Vec<Violation> {
                 if committed.contains(txn.as_str()) || in_any_history.contains(txn.as_str()) {
                     out.push(violation(
                         "no effect of abort",
-                        format!("{}: {txn} was ABORTED ({reason}) to the client but took effect", op.user),
+                        format!(
+                            "{}: {txn} was ABORTED ({reason}) to the client but took effect",
+                            op.user
+                        ),
                         vec![op.index],
                     ));
                 }
@@ -246,7 +286,10 @@ pub fn check(o: &Observed) -> Vec<Violation> {
             out.push(violation(
                 "termination",
                 format!("coordinator still has {} in state {:?}", t.txn, t.state),
-                op_by_request.get(t.request_id.as_str()).map(|op| vec![op.index]).unwrap_or_default(),
+                op_by_request
+                    .get(t.request_id.as_str())
+                    .map(|op| vec![op.index])
+                    .unwrap_or_default(),
             ));
         }
     }
@@ -265,13 +308,21 @@ pub fn check(o: &Observed) -> Vec<Violation> {
     let expected: HashSet<String> = committed.iter().map(|t| message_id(t)).collect();
     for id in &received {
         if !expected.contains(*id) {
-            out.push(violation("e-mail", format!("e-mail {id} for a transaction that did not commit"), vec![]));
+            out.push(violation(
+                "e-mail",
+                format!("e-mail {id} for a transaction that did not commit"),
+                vec![],
+            ));
         }
     }
 
     // 8: secrecy.
     for place in &o.plaintext {
-        out.push(violation("secrecy", format!("plaintext password in {place}"), vec![]));
+        out.push(violation(
+            "secrecy",
+            format!("plaintext password in {place}"),
+            vec![],
+        ));
     }
     out
 }
@@ -306,15 +357,52 @@ mod tests {
     fn clean() -> Observed {
         Observed {
             ops: vec![
-                op(0, "u", Call::Register { password: 0 }, Completion::Ok { txn: "t1".into() }),
-                op(1, "u", Call::Update { current: 0, new: 1 }, Completion::Ok { txn: "t2".into() }),
-                op(2, "u", Call::Update { current: 1, new: 0 }, Completion::Fail { txn: "t3".into(), reason: "password was used recently".into() }),
-                op(3, "u", Call::Update { current: 1, new: 2 }, Completion::Info { error: "reset".into() }),
-                op(4, "u", Call::Read, Completion::Read { first_version: "t2".into(), newest_history: "t2".into(), second_version: "t2".into() }),
+                op(
+                    0,
+                    "u",
+                    Call::Register { password: 0 },
+                    Completion::Ok { txn: "t1".into() },
+                ),
+                op(
+                    1,
+                    "u",
+                    Call::Update { current: 0, new: 1 },
+                    Completion::Ok { txn: "t2".into() },
+                ),
+                op(
+                    2,
+                    "u",
+                    Call::Update { current: 1, new: 0 },
+                    Completion::Fail {
+                        txn: "t3".into(),
+                        reason: "password was used recently".into(),
+                    },
+                ),
+                op(
+                    3,
+                    "u",
+                    Call::Update { current: 1, new: 2 },
+                    Completion::Info {
+                        error: "reset".into(),
+                    },
+                ),
+                op(
+                    4,
+                    "u",
+                    Call::Read,
+                    Completion::Read {
+                        first_version: "t2".into(),
+                        newest_history: "t2".into(),
+                        second_version: "t2".into(),
+                    },
+                ),
             ],
             users: BTreeMap::from([(
                 "u".into(),
-                FinalUser { version: Some("t4".into()), history: vec!["t4".into(), "t2".into(), "t1".into()] },
+                FinalUser {
+                    version: Some("t4".into()),
+                    history: vec!["t4".into(), "t2".into(), "t1".into()],
+                },
             )]),
             transactions: vec![
                 txn("t1", 0, TxnState::Committed),
@@ -322,8 +410,15 @@ mod tests {
                 txn("t3", 2, TxnState::Aborted),
                 txn("t4", 3, TxnState::Committed),
             ],
-            participants: vec![ParticipantState { name: "password".into(), in_doubt: vec![], locked_users: 0 }],
-            mail_ids: ["t1", "t2", "t4", "t4"].iter().map(|t| message_id(t)).collect(),
+            participants: vec![ParticipantState {
+                name: "password".into(),
+                in_doubt: vec![],
+                locked_users: 0,
+            }],
+            mail_ids: ["t1", "t2", "t4", "t4"]
+                .iter()
+                .map(|t| message_id(t))
+                .collect(),
             plaintext: vec![],
             history_depth: 5,
         }
@@ -350,7 +445,10 @@ mod tests {
         let mut o = clean();
         o.users.get_mut("u").unwrap().history.retain(|t| t != "t2");
         let found = invariants(&o);
-        assert!(found.contains(&"durability") && found.contains(&"agreement"), "{found:?}");
+        assert!(
+            found.contains(&"durability") && found.contains(&"agreement"),
+            "{found:?}"
+        );
     }
 
     #[test]
@@ -359,7 +457,10 @@ mod tests {
         o.users.get_mut("u").unwrap().history.insert(0, "t3".into());
         o.users.get_mut("u").unwrap().version = Some("t3".into());
         let found = invariants(&o);
-        assert!(found.contains(&"no effect of abort") && found.contains(&"agreement"), "{found:?}");
+        assert!(
+            found.contains(&"no effect of abort") && found.contains(&"agreement"),
+            "{found:?}"
+        );
     }
 
     #[test]
@@ -380,7 +481,10 @@ mod tests {
         assert!(invariants(&o).contains(&"validity"));
         let mut o = clean();
         o.ops[3].call = Call::Update { current: 1, new: 0 };
-        assert!(invariants(&o).contains(&"validity"), "reuse within the window");
+        assert!(
+            invariants(&o).contains(&"validity"),
+            "reuse within the window"
+        );
     }
 
     #[test]
@@ -395,6 +499,10 @@ mod tests {
         for expected in ["termination", "e-mail", "secrecy"] {
             assert!(found.contains(&expected), "{expected} in {found:?}");
         }
-        assert_eq!(found.iter().filter(|i| **i == "e-mail").count(), 3, "missing t2, stray t3, missing t9");
+        assert_eq!(
+            found.iter().filter(|i| **i == "e-mail").count(),
+            3,
+            "missing t2, stray t3, missing t9"
+        );
     }
 }

@@ -14,8 +14,13 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "f", rename_all = "snake_case")]
 pub enum Call {
-    Register { password: usize },
-    Update { current: usize, new: usize },
+    Register {
+        password: usize,
+    },
+    Update {
+        current: usize,
+        new: usize,
+    },
     /// GetUser, GetHistory, GetUser again: an observation of atomic visibility.
     Read,
 }

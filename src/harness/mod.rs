@@ -3,12 +3,13 @@
 //! means to break things: `kill -9`, restart, SIGSTOP, and a TCP fault proxy on every link between the
 //! coordinator and the participants (latency, dropped connections, partitions, one-way partitions).
 
+pub mod chaos;
 pub mod checker;
 mod cluster;
 pub mod history;
 mod mail_server;
 mod proxy;
 
-pub use cluster::{Cluster, ClusterOptions, Service};
+pub use cluster::{Cluster, ClusterOptions, LINKS, Service};
 pub use mail_server::{Mail, MailServer};
 pub use proxy::{FaultProxy, LinkFaults};

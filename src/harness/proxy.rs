@@ -41,7 +41,12 @@ impl FaultProxy {
         let addr = listener.local_addr()?;
         let (faults, _) = watch::channel(LinkFaults::default());
         let connections = Arc::new(Mutex::new(Vec::new()));
-        let accept = tokio::spawn(accept(listener, target, faults.subscribe(), connections.clone()));
+        let accept = tokio::spawn(accept(
+            listener,
+            target,
+            faults.subscribe(),
+            connections.clone(),
+        ));
         Ok(Self {
             addr,
             faults,
@@ -73,7 +78,12 @@ impl FaultProxy {
 
     /// Closes every open connection (callers see a reset and reconnect).
     pub fn drop_connections(&self) {
-        for conn in self.connections.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+        for conn in self
+            .connections
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
             conn.abort();
         }
     }
@@ -106,7 +116,9 @@ async fn accept(
             let _ = server.set_nodelay(true);
             let (client_read, client_write) = client.into_split();
             let (server_read, server_write) = server.into_split();
-            let requests = pump(client_read, server_write, faults.clone(), |f| f.hold_requests);
+            let requests = pump(client_read, server_write, faults.clone(), |f| {
+                f.hold_requests
+            });
             let replies = pump(server_read, client_write, faults, |f| f.hold_replies);
             // When either side closes, close both.
             tokio::select! {
@@ -171,7 +183,10 @@ mod tests {
     async fn round_trip(s: &mut TcpStream, within: Duration) -> bool {
         let mut buf = [0u8; 4];
         s.write_all(b"ping").await.unwrap();
-        matches!(tokio::time::timeout(within, s.read_exact(&mut buf)).await, Ok(Ok(_)))
+        matches!(
+            tokio::time::timeout(within, s.read_exact(&mut buf)).await,
+            Ok(Ok(_))
+        )
     }
 
     #[tokio::test]
@@ -181,7 +196,10 @@ mod tests {
         assert!(round_trip(&mut s, Duration::from_secs(1)).await);
 
         proxy.update(|f| f.hold_replies = true);
-        assert!(!round_trip(&mut s, Duration::from_millis(200)).await, "one-way partition");
+        assert!(
+            !round_trip(&mut s, Duration::from_millis(200)).await,
+            "one-way partition"
+        );
         proxy.heal();
         let mut buf = [0u8; 4];
         s.read_exact(&mut buf).await.unwrap();
@@ -190,7 +208,10 @@ mod tests {
         proxy.update(|f| f.latency = Duration::from_millis(100));
         let started = std::time::Instant::now();
         assert!(round_trip(&mut s, Duration::from_secs(1)).await);
-        assert!(started.elapsed() >= Duration::from_millis(200), "latency each way");
+        assert!(
+            started.elapsed() >= Duration::from_millis(200),
+            "latency each way"
+        );
     }
 
     #[tokio::test]

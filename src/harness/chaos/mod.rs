@@ -1,0 +1,299 @@
+//! `tpc chaos`: real processes under a random, seed-driven schedule of faults while clients register,
+//! change passwords and read; then heal, wait for quiescence, check every invariant.
+//!
+//! - `workload`: the clients and the history they record;
+//! - `nemesis`: the faults, and the recovery times after restarts;
+//! - `observe`: quiescence, the final state, the plaintext scan.
+
+mod nemesis;
+mod observe;
+mod workload;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::Mutex;
+use tonic::transport::Channel;
+
+use super::checker::{self, Violation};
+use super::history::Completion;
+use super::{Cluster, ClusterOptions, MailServer, Service};
+pub use nemesis::FaultLog;
+use nemesis::Nemesis;
+use workload::{Endpoints, Workload};
+
+#[derive(Debug, Clone)]
+pub struct ChaosConfig {
+    /// The `tpc` binary to run as coordinator and participants.
+    pub exe: PathBuf,
+    pub duration: Duration,
+    pub seed: u64,
+    pub clients: usize,
+    pub users: usize,
+    /// Where the cluster's data, logs, the history and the report go.
+    pub out: PathBuf,
+    /// Draw a progress bar on stderr (only where it is a terminal).
+    pub progress: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub seed: u64,
+    pub duration_s: f64,
+    pub faults: FaultLog,
+    /// Operations by outcome (`ok`, `fail`, `info`, `read`, `read failed`).
+    pub operations: BTreeMap<&'static str, usize>,
+    pub committed: usize,
+    pub aborted: usize,
+    /// Why transactions aborted, by reason.
+    pub abort_reasons: BTreeMap<String, usize>,
+    /// E-mails received more than once (same Message-ID; allowed: delivery is at least once).
+    pub duplicate_mails: usize,
+    pub quiescence_ms: u64,
+    /// What was still in flight when the wait for quiescence gave up (the checker then reports it).
+    pub unquiet: Option<String>,
+    pub violations: Vec<Violation>,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+const HISTORY_DEPTH: usize = 5;
+
+pub async fn run(config: ChaosConfig) -> Result<Report, BoxError> {
+    std::fs::create_dir_all(&config.out)?;
+    let started = Instant::now();
+    let mail = MailServer::start().await?;
+    let cluster = Cluster::start(ClusterOptions {
+        exe: config.exe.clone(),
+        dir: config.out.join("cluster"),
+        smtp: Some(mail.url()),
+        rust_log: Some("info".into()),
+        ..ClusterOptions::default()
+    })
+    .await?;
+    let endpoints = Endpoints {
+        coordinator: channel(&cluster, Service::Coordinator)?,
+        password: channel(&cluster, Service::Password)?,
+        history: channel(&cluster, Service::History)?,
+    };
+    let cluster = Arc::new(Mutex::new(cluster));
+    let mail = Arc::new(Mutex::new(mail));
+    let work = Arc::new(Workload::new(config.seed, config.users));
+
+    let clients: Vec<_> = (0..config.clients)
+        .map(|id| tokio::spawn(workload::client(id, work.clone(), endpoints.clone())))
+        .collect();
+    let mut nemesis = Nemesis {
+        cluster: cluster.clone(),
+        mail: mail.clone(),
+        work: work.clone(),
+        rng: fastrand::Rng::with_seed(config.seed),
+        log: FaultLog::default(),
+    };
+    let bar = progress_bar(&config);
+    let stopper = {
+        let (work, bar) = (work.clone(), bar.clone());
+        let duration = config.duration;
+        tokio::spawn(async move {
+            let begun = Instant::now();
+            while begun.elapsed() < duration {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                bar.set_position(begun.elapsed().as_secs().min(duration.as_secs()));
+                bar.set_message(format!("{} operations", work.history.snapshot().len()));
+            }
+            work.stop.store(true, Ordering::Relaxed);
+        })
+    };
+    nemesis
+        .run(|log| {
+            bar.set_prefix(format!(
+                "{} faults, {} kills",
+                log.injected.values().sum::<usize>(),
+                log.kills
+            ))
+        })
+        .await?;
+    stopper.await?;
+    for client in clients {
+        client.await?;
+    }
+    bar.finish_and_clear();
+    let faults = std::mem::take(&mut nemesis.log);
+    drop(nemesis);
+
+    // Heal everything, then wait for the cluster to finish what the faults interrupted.
+    let mut cluster = Arc::try_unwrap(cluster)
+        .map_err(|_| "cluster still shared")?
+        .into_inner();
+    let mut mail = Arc::try_unwrap(mail)
+        .map_err(|_| "mail server still shared")?
+        .into_inner();
+    cluster.heal();
+    mail.resume().await?;
+    for service in Service::ALL {
+        if cluster.is_running(service) {
+            cluster.resume(service)?;
+        } else {
+            cluster.start_service(service, &[]).await?;
+        }
+    }
+    let (quiescence, unquiet) = observe::quiesce(&cluster, &mail, Duration::from_secs(30)).await;
+
+    let mut observed = observe::observe(&cluster, &mail, &work.users, HISTORY_DEPTH).await?;
+    observed.ops = work.history.snapshot();
+    cluster.shutdown().await?;
+    work.history
+        .write_jsonl(&config.out.join("history.jsonl"))?;
+    observed.plaintext = observe::find_plaintext(&config.out, &mail, &work.passwords.all())?;
+    let violations = checker::check(&observed);
+
+    let mut operations: BTreeMap<&'static str, usize> = BTreeMap::new();
+    let mut abort_reasons: BTreeMap<String, usize> = BTreeMap::new();
+    for op in &observed.ops {
+        let kind = match &op.completion {
+            Some(Completion::Ok { .. }) => "ok (committed)",
+            Some(Completion::Fail { reason, .. }) => {
+                *abort_reasons.entry(reason.clone()).or_default() += 1;
+                "fail (aborted)"
+            }
+            Some(Completion::Info { .. }) => "info (unknown)",
+            Some(Completion::Read { .. }) => "read",
+            Some(Completion::ReadFailed { .. }) => "read failed",
+            None => "never completed",
+        };
+        *operations.entry(kind).or_default() += 1;
+    }
+    let committed = observed
+        .transactions
+        .iter()
+        .filter(|t| t.state == checker::TxnState::Committed)
+        .count();
+    let aborted = observed
+        .transactions
+        .iter()
+        .filter(|t| t.state == checker::TxnState::Aborted)
+        .count();
+    let distinct: std::collections::HashSet<&String> = observed.mail_ids.iter().collect();
+    let report = Report {
+        seed: config.seed,
+        duration_s: started.elapsed().as_secs_f64(),
+        faults,
+        operations,
+        committed,
+        aborted,
+        abort_reasons,
+        duplicate_mails: observed.mail_ids.len() - distinct.len(),
+        quiescence_ms: quiescence.as_millis() as u64,
+        unquiet,
+        violations,
+    };
+    std::fs::write(
+        config.out.join("report.json"),
+        serde_json::to_vec_pretty(&report)?,
+    )?;
+    Ok(report)
+}
+
+fn channel(cluster: &Cluster, service: Service) -> Result<Channel, BoxError> {
+    Ok(Channel::from_shared(cluster.url(service))?
+        .connect_timeout(Duration::from_secs(1))
+        .connect_lazy())
+}
+
+fn progress_bar(config: &ChaosConfig) -> indicatif::ProgressBar {
+    if !config.progress {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(config.duration.as_secs());
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{spinner} chaos [{bar:30}] {pos}/{len}s  {prefix}  {msg}",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar
+}
+
+impl Report {
+    /// The table `tpc chaos` prints.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let mut line = |s: String| {
+            out.push_str(&s);
+            out.push('\n');
+        };
+        line(format!(
+            "tpc chaos: seed {}, {:.0} s",
+            self.seed, self.duration_s
+        ));
+        line(String::new());
+        line("faults injected".into());
+        for (kind, n) in &self.faults.injected {
+            line(format!("  {kind:<28} {n:>6}"));
+        }
+        line(format!(
+            "  {:<28} {:>6}",
+            "processes killed (total)", self.faults.kills
+        ));
+        line(String::new());
+        line("operations".into());
+        for (kind, n) in &self.operations {
+            line(format!("  {kind:<28} {n:>6}"));
+        }
+        line(format!(
+            "  {:<28} {:>6}",
+            "transactions committed", self.committed
+        ));
+        line(format!(
+            "  {:<28} {:>6}",
+            "transactions aborted", self.aborted
+        ));
+        for (reason, n) in &self.abort_reasons {
+            line(format!("    {reason:<40} {n:>6}"));
+        }
+        line(format!(
+            "  {:<28} {:>6}",
+            "duplicate e-mails (same id)", self.duplicate_mails
+        ));
+        line(String::new());
+        let mut rec = self.faults.recovery_ms.clone();
+        rec.sort_unstable();
+        if rec.is_empty() {
+            line(
+                "recovery (restart → in-doubt cleared): no restart found anything in doubt".into(),
+            );
+        } else {
+            let pct = |p: f64| rec[((rec.len() - 1) as f64 * p).round() as usize];
+            line(format!(
+                "recovery (restart → in-doubt cleared), {} restarts with transactions in doubt: median {} ms, p90 {} ms, max {} ms",
+                rec.len(),
+                pct(0.5),
+                pct(0.9),
+                rec[rec.len() - 1]
+            ));
+        }
+        line(format!(
+            "quiescence after healing: {} ms",
+            self.quiescence_ms
+        ));
+        if let Some(what) = &self.unquiet {
+            line(format!("  gave up waiting; still in flight: {what}"));
+        }
+        line(String::new());
+        if self.violations.is_empty() {
+            line("violations: none".into());
+        } else {
+            line(format!("violations: {}", self.violations.len()));
+            for v in &self.violations {
+                line(format!(
+                    "  [{}] {} (operations {:?})",
+                    v.invariant, v.detail, v.ops
+                ));
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,202 @@
+//! After the faults: wait until the cluster is quiet, then collect what the checker needs.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use tonic::Code;
+use tpc_proto::v1::participant_client::ParticipantClient;
+use tpc_proto::v1::{
+    GetHistoryRequest, GetUserRequest, ListTransactionsRequest, StatusRequest, transaction,
+};
+
+use super::workload::{PASSWORD_LEN, PASSWORD_PREFIX};
+use crate::harness::checker::{
+    CoordinatorTxn, FinalUser, Observed, ParticipantState, TxnState, message_id,
+};
+use crate::harness::{Cluster, MailServer, Service};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+async fn transactions(cluster: &Cluster) -> Result<Vec<CoordinatorTxn>, BoxError> {
+    let list = cluster
+        .transactions()
+        .await?
+        .list_transactions(ListTransactionsRequest {
+            state: 0,
+            limit: 1_000_000,
+        })
+        .await?
+        .into_inner();
+    Ok(list
+        .transactions
+        .into_iter()
+        .map(|t| CoordinatorTxn {
+            state: match t.state() {
+                transaction::State::Committing => TxnState::Committing,
+                transaction::State::Committed => TxnState::Committed,
+                transaction::State::Aborted => TxnState::Aborted,
+                transaction::State::Active | transaction::State::Unspecified => TxnState::Active,
+            },
+            txn: t.txn_id,
+            request_id: t.request_id,
+            user: t.user_id,
+        })
+        .collect())
+}
+
+async fn participants(cluster: &Cluster) -> Result<Vec<ParticipantState>, BoxError> {
+    let mut out = Vec::new();
+    for service in [Service::Password, Service::History] {
+        let channel = tonic::transport::Channel::from_shared(cluster.url(service))?
+            .connect()
+            .await?;
+        let status = ParticipantClient::new(channel)
+            .status(StatusRequest {})
+            .await?
+            .into_inner();
+        out.push(ParticipantState {
+            name: service.name().into(),
+            in_doubt: status.in_doubt,
+            locked_users: status.locked_users,
+        });
+    }
+    Ok(out)
+}
+
+/// Waits until nothing is in flight: no participant in doubt or holding a lock, no transaction active
+/// or committing, and every committed transaction's e-mail received. Returns how long that took, and
+/// what was still in flight if it never got quiet.
+pub async fn quiesce(
+    cluster: &Cluster,
+    mail: &MailServer,
+    within: Duration,
+) -> (Duration, Option<String>) {
+    let started = Instant::now();
+    loop {
+        let busy = match still_busy(cluster, mail).await {
+            Ok(busy) => busy,
+            Err(e) => Some(format!("cannot observe the cluster: {e}")),
+        };
+        match busy {
+            None => return (started.elapsed(), None),
+            Some(what) if started.elapsed() > within => return (started.elapsed(), Some(what)),
+            Some(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+async fn still_busy(cluster: &Cluster, mail: &MailServer) -> Result<Option<String>, BoxError> {
+    for p in participants(cluster).await? {
+        if !p.in_doubt.is_empty() || p.locked_users > 0 {
+            return Ok(Some(format!(
+                "{}: {} in doubt, {} users locked",
+                p.name,
+                p.in_doubt.len(),
+                p.locked_users
+            )));
+        }
+    }
+    let received: std::collections::HashSet<String> = mail
+        .mails()
+        .iter()
+        .filter_map(|m| m.message_id().map(str::to_owned))
+        .collect();
+    for t in transactions(cluster).await? {
+        match t.state {
+            TxnState::Active | TxnState::Committing => {
+                return Ok(Some(format!("coordinator: {} is {:?}", t.txn, t.state)));
+            }
+            TxnState::Committed if !received.contains(&message_id(&t.txn)) => {
+                return Ok(Some(format!("e-mail for {} not received", t.txn)));
+            }
+            _ => {}
+        }
+    }
+    Ok(None)
+}
+
+/// Collects the final state through the services' APIs.
+pub async fn observe(
+    cluster: &Cluster,
+    mail: &MailServer,
+    users: &[String],
+    history_depth: usize,
+) -> Result<Observed, BoxError> {
+    let mut passwords = cluster.passwords().await?;
+    let mut histories = cluster.histories().await?;
+    let mut finals = BTreeMap::new();
+    for user in users {
+        let version = match passwords
+            .get_user(GetUserRequest {
+                user_id: user.clone(),
+            })
+            .await
+        {
+            Ok(u) => Some(u.into_inner().version),
+            Err(s) if s.code() == Code::NotFound => None,
+            Err(s) => return Err(format!("reading {user}: {s}").into()),
+        };
+        let history = match histories
+            .get_history(GetHistoryRequest {
+                user_id: user.clone(),
+            })
+            .await
+        {
+            Ok(h) => h
+                .into_inner()
+                .entries
+                .into_iter()
+                .map(|e| e.txn_id)
+                .collect(),
+            Err(s) if s.code() == Code::NotFound => Vec::new(),
+            Err(s) => return Err(format!("reading {user}'s history: {s}").into()),
+        };
+        finals.insert(user.clone(), FinalUser { version, history });
+    }
+    Ok(Observed {
+        ops: Vec::new(),
+        users: finals,
+        transactions: transactions(cluster).await?,
+        participants: participants(cluster).await?,
+        mail_ids: mail
+            .mails()
+            .iter()
+            .filter_map(|m| m.message_id().map(str::to_owned))
+            .collect(),
+        plaintext: Vec::new(),
+        history_depth,
+    })
+}
+
+/// Places under `dir`, and e-mails, that contain one of `passwords`. Every chaos password starts with
+/// [`PASSWORD_PREFIX`], so one pass over the bytes finds candidates, checked against the set.
+pub fn find_plaintext(
+    dir: &Path,
+    mail: &MailServer,
+    passwords: &[String],
+) -> std::io::Result<Vec<String>> {
+    let set: std::collections::HashSet<&[u8]> = passwords.iter().map(|p| p.as_bytes()).collect();
+    let leaks = |bytes: &[u8]| {
+        bytes
+            .windows(PASSWORD_LEN)
+            .any(|w| w.starts_with(PASSWORD_PREFIX.as_bytes()) && set.contains(w))
+    };
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        if path.is_dir() {
+            for entry in std::fs::read_dir(&path)? {
+                stack.push(entry?.path());
+            }
+        } else if leaks(&std::fs::read(&path)?) {
+            found.push(path.display().to_string());
+        }
+    }
+    for m in mail.mails() {
+        if leaks(m.data.as_bytes()) {
+            found.push(format!("e-mail {}", m.message_id().unwrap_or("?")));
+        }
+    }
+    Ok(found)
+}

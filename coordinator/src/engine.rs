@@ -251,6 +251,10 @@ impl Engine {
         }
     }
 
+    pub fn config(&self) -> Config {
+        self.config
+    }
+
     pub fn decision(&self, txn: TxnId) -> Decision {
         match self.txns.get(&txn).map(|t| &t.phase) {
             Some(Phase::Queued { .. } | Phase::Preparing { .. } | Phase::Forcing) => {

@@ -270,15 +270,27 @@ impl Actor {
             }
             Command::LogEnd { txn } => {
                 let log = self.log.clone();
+                let backoff = self.engine.config().commit_backoff;
                 self.spawn(txn, async move {
-                    let ended = match inject("coord.before_end").await {
-                        Ok(()) => log.end(txn).map_err(|e| e.to_string()),
-                        Err(e) => Err(e.to_string()),
-                    };
-                    match ended {
-                        Ok(()) => info!(target: "tpc::protocol", "coordinator: END (every participant acknowledged)"),
-                        Err(cause) => warn!(%cause, "END not written; recovery will resend Commit"),
+                    // END is not forced and not needed for correctness (without it, recovery resends
+                    // Commit), but without it the record is never collected: retry a while.
+                    for attempt in 0..END_ATTEMPTS {
+                        let ended = match inject("coord.before_end").await {
+                            Ok(()) => log.end(txn).map_err(|e| e.to_string()),
+                            Err(e) => Err(e.to_string()),
+                        };
+                        match ended {
+                            Ok(()) => {
+                                info!(target: "tpc::protocol", "coordinator: END (every participant acknowledged)");
+                                return None;
+                            }
+                            Err(cause) => {
+                                warn!(%cause, attempt, "END not written; retrying");
+                                tokio::time::sleep(backoff.delay(attempt)).await;
+                            }
+                        }
                     }
+                    warn!("END not written; recovery will resend Commit");
                     None
                 });
             }
@@ -286,6 +298,9 @@ impl Actor {
         }
     }
 }
+
+/// How often writing END is tried before leaving it to recovery.
+const END_ATTEMPTS: u32 = 10;
 
 /// A forced write that failed leaves no durable decision to stand on: stop, and let recovery start from
 /// what is on disk (presumed abort for anything not forced), as databases do when `fsync` fails.

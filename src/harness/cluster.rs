@@ -10,9 +10,13 @@ use std::collections::HashMap;
 use tokio::process::{Child, Command};
 use tonic::transport::Channel;
 use tpc_proto::v1::history_reader_client::HistoryReaderClient;
+use tpc_proto::v1::participant_client::ParticipantClient;
 use tpc_proto::v1::password_reader_client::PasswordReaderClient;
 use tpc_proto::v1::password_service_client::PasswordServiceClient;
 use tpc_proto::v1::transaction_manager_client::TransactionManagerClient;
+use tpc_proto::v1::{
+    ListTransactionsRequest, ParticipantStatus, StatusRequest, Transaction, transaction,
+};
 
 use super::proxy::FaultProxy;
 
@@ -343,6 +347,82 @@ impl Cluster {
         Ok(HistoryReaderClient::new(
             self.channel(Service::History).await?,
         ))
+    }
+
+    /// A participant's in-doubt transactions and locked users.
+    pub async fn participant_status(
+        &self,
+        service: Service,
+    ) -> Result<ParticipantStatus, BoxError> {
+        let channel = Channel::from_shared(self.url(service))?
+            .connect_timeout(Duration::from_millis(500))
+            .timeout(Duration::from_secs(2))
+            .connect()
+            .await?;
+        Ok(ParticipantClient::new(channel)
+            .status(StatusRequest {})
+            .await?
+            .into_inner())
+    }
+
+    /// Every transaction the coordinator knows, newest first.
+    pub async fn list_transactions(&self) -> Result<Vec<Transaction>, BoxError> {
+        let request = ListTransactionsRequest {
+            state: 0,
+            limit: 1_000_000,
+        };
+        Ok(self
+            .transactions()
+            .await?
+            .list_transactions(request)
+            .await?
+            .into_inner()
+            .transactions)
+    }
+
+    /// What is still in flight, if anything: a participant in doubt or holding a lock, a transaction
+    /// active or committing.
+    pub async fn in_flight(&self) -> Result<Option<String>, BoxError> {
+        for service in [Service::Password, Service::History] {
+            let status = self.participant_status(service).await?;
+            if !status.in_doubt.is_empty() || status.locked_users > 0 {
+                return Ok(Some(format!(
+                    "{}: {} in doubt, {} users locked",
+                    service.name(),
+                    status.in_doubt.len(),
+                    status.locked_users
+                )));
+            }
+        }
+        for t in self.list_transactions().await? {
+            if matches!(
+                t.state(),
+                transaction::State::Active | transaction::State::Committing
+            ) {
+                return Ok(Some(format!(
+                    "coordinator: {} is {}",
+                    t.txn_id,
+                    t.state().as_str_name()
+                )));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Waits until nothing is in flight; after `within`, says what still is.
+    pub async fn quiesce(&self, within: Duration) -> Result<Duration, String> {
+        let started = tokio::time::Instant::now();
+        loop {
+            let busy = match self.in_flight().await {
+                Ok(busy) => busy,
+                Err(e) => Some(format!("cannot observe the cluster: {e}")),
+            };
+            match busy {
+                None => return Ok(started.elapsed()),
+                Some(what) if started.elapsed() > within => return Err(what),
+                Some(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
     }
 
     /// Stops every process gracefully.

@@ -10,8 +10,6 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Mutex;
 use tpc_common::fault::{FAIL_POINTS, FAILPOINTS_ENV};
-use tpc_proto::v1::StatusRequest;
-use tpc_proto::v1::participant_client::ParticipantClient;
 
 use super::workload::Workload;
 use crate::harness::{Cluster, LinkFaults, MailServer, Service};
@@ -225,15 +223,6 @@ impl Nemesis {
 }
 
 /// The in-doubt transactions of a participant, via its Status RPC.
-pub async fn in_doubt(cluster: &Cluster, participant: Service) -> Result<Vec<String>, BoxError> {
-    let channel = tonic::transport::Channel::from_shared(cluster.url(participant))?
-        .connect_timeout(Duration::from_millis(500))
-        .timeout(Duration::from_secs(1))
-        .connect()
-        .await?;
-    let status = ParticipantClient::new(channel)
-        .status(StatusRequest {})
-        .await?
-        .into_inner();
-    Ok(status.in_doubt)
+async fn in_doubt(cluster: &Cluster, participant: Service) -> Result<Vec<String>, BoxError> {
+    Ok(cluster.participant_status(participant).await?.in_doubt)
 }

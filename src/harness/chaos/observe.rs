@@ -5,10 +5,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use tonic::Code;
-use tpc_proto::v1::participant_client::ParticipantClient;
-use tpc_proto::v1::{
-    GetHistoryRequest, GetUserRequest, ListTransactionsRequest, StatusRequest, transaction,
-};
+use tpc_proto::v1::{GetHistoryRequest, GetUserRequest, transaction};
 
 use super::workload::{PASSWORD_LEN, PASSWORD_PREFIX};
 use crate::harness::checker::{
@@ -19,17 +16,9 @@ use crate::harness::{Cluster, MailServer, Service};
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 async fn transactions(cluster: &Cluster) -> Result<Vec<CoordinatorTxn>, BoxError> {
-    let list = cluster
-        .transactions()
+    Ok(cluster
+        .list_transactions()
         .await?
-        .list_transactions(ListTransactionsRequest {
-            state: 0,
-            limit: 1_000_000,
-        })
-        .await?
-        .into_inner();
-    Ok(list
-        .transactions
         .into_iter()
         .map(|t| CoordinatorTxn {
             state: match t.state() {
@@ -48,13 +37,7 @@ async fn transactions(cluster: &Cluster) -> Result<Vec<CoordinatorTxn>, BoxError
 async fn participants(cluster: &Cluster) -> Result<Vec<ParticipantState>, BoxError> {
     let mut out = Vec::new();
     for service in [Service::Password, Service::History] {
-        let channel = tonic::transport::Channel::from_shared(cluster.url(service))?
-            .connect()
-            .await?;
-        let status = ParticipantClient::new(channel)
-            .status(StatusRequest {})
-            .await?
-            .into_inner();
+        let status = cluster.participant_status(service).await?;
         out.push(ParticipantState {
             name: service.name().into(),
             in_doubt: status.in_doubt,
@@ -87,15 +70,8 @@ pub async fn quiesce(
 }
 
 async fn still_busy(cluster: &Cluster, mail: &MailServer) -> Result<Option<String>, BoxError> {
-    for p in participants(cluster).await? {
-        if !p.in_doubt.is_empty() || p.locked_users > 0 {
-            return Ok(Some(format!(
-                "{}: {} in doubt, {} users locked",
-                p.name,
-                p.in_doubt.len(),
-                p.locked_users
-            )));
-        }
+    if let Some(what) = cluster.in_flight().await? {
+        return Ok(Some(what));
     }
     let received: std::collections::HashSet<String> = mail
         .mails()
@@ -103,14 +79,8 @@ async fn still_busy(cluster: &Cluster, mail: &MailServer) -> Result<Option<Strin
         .filter_map(|m| m.message_id().map(str::to_owned))
         .collect();
     for t in transactions(cluster).await? {
-        match t.state {
-            TxnState::Active | TxnState::Committing => {
-                return Ok(Some(format!("coordinator: {} is {:?}", t.txn, t.state)));
-            }
-            TxnState::Committed if !received.contains(&message_id(&t.txn)) => {
-                return Ok(Some(format!("e-mail for {} not received", t.txn)));
-            }
-            _ => {}
+        if t.state == TxnState::Committed && !received.contains(&message_id(&t.txn)) {
+            return Ok(Some(format!("e-mail for {} not received", t.txn)));
         }
     }
     Ok(None)

@@ -1,0 +1,438 @@
+//! Fault injection against real processes: a crash at every fail point in every process that has it,
+//! injected errors, `kill -9`, partitions, one-way partitions, latency, dropped connections, paused
+//! processes; and the blocking property of 2PC. After each fault heals, the cluster converges and the
+//! invariants hold, from the client's view too.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::*;
+use tonic::Code;
+use tpc::harness::{LINKS, LinkFaults, Service};
+use tpc_proto::v1::{GetUserRequest, transaction_result::Outcome};
+
+/// The password change every case runs, from `OLD` to `NEW`.
+const OLD: &str = "old-password-0";
+const NEW: &str = "new-password-1";
+
+/// How the client saw the change that met the fault.
+#[derive(Debug)]
+enum Seen {
+    Committed(String),
+    Aborted(String),
+    Unknown(String),
+}
+
+async fn change(env: &Env, request_id: &str) -> Seen {
+    match env.update("alice", OLD, NEW, request_id).await {
+        Ok(r) if r.outcome() == Outcome::Committed => Seen::Committed(r.txn_id),
+        Ok(r) => Seen::Aborted(r.reason),
+        Err(e) => Seen::Unknown(e.to_string()),
+    }
+}
+
+/// After convergence: the change happened entirely or not at all, as the client was told, and the
+/// e-mails match the commits. Returns whether it committed.
+async fn assert_all_or_nothing(env: &Env, registered: &str, seen: &Seen) -> Result<bool> {
+    converge(env).await;
+    let version = env.version("alice").await?;
+    let history = env.history("alice").await?;
+    assert_eq!(
+        Some(&version),
+        history.first(),
+        "password and history agree"
+    );
+    let committed = version != registered;
+    if committed {
+        assert_eq!(history.len(), 2, "{history:?}");
+        assert!(env.verify("alice", NEW).await?);
+    } else {
+        assert_eq!(history, [registered.to_owned()]);
+        assert!(env.verify("alice", OLD).await?);
+    }
+    match seen {
+        Seen::Committed(txn) => assert_eq!(&version, txn, "a COMMITTED change is durable"),
+        Seen::Aborted(reason) => assert!(!committed, "an ABORTED change ({reason}) took effect"),
+        Seen::Unknown(error) => {
+            eprintln!("unknown outcome ({error}) resolved: committed = {committed}")
+        }
+    }
+    // A retry with the same request id agrees with what happened.
+    let retry = env.update("alice", OLD, NEW, "the-change").await?;
+    if committed {
+        assert_eq!(
+            (retry.outcome(), retry.txn_id.as_str()),
+            (Outcome::Committed, version.as_str())
+        );
+    }
+    converge(env).await;
+    let version = env.version("alice").await?;
+    let expected: std::collections::HashSet<String> = env
+        .history("alice")
+        .await?
+        .iter()
+        .map(|t| message_id(t))
+        .collect();
+    let mails = env.mails_settle(expected.len()).await;
+    let received: std::collections::HashSet<String> = mails
+        .iter()
+        .filter_map(|m| m.message_id().map(str::to_owned))
+        .collect();
+    assert_eq!(
+        received, expected,
+        "one e-mail per committed transaction, none for others"
+    );
+    assert_eq!(env.history("alice").await?.first(), Some(&version));
+    Ok(committed)
+}
+
+/// Arms `point` with `action` in `process`, runs the change, lets the process die if it does, restarts
+/// it, and checks the outcome.
+async fn fail_point_case(point: &str, process: Service, action: &str) -> Result {
+    let mut env = env().await?;
+    let registered = env.register("alice", OLD).await?;
+    assert!(committed(&registered));
+    env.mails_settle(1).await;
+    converge(&env).await;
+
+    env.cluster.stop(process).await?;
+    let spec = format!("{point}=1*{action}");
+    env.cluster
+        .start_service(process, &[("TPC_FAILPOINTS", &spec)])
+        .await?;
+    let seen = change(&env, "the-change").await;
+    if action == "crash" {
+        let status = env
+            .cluster
+            .wait_exit(process, Duration::from_secs(10))
+            .await?;
+        assert!(!status.success(), "{point}: the process crashed ({status})");
+        env.cluster.start_service(process, &[]).await?;
+    }
+    let committed = assert_all_or_nothing(&env, &registered.txn_id, &seen).await?;
+    eprintln!(
+        "{point} {action} in {}: client saw {seen:?}, committed: {committed}",
+        process.name()
+    );
+    Ok(())
+}
+
+macro_rules! fail_point_tests {
+    ($($name:ident: $point:literal in $process:ident, $action:literal;)*) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() -> Result {
+            fail_point_case($point, Service::$process, $action).await
+        }
+    )*};
+}
+
+fail_point_tests! {
+    crash_coord_before_prepare: "coord.before_prepare" in Coordinator, "crash";
+    crash_coord_after_votes: "coord.after_votes" in Coordinator, "crash";
+    crash_coord_after_decision_forced: "coord.after_decision_forced" in Coordinator, "crash";
+    crash_coord_after_first_commit_sent: "coord.after_first_commit_sent" in Coordinator, "crash";
+    crash_coord_before_end: "coord.before_end" in Coordinator, "crash";
+    crash_outbox_after_send_before_mark: "outbox.after_send_before_mark" in Coordinator, "crash";
+    crash_password_before_prepare_forced: "part.before_prepare_forced" in Password, "crash";
+    crash_password_after_prepare_forced: "part.after_prepare_forced" in Password, "crash";
+    crash_password_before_commit_applied: "part.before_commit_applied" in Password, "crash";
+    crash_password_after_commit_forced: "part.after_commit_forced" in Password, "crash";
+    crash_history_before_prepare_forced: "part.before_prepare_forced" in History, "crash";
+    crash_history_after_prepare_forced: "part.after_prepare_forced" in History, "crash";
+    crash_history_before_commit_applied: "part.before_commit_applied" in History, "crash";
+    crash_history_after_commit_forced: "part.after_commit_forced" in History, "crash";
+    error_coord_before_prepare: "coord.before_prepare" in Coordinator, "error";
+    error_coord_after_first_commit_sent: "coord.after_first_commit_sent" in Coordinator, "error";
+    error_coord_before_end: "coord.before_end" in Coordinator, "error";
+    error_outbox_after_send_before_mark: "outbox.after_send_before_mark" in Coordinator, "error";
+    error_password_after_prepare_forced: "part.after_prepare_forced" in Password, "error";
+    error_history_after_commit_forced: "part.after_commit_forced" in History, "error";
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_the_coordinator_mid_transaction_resolves_all_or_nothing() -> Result {
+    let mut env = env().await?;
+    let registered = env.register("alice", OLD).await?;
+    converge(&env).await;
+    // Slow the participants' votes so the kill lands while the transaction is open.
+    for p in [Service::Password, Service::History] {
+        env.cluster.stop(p).await?;
+        env.cluster
+            .start_service(
+                p,
+                &[("TPC_FAILPOINTS", "part.after_prepare_forced=delay(300)")],
+            )
+            .await?;
+    }
+    let update = tokio::spawn({
+        let client = env.cluster.client().await?;
+        async move {
+            let mut client = client;
+            client
+                .update_password(tpc_proto::v1::UpdatePasswordRequest {
+                    user_id: "alice".into(),
+                    current_password: OLD.into(),
+                    new_password: NEW.into(),
+                    request_id: "the-change".into(),
+                })
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    env.cluster.kill(Service::Coordinator).await?;
+    let seen = match update.await? {
+        Ok(r) if r.get_ref().outcome() == Outcome::Committed => {
+            Seen::Committed(r.into_inner().txn_id)
+        }
+        Ok(r) => Seen::Aborted(r.into_inner().reason),
+        Err(e) => Seen::Unknown(e.to_string()),
+    };
+    assert!(
+        matches!(seen, Seen::Unknown(_)),
+        "the coordinator died before answering: {seen:?}"
+    );
+    env.cluster.start_service(Service::Coordinator, &[]).await?;
+    assert!(
+        !assert_all_or_nothing(&env, &registered.txn_id, &seen).await?,
+        "killed before the commit point"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_coordinator_down_readers_wait_and_the_lock_clears_within_a_second_of_its_return()
+-> Result {
+    let mut env = env().await?;
+    let registered = env.register("alice", OLD).await?;
+    converge(&env).await;
+    env.cluster.stop(Service::Coordinator).await?;
+    // Both participants prepare; the coordinator dies before deciding.
+    env.cluster
+        .start_service(
+            Service::Coordinator,
+            &[("TPC_FAILPOINTS", "coord.after_votes=crash")],
+        )
+        .await?;
+    let seen = change(&env, "the-change").await;
+    env.cluster
+        .wait_exit(Service::Coordinator, Duration::from_secs(5))
+        .await?;
+
+    // Blocked: the participants may not decide alone, and readers may not see a half-done change.
+    let mut passwords = env.cluster.passwords().await?;
+    let asked = Instant::now();
+    let read = passwords
+        .get_user(GetUserRequest {
+            user_id: "alice".into(),
+        })
+        .await;
+    assert_eq!(read.map_err(|s| s.code()).err(), Some(Code::Unavailable));
+    assert!(
+        asked.elapsed() >= Duration::from_secs(2),
+        "the read waited for the outcome first"
+    );
+    let status = env.cluster.participant_status(Service::History).await?;
+    assert_eq!((status.in_doubt.len(), status.locked_users), (1, 1));
+
+    env.cluster.start_service(Service::Coordinator, &[]).await?;
+    let back = Instant::now();
+    loop {
+        let status = env.cluster.participant_status(Service::Password).await?;
+        let history = env.cluster.participant_status(Service::History).await?;
+        if status.locked_users == 0 && history.locked_users == 0 {
+            break;
+        }
+        assert!(
+            back.elapsed() < Duration::from_secs(1),
+            "lock still held {:?} after the coordinator returned",
+            back.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    eprintln!(
+        "in doubt cleared {:?} after the coordinator's restart",
+        back.elapsed()
+    );
+    assert!(
+        !assert_all_or_nothing(&env, &registered.txn_id, &seen).await?,
+        "presumed abort"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_participant_makes_the_change_abort_and_nothing_is_left_behind() -> Result {
+    let env = env().await?;
+    let registered = env.register("alice", OLD).await?;
+    converge(&env).await;
+    env.cluster
+        .partition(Service::Coordinator, Service::History);
+    let started = Instant::now();
+    let seen = change(&env, "the-change").await;
+    assert!(matches!(&seen, Seen::Aborted(_)), "{seen:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "the prepare deadline decided"
+    );
+    env.cluster.heal();
+    assert!(!assert_all_or_nothing(&env, &registered.txn_id, &seen).await?);
+    // The link works again: the retry that ran anew after healing committed.
+    assert_ne!(env.version("alice").await?, registered.txn_id);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_way_partition_after_the_vote_leaves_the_participant_in_doubt_until_healed() -> Result
+{
+    let mut env = env().await?;
+    let registered = env.register("alice", OLD).await?;
+    converge(&env).await;
+    env.cluster.stop(Service::Password).await?;
+    env.cluster
+        .start_service(
+            Service::Password,
+            &[("TPC_FAILPOINTS", "part.after_prepare_forced=1*delay(500)")],
+        )
+        .await?;
+    let client = env.cluster.client().await?;
+    let update = tokio::spawn(async move {
+        let mut client = client;
+        client
+            .update_password(tpc_proto::v1::UpdatePasswordRequest {
+                user_id: "alice".into(),
+                current_password: OLD.into(),
+                new_password: NEW.into(),
+                request_id: "the-change".into(),
+            })
+            .await
+    });
+    // While the password participant holds its vote, cut the way from the coordinator to it: the vote
+    // still gets out, Commit (and the answers to its questions) do not get in.
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    env.cluster
+        .partition_one_way(Service::Coordinator, Service::Password);
+    let result = update.await??.into_inner();
+    assert_eq!(result.outcome(), Outcome::Committed);
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let status = env.cluster.participant_status(Service::Password).await?;
+    assert_eq!(
+        status.in_doubt,
+        std::slice::from_ref(&result.txn_id),
+        "in doubt while cut off"
+    );
+    let read = env
+        .cluster
+        .passwords()
+        .await?
+        .get_user(GetUserRequest {
+            user_id: "alice".into(),
+        })
+        .await;
+    assert_eq!(read.map_err(|s| s.code()).err(), Some(Code::Unavailable));
+
+    env.cluster.heal();
+    let seen = Seen::Committed(result.txn_id);
+    assert!(assert_all_or_nothing(&env, &registered.txn_id, &seen).await?);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latency_slows_commits_without_breaking_them() -> Result {
+    let env = env().await?;
+    let registered = env.register("alice", OLD).await?;
+    converge(&env).await;
+    for (from, to) in LINKS {
+        env.cluster.link(from, to).set(LinkFaults {
+            latency: Duration::from_millis(150),
+            ..LinkFaults::default()
+        });
+    }
+    let started = Instant::now();
+    let seen = change(&env, "the-change").await;
+    assert!(matches!(seen, Seen::Committed(_)), "{seen:?}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "a round trip through the proxy each way"
+    );
+    env.cluster.heal();
+    assert!(assert_all_or_nothing(&env, &registered.txn_id, &seen).await?);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_connections_and_a_paused_participant_are_survived() -> Result {
+    let env = env().await?;
+    let mut expected_version = env.register("alice", OLD).await?.txn_id;
+    converge(&env).await;
+    let passwords = [OLD, NEW, "third-password-2", "fourth-password-3"];
+    let mut current = 0;
+    for round in 0..6 {
+        for (from, to) in LINKS {
+            env.cluster.link(from, to).drop_connections();
+        }
+        if round == 3 {
+            env.cluster.pause(Service::History)?;
+        }
+        let next = (current + 1) % passwords.len();
+        let result = env
+            .update(
+                "alice",
+                passwords[current],
+                passwords[next],
+                &format!("round-{round}"),
+            )
+            .await;
+        if round == 3 {
+            let result = result?;
+            assert_eq!(
+                result.outcome(),
+                Outcome::Aborted,
+                "a frozen participant cannot vote"
+            );
+            env.cluster.resume(Service::History)?;
+        } else if let Ok(r) = result
+            && committed(&r)
+        {
+            expected_version = r.txn_id;
+            current = next;
+        }
+        converge(&env).await;
+        assert_eq!(
+            env.version("alice").await?,
+            expected_version,
+            "round {round}"
+        );
+        assert_eq!(env.history("alice").await?.first(), Some(&expected_version));
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_chaos_run_keeps_every_invariant() -> Result {
+    use tpc::harness::chaos::{self, ChaosConfig};
+    let out = tempfile::Builder::new()
+        .prefix("tpc-chaos-test-")
+        .tempdir()?;
+    let report = chaos::run(ChaosConfig {
+        exe: env!("CARGO_BIN_EXE_tpc").into(),
+        duration: Duration::from_secs(12),
+        seed: 20261127,
+        clients: 4,
+        users: 6,
+        out: out.path().to_path_buf(),
+        progress: false,
+    })
+    .await?;
+    eprintln!("{}", report.render());
+    assert!(report.violations.is_empty(), "{:#?}", report.violations);
+    assert!(
+        report.faults.kills >= 3,
+        "faults were injected: {:?}",
+        report.faults
+    );
+    assert!(report.committed > 10, "work was done");
+    assert!(out.path().join("history.jsonl").exists());
+    Ok(())
+}

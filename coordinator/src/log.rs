@@ -164,12 +164,22 @@ impl Log {
             .collect()
     }
 
-    /// E-mails not yet accepted by the mail server, oldest first.
-    pub fn outbox(&self) -> Result<Vec<OutboxEntry>, LogError> {
-        self.db
+    /// E-mails of committed transactions not yet accepted by the mail server, oldest first.
+    ///
+    /// An entry becomes visible when its commit batch is applied, a moment before that batch is forced;
+    /// mailing it then, and crashing before the force, would announce a transaction that recovery
+    /// presumes aborted. So this forces the log after reading: every entry returned is durable, and its
+    /// transaction committed.
+    pub async fn outbox(&self) -> Result<Vec<OutboxEntry>, LogError> {
+        let pending = self
+            .db
             .scan_prefix(OUTBOX)
             .map(|item| decode(&item?.1))
-            .collect()
+            .collect::<Result<Vec<_>, _>>()?;
+        if !pending.is_empty() {
+            self.forcer.force().await?;
+        }
+        Ok(pending)
     }
 
     /// Deletes finished records decided before `cutoff` (committed with END and e-mail sent, or aborted)
@@ -245,7 +255,7 @@ mod tests {
         for r in [&old, &young] {
             log.force_commit(r, &email::compose(r)).await.unwrap();
         }
-        assert_eq!(log.outbox().unwrap().len(), 2);
+        assert_eq!(log.outbox().await.unwrap().len(), 2);
         assert_eq!(
             log.get(old.txn).unwrap().unwrap().commit_record(),
             Some(old.clone())
@@ -258,7 +268,7 @@ mod tests {
         log.mark_sent(old.txn).await.unwrap();
         log.end(young.txn).unwrap();
         log.mark_sent(young.txn).await.unwrap();
-        assert!(log.outbox().unwrap().is_empty());
+        assert!(log.outbox().await.unwrap().is_empty());
 
         let collected = log.collect_garbage(5_000).unwrap();
         assert_eq!(

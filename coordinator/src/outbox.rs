@@ -1,7 +1,7 @@
 //! The e-mail dispatcher: delivers outbox entries with lettre, at least once.
 //!
-//! Entries reach the outbox only in the forced batch that commits their transaction, so an aborted
-//! transaction never produces mail. An entry leaves the outbox only after the mail server (or the file
+//! Entries reach the outbox only in the batch that commits their transaction, and are sent only once
+//! that batch is on disk (see `Log::outbox`), so an aborted transaction never produces mail. An entry leaves the outbox only after the mail server (or the file
 //! transport) accepted it; failures are retried with capped exponential backoff. A crash between
 //! delivery and marking resends the mail with the same `Message-ID`, which receivers can deduplicate.
 
@@ -103,7 +103,7 @@ const IN_FLIGHT: usize = 16;
 pub async fn dispatch_forever(log: Arc<Log>, mailer: Mailer, wake: Arc<Notify>, backoff: Backoff) {
     let mut failures = 0u32;
     loop {
-        let pending = match log.outbox() {
+        let pending = match log.outbox().await {
             Ok(pending) => pending,
             Err(e) => {
                 warn!(cause = %e, "cannot read the outbox");

@@ -147,11 +147,23 @@ async fn a_retried_request_returns_the_first_outcome() -> Result {
     assert!(committed(&retry));
     assert_eq!(retry.request_id, "req-42");
     assert_eq!(env.history("carol").await?.len(), 2);
-    let mails = env.mails_settle(3).await;
+    // The same key for someone else's request is refused, not answered with carol's outcome.
+    env.register("dan", "dan-pw-1").await?;
+    let reused = env.update("dan", "dan-pw-1", "dan-pw-2", "req-42").await;
+    let status = reused
+        .unwrap_err()
+        .downcast::<tonic::Status>()
+        .map_err(|e| e.to_string())?;
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(
+        env.verify("dan", "dan-pw-1").await?,
+        "dan's password is unchanged"
+    );
+    let mails = env.mails_settle(4).await;
     assert_eq!(
         mails.len(),
-        2,
-        "one for the registration, one for the update"
+        3,
+        "carol's registration and update, dan's registration"
     );
     Ok(())
 }

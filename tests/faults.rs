@@ -92,7 +92,7 @@ async fn assert_all_or_nothing(env: &Env, registered: &str, seen: &Seen) -> Resu
 async fn fail_point_case(point: &str, process: Service, action: &str) -> Result {
     let mut env = env().await?;
     let registered = env.register("alice", OLD).await?;
-    assert!(committed(&registered));
+    assert!(committed(&registered), "{registered:?}");
     env.mails_settle(1).await;
     converge(&env).await;
 

@@ -21,7 +21,7 @@ enum Input {
         txn: TxnId,
         request_id: String,
         op: Operation,
-        reply: oneshot::Sender<Outcome>,
+        reply: oneshot::Sender<Answer>,
     },
     Query {
         txn: TxnId,
@@ -31,6 +31,13 @@ enum Input {
         reply: oneshot::Sender<Vec<Active>>,
     },
 }
+
+/// What a client is told: the outcome, or why its request was refused without running.
+pub type Answer = Result<Outcome, Refused>;
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Refused(pub String);
 
 /// Handle to the running coordinator.
 #[derive(Clone)]
@@ -70,7 +77,7 @@ impl Coordinator {
         txn: TxnId,
         request_id: String,
         op: Operation,
-    ) -> Result<Outcome, Stopped> {
+    ) -> Result<Answer, Stopped> {
         let (reply, rx) = oneshot::channel();
         self.inputs
             .send(Input::Begin {
@@ -110,7 +117,8 @@ struct Actor {
     log: Arc<Log>,
     peers: Peers,
     outbox: Arc<Notify>,
-    waiters: HashMap<String, Vec<oneshot::Sender<Outcome>>>,
+    /// Clients waiting for an answer, by the id their `Begin` carried.
+    waiters: HashMap<TxnId, oneshot::Sender<Answer>>,
     /// Weak, so the actor stops when every `Coordinator` handle is gone.
     inputs: mpsc::WeakUnboundedSender<Input>,
 }
@@ -129,10 +137,7 @@ impl Actor {
                     op,
                     reply,
                 } => {
-                    self.waiters
-                        .entry(request_id.clone())
-                        .or_default()
-                        .push(reply);
+                    self.waiters.insert(txn, reply);
                     self.handle(Event::Begin {
                         txn,
                         request_id,
@@ -231,12 +236,19 @@ impl Actor {
                         // Not retried: a participant that prepared will ask, and hear "aborted".
                         info!(participant = to.name(), %error, "abort not delivered");
                     }
-                    None
+                    Some(Event::AbortDelivered { txn, to })
                 });
             }
-            Command::Reply { outcome } => {
-                for waiter in self.waiters.remove(&outcome.request_id).unwrap_or_default() {
-                    let _ = waiter.send(outcome.clone());
+            Command::Reply { clients, outcome } => {
+                for client in clients {
+                    if let Some(waiter) = self.waiters.remove(&client) {
+                        let _ = waiter.send(Ok(outcome.clone()));
+                    }
+                }
+            }
+            Command::Reject { client, reason } => {
+                if let Some(waiter) = self.waiters.remove(&client) {
+                    let _ = waiter.send(Err(Refused(reason)));
                 }
             }
             Command::SendCommit {

@@ -51,7 +51,11 @@ impl Api {
         let span = info_span!("txn", txn_id = %txn, kind = op.kind().as_str(), user = %op.user());
         let outcome = async {
             info!(target: "tpc::protocol", request_id, "client → coordinator: {}", op.kind().as_str());
-            let outcome = self.coordinator.execute(txn, request_id, op).await?;
+            let outcome = self
+                .coordinator
+                .execute(txn, request_id, op)
+                .await?
+                .map_err(|refused| Status::failed_precondition(refused.to_string()))?;
             info!(
                 target: "tpc::protocol",
                 committed = outcome.committed,

@@ -464,8 +464,22 @@ async fn narrate(name: &'static str, stderr: tokio::process::ChildStderr) {
     }
 }
 
+/// A free port for a service. Chosen below the kernel's ephemeral range (32768 and up on Linux), where
+/// the proxies' and every client's ports come from, so none of those can take it between this choice
+/// and the service binding it (a restarted service binds the same port again). Each process starts at
+/// its own offset, so parallel test processes rarely meet.
 fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let offset = std::process::id().wrapping_mul(7919) % SPAN;
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (FIRST + (offset + n) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }

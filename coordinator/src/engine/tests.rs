@@ -55,6 +55,12 @@ fn yes(e: &mut Engine, txn: TxnId) -> Vec<Command> {
     )
 }
 
+fn aborts_delivered(e: &mut Engine, txn: TxnId) {
+    for to in Participant::ALL {
+        e.handle(Event::AbortDelivered { txn, to }, NOW);
+    }
+}
+
 fn record(txn: TxnId, request_id: &str) -> CommitRecord {
     CommitRecord {
         txn,
@@ -76,8 +82,9 @@ fn send_commit(txn: TxnId, to: Participant) -> Command {
     }
 }
 
-fn committed(txn: TxnId, request_id: &str) -> Command {
+fn committed(client: TxnId, txn: TxnId, request_id: &str) -> Command {
     Command::Reply {
+        clients: vec![client],
         outcome: Outcome {
             txn,
             request_id: request_id.into(),
@@ -158,7 +165,7 @@ fn commit_forced_replies_then_sends_commit_and_wakes_the_outbox() {
     assert_eq!(
         e.handle(Event::CommitForced { txn }, NOW + 20),
         vec![
-            committed(txn, "r1"),
+            committed(txn, txn, "r1"),
             send_commit(txn, Participant::Password),
             send_commit(txn, Participant::History),
             Command::DispatchOutbox,
@@ -195,6 +202,15 @@ fn a_no_vote_aborts_everywhere_and_replies_with_the_reason() {
                     decided_at: NOW + 7,
                 }
             },
+            Command::Reply {
+                clients: vec![txn],
+                outcome: Outcome {
+                    txn,
+                    request_id: "r1".into(),
+                    committed: false,
+                    reason: "password was used recently".into(),
+                }
+            },
             Command::SendAbort {
                 txn,
                 to: Participant::Password
@@ -202,14 +218,6 @@ fn a_no_vote_aborts_everywhere_and_replies_with_the_reason() {
             Command::SendAbort {
                 txn,
                 to: Participant::History
-            },
-            Command::Reply {
-                outcome: Outcome {
-                    txn,
-                    request_id: "r1".into(),
-                    committed: false,
-                    reason: "password was used recently".into(),
-                }
             },
         ]
     );
@@ -240,11 +248,11 @@ fn an_unreachable_participant_aborts() {
         },
         NOW,
     );
-    assert!(matches!(
-        out.last(),
-        Some(Command::Reply { outcome }) if !outcome.committed
+    assert!(out.iter().any(|c| matches!(
+        c,
+        Command::Reply { outcome, .. } if !outcome.committed
             && outcome.reason == "password participant unavailable: connection refused"
-    ));
+    )));
 }
 
 #[test]
@@ -254,9 +262,10 @@ fn the_prepare_deadline_aborts_only_while_preparing() {
     let out = e.handle(Event::PrepareDeadline { txn }, NOW + 2_000);
     assert_eq!(out.len(), 4, "{out:?}");
     assert!(
-        matches!(&out[3], Command::Reply { outcome } if outcome.reason == "prepare deadline exceeded")
+        matches!(&out[1], Command::Reply { outcome, .. } if outcome.reason == "prepare deadline exceeded")
     );
 
+    aborts_delivered(&mut e, txn);
     let decided = begin(&mut e, "r2");
     yes(&mut e, decided);
     assert_eq!(
@@ -390,7 +399,7 @@ fn a_retried_request_gets_the_recorded_commit() {
             },
             NOW
         ),
-        vec![committed(txn, "r1")]
+        vec![committed(again, txn, "r1")]
     );
 }
 
@@ -399,6 +408,7 @@ fn an_aborted_request_may_run_again() {
     let mut e = Engine::default();
     let txn = begin(&mut e, "r1");
     e.handle(Event::PrepareDeadline { txn }, NOW);
+    aborts_delivered(&mut e, txn);
     let again = TxnId::generate();
     let out = e.handle(
         Event::Begin {
@@ -433,16 +443,17 @@ fn recovery_drives_unfinished_commits_and_remembers_request_ids() {
     );
     assert_eq!(e.decision(open), Decision::Committed);
     assert_eq!(e.decision(ended), Decision::Committed);
+    let client = TxnId::generate();
     assert_eq!(
         e.handle(
             Event::Begin {
-                txn: TxnId::generate(),
+                txn: client,
                 request_id: "r-ended".into(),
                 op: update()
             },
             NOW
         ),
-        vec![committed(ended, "r-ended")]
+        vec![committed(client, ended, "r-ended")]
     );
 }
 
@@ -575,12 +586,14 @@ fn a_queued_change_gives_up_at_the_deadline() {
     e.handle(Event::CommitForced { txn: first }, NOW);
     let second = begin(&mut e, "r2");
     let out = e.handle(Event::PrepareDeadline { txn: second }, NOW + 2_000);
-    assert!(matches!(
-        out.last(),
-        Some(Command::Reply { outcome }) if !outcome.committed
-            && outcome.reason == "an earlier change of this user is still being committed"
-    ));
-    // It never prepared, but an Abort to both is harmless and keeps a late Prepare from hanging.
+    assert!(
+        matches!(
+            out.as_slice(),
+            [Command::LogAbort { .. }, Command::Reply { outcome, .. }] if !outcome.committed
+                && outcome.reason == "an earlier change of this user is still finishing"
+        ),
+        "never prepared, so nothing to abort: {out:?}"
+    );
     assert_eq!(e.decision(second), Decision::Aborted);
 }
 
@@ -598,10 +611,10 @@ fn a_second_change_while_the_first_collects_votes_conflicts_at_once() {
         NOW,
     );
     assert!(
-        matches!(out.last(), Some(Command::Reply { outcome }) if !outcome.committed && outcome.reason == CONFLICT),
-        "{out:?}"
+        matches!(out.as_slice(), [Command::LogAbort { .. }, Command::Reply { clients, outcome }]
+            if *clients == [second] && !outcome.committed && outcome.reason == CONFLICT),
+        "nothing sent, nothing to abort: {out:?}"
     );
-    assert!(!out.iter().any(|c| matches!(c, Command::SendPrepare { .. })));
 }
 
 #[test]
@@ -631,7 +644,7 @@ fn queued_changes_start_one_at_a_time() {
         out.iter()
             .all(|c| !matches!(c, Command::SendPrepare { txn, .. } if *txn == third))
     );
-    // The second aborts: the third starts.
+    // The second aborts: the third starts once both participants have heard the Abort.
     let out = e.handle(
         Event::Voted {
             txn: second,
@@ -639,6 +652,26 @@ fn queued_changes_start_one_at_a_time() {
             vote: Vote::No {
                 reason: "no".into(),
             },
+        },
+        NOW,
+    );
+    assert!(
+        !out.iter().any(|c| matches!(c, Command::SendPrepare { .. })),
+        "{out:?}"
+    );
+    assert_eq!(e.decision(second), Decision::Aborted);
+    let out = e.handle(
+        Event::AbortDelivered {
+            txn: second,
+            to: Participant::History,
+        },
+        NOW,
+    );
+    assert_eq!(out, vec![]);
+    let out = e.handle(
+        Event::AbortDelivered {
+            txn: second,
+            to: Participant::Password,
         },
         NOW,
     );
@@ -650,4 +683,92 @@ fn queued_changes_start_one_at_a_time() {
         })
         .collect();
     assert_eq!(prepared, [third, third]);
+}
+
+#[test]
+fn a_retry_that_joins_a_running_transaction_gets_its_outcome_too() {
+    let mut e = Engine::default();
+    let txn = begin(&mut e, "r1");
+    let again = TxnId::generate();
+    e.handle(
+        Event::Begin {
+            txn: again,
+            request_id: "r1".into(),
+            op: update(),
+        },
+        NOW,
+    );
+    yes(&mut e, txn);
+    let out = e.handle(Event::CommitForced { txn }, NOW);
+    assert!(
+        matches!(&out[0], Command::Reply { clients, outcome } if *clients == [txn, again] && outcome.committed)
+    );
+}
+
+#[test]
+fn a_request_id_reused_for_another_request_is_refused() {
+    let mut e = Engine::default();
+    let txn = begin(&mut e, "r1");
+    let other_user = Operation::Update {
+        user: UserId::parse("mallory").unwrap(),
+        current: Password::new("current_password", "x".into()).unwrap(),
+        new: Password::new("new_password", "y".into()).unwrap(),
+    };
+    let client = TxnId::generate();
+    let out = e.handle(
+        Event::Begin {
+            txn: client,
+            request_id: "r1".into(),
+            op: other_user.clone(),
+        },
+        NOW,
+    );
+    assert!(
+        matches!(out.as_slice(), [Command::Reject { client: c, .. }] if *c == client),
+        "while running: {out:?}"
+    );
+    yes(&mut e, txn);
+    e.handle(Event::CommitForced { txn }, NOW);
+    let out = e.handle(
+        Event::Begin {
+            txn: client,
+            request_id: "r1".into(),
+            op: other_user,
+        },
+        NOW,
+    );
+    assert!(
+        matches!(out.as_slice(), [Command::Reject { .. }]),
+        "after commit: {out:?}"
+    );
+}
+
+#[test]
+fn collecting_an_aborted_attempt_keeps_the_committed_retry() {
+    let mut e = Engine::default();
+    let aborted = begin(&mut e, "r1");
+    e.handle(Event::PrepareDeadline { txn: aborted }, NOW);
+    aborts_delivered(&mut e, aborted);
+    let retry = begin(&mut e, "r1");
+    yes(&mut e, retry);
+    e.handle(Event::CommitForced { txn: retry }, NOW);
+    e.handle(
+        Event::Forgotten {
+            txn: aborted,
+            request_id: "r1".into(),
+        },
+        NOW,
+    );
+    let client = TxnId::generate();
+    assert_eq!(
+        e.handle(
+            Event::Begin {
+                txn: client,
+                request_id: "r1".into(),
+                op: update()
+            },
+            NOW
+        ),
+        vec![committed(client, retry, "r1")]
+    );
 }

@@ -1,0 +1,351 @@
+//! The coordinator's side of two-phase commit with presumed abort, as a pure state machine.
+//!
+//! Events go in ([`Event`]) with the current time, commands come out ([`Command`]); the runtime
+//! (`runtime.rs`) sends the RPCs, forces the log and answers the clients, and feeds results back.
+//!
+//! The rules it keeps (DESIGN §3):
+//! - `Prepare` goes to both participants at once, with a deadline;
+//! - the COMMIT record (with the outbox e-mail) is forced before anyone hears "committed": that write is
+//!   the commit point; an abort writes nothing that must survive (presumed abort);
+//! - `Commit` is resent with capped exponential backoff until every participant acknowledged; then END;
+//! - `QueryDecision` answers `pending` while votes are outstanding, so a transaction that could still
+//!   commit is never reported aborted; after a crash it is forgotten and can never commit;
+//! - a `request_id` seen again returns the first outcome (committed) or joins the running transaction;
+//!   an aborted request may run again, since abort means nothing happened; a `request_id` reused for a
+//!   different request is refused;
+//! - one change per user is in flight: a change meeting one that collects votes conflicts at once
+//!   (no-wait, as at the participants); one meeting a change that is decided and finishing waits for it.
+//!
+//! The handlers live beside this file by phase: `admission.rs` (requests, the per-user queue),
+//! `phase_one.rs` (votes, abort), `phase_two.rs` (commit, recovery, forgetting).
+
+mod admission;
+mod phase_one;
+mod phase_two;
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use tpc_common::{Backoff, Email, Operation, OperationKind, TxnId, UserId};
+
+/// The two participants every transaction spans.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Participant {
+    Password,
+    History,
+}
+
+impl Participant {
+    pub const ALL: [Participant; 2] = [Participant::Password, Participant::History];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Participant::Password => "password",
+            Participant::History => "history",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Vote {
+    /// The password participant's yes carries the user's e-mail address.
+    Yes {
+        email: Option<Email>,
+    },
+    No {
+        reason: String,
+    },
+}
+
+/// What the client is told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub txn: TxnId,
+    pub request_id: String,
+    pub committed: bool,
+    pub reason: String,
+}
+
+/// The forced COMMIT record: everything needed to finish the transaction and send its e-mail after a
+/// crash. No secrets.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CommitRecord {
+    pub txn: TxnId,
+    pub request_id: String,
+    pub kind: OperationKind,
+    pub user: UserId,
+    pub email: Email,
+    pub started_at: u64,
+    pub decided_at: u64,
+}
+
+/// The unforced ABORT note, kept only so `tpc txn list` can show aborted transactions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AbortNote {
+    pub txn: TxnId,
+    pub request_id: String,
+    pub kind: OperationKind,
+    pub user: UserId,
+    pub reason: String,
+    pub started_at: u64,
+    pub decided_at: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A client asked for `op`. `txn` is the id to use if this starts a new transaction; it also names
+    /// the client in `Reply` and `Reject`.
+    Begin {
+        txn: TxnId,
+        request_id: String,
+        op: Operation,
+    },
+    Voted {
+        txn: TxnId,
+        from: Participant,
+        vote: Vote,
+    },
+    /// `Prepare` failed to reach the participant or was refused.
+    PrepareFailed {
+        txn: TxnId,
+        from: Participant,
+        error: String,
+    },
+    PrepareDeadline {
+        txn: TxnId,
+    },
+    /// The `Abort` reached the participant, or failed to (either way the engine stops waiting for it).
+    AbortDelivered {
+        txn: TxnId,
+        to: Participant,
+    },
+    /// The COMMIT record and its outbox entry are on disk.
+    CommitForced {
+        txn: TxnId,
+    },
+    CommitAcked {
+        txn: TxnId,
+        from: Participant,
+    },
+    CommitFailed {
+        txn: TxnId,
+        from: Participant,
+        attempt: u32,
+    },
+    /// COMMIT records found on start; `ended` ones need nothing but their request id remembered.
+    Recovered {
+        records: Vec<(CommitRecord, bool)>,
+    },
+    /// The log garbage-collected a finished transaction.
+    Forgotten {
+        txn: TxnId,
+        request_id: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    SendPrepare {
+        txn: TxnId,
+        to: Participant,
+        op: Operation,
+    },
+    /// Report `PrepareDeadline` after this long.
+    StartDeadline { txn: TxnId, after: Duration },
+    /// Write the COMMIT record and the e-mail in one batch, force it, report `CommitForced`.
+    ForceCommit { record: CommitRecord },
+    /// Note the abort in the log, unforced.
+    LogAbort { note: AbortNote },
+    /// Tell a participant to abort, then report `AbortDelivered`; not retried (an in-doubt participant
+    /// asks and learns "aborted").
+    SendAbort { txn: TxnId, to: Participant },
+    /// Answer the clients (by the id their `Begin` carried) with the outcome.
+    Reply {
+        clients: Vec<TxnId>,
+        outcome: Outcome,
+    },
+    /// Refuse one client's request without running it.
+    Reject { client: TxnId, reason: String },
+    /// Send `Commit` after `after`; `attempt` counts earlier failures.
+    SendCommit {
+        txn: TxnId,
+        to: Participant,
+        after: Duration,
+        attempt: u32,
+    },
+    /// Every participant acknowledged: write END (unforced); the record may now be collected.
+    LogEnd { txn: TxnId },
+    /// Wake the e-mail dispatcher.
+    DispatchOutbox,
+}
+
+/// The answer to a participant's `QueryDecision`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Pending,
+    Committed,
+    Aborted,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Config {
+    pub prepare_deadline: Duration,
+    pub commit_backoff: Backoff,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            prepare_deadline: Duration::from_secs(2),
+            commit_backoff: Backoff::new(Duration::from_millis(50), Duration::from_secs(1)),
+        }
+    }
+}
+
+/// The reason given when another change of the same user is being prepared.
+pub const CONFLICT: &str = "conflict: another transaction is changing this user";
+
+#[derive(Debug)]
+enum Phase {
+    /// Waiting for an earlier transaction of the same user to finish phase two: its participants still
+    /// hold the user's lock, so preparing now would only meet a conflict.
+    Queued {
+        op: Operation,
+    },
+    Preparing {
+        votes: HashMap<Participant, Vote>,
+    },
+    /// All voted yes; the COMMIT record is being forced.
+    Forcing,
+    Committing {
+        acked: HashSet<Participant>,
+    },
+    /// Aborted; waiting until the Aborts reached the participants (and so released the user) before the
+    /// user's next change starts, lest its Prepare overtake the Abort and meet the old lock.
+    Aborting {
+        pending: HashSet<Participant>,
+    },
+}
+
+#[derive(Debug)]
+struct Txn {
+    request_id: String,
+    kind: OperationKind,
+    user: UserId,
+    /// The address given at registration (an update takes it from the password participant's vote).
+    register_email: Option<Email>,
+    started_at: u64,
+    /// The clients waiting for the outcome: the ids their `Begin`s carried.
+    clients: Vec<TxnId>,
+    phase: Phase,
+}
+
+/// What a request id stands for, so a reuse for another request can be refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RequestKey {
+    kind: OperationKind,
+    user: UserId,
+}
+
+/// A transaction the engine is working on, for `ListTransactions`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Active {
+    pub txn: TxnId,
+    pub request_id: String,
+    pub kind: OperationKind,
+    pub user: UserId,
+    pub started_at: u64,
+    pub decided: bool,
+    pub acked: Vec<Participant>,
+}
+
+#[derive(Debug, Default)]
+pub struct Engine {
+    config: Config,
+    txns: HashMap<TxnId, Txn>,
+    /// Request ids of running transactions.
+    running: HashMap<String, TxnId>,
+    /// Request ids of committed transactions still in the log.
+    committed: HashMap<String, (TxnId, RequestKey)>,
+    committed_txns: HashSet<TxnId>,
+}
+
+impl Engine {
+    pub fn new(config: Config) -> Self {
+        Self {
+            config,
+            ..Self::default()
+        }
+    }
+
+    pub fn config(&self) -> Config {
+        self.config
+    }
+
+    pub fn decision(&self, txn: TxnId) -> Decision {
+        match self.txns.get(&txn).map(|t| &t.phase) {
+            Some(Phase::Queued { .. } | Phase::Preparing { .. } | Phase::Forcing) => {
+                Decision::Pending
+            }
+            Some(Phase::Committing { .. }) => Decision::Committed,
+            Some(Phase::Aborting { .. }) => Decision::Aborted,
+            None if self.committed_txns.contains(&txn) => Decision::Committed,
+            // Presumed abort: no record means it did not commit, and now never will.
+            None => Decision::Aborted,
+        }
+    }
+
+    pub fn active(&self) -> Vec<Active> {
+        let mut active: Vec<Active> = self
+            .txns
+            .iter()
+            .map(|(txn, t)| Active {
+                txn: *txn,
+                request_id: t.request_id.clone(),
+                kind: t.kind,
+                user: t.user.clone(),
+                started_at: t.started_at,
+                decided: matches!(t.phase, Phase::Committing { .. } | Phase::Aborting { .. }),
+                acked: match &t.phase {
+                    Phase::Committing { acked } => {
+                        let mut a: Vec<_> = acked.iter().copied().collect();
+                        a.sort();
+                        a
+                    }
+                    _ => Vec::new(),
+                },
+            })
+            .collect();
+        active.sort_by_key(|a| a.txn);
+        active
+    }
+
+    pub fn handle(&mut self, event: Event, now: u64) -> Vec<Command> {
+        match event {
+            Event::Begin {
+                txn,
+                request_id,
+                op,
+            } => self.begin(txn, request_id, op, now),
+            Event::Voted { txn, from, vote } => self.voted(txn, from, vote, now),
+            Event::PrepareFailed { txn, from, error } => self.voted(
+                txn,
+                from,
+                Vote::No {
+                    reason: format!("{} participant unavailable: {error}", from.name()),
+                },
+                now,
+            ),
+            Event::PrepareDeadline { txn } => self.deadline(txn, now),
+            Event::AbortDelivered { txn, to } => self.abort_delivered(txn, to),
+            Event::CommitForced { txn } => self.commit_forced(txn),
+            Event::CommitAcked { txn, from } => self.commit_acked(txn, from),
+            Event::CommitFailed { txn, from, attempt } => self.commit_failed(txn, from, attempt),
+            Event::Recovered { records } => self.recovered(records),
+            Event::Forgotten { txn, request_id } => self.forgotten(txn, &request_id),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -117,10 +117,12 @@ impl PasswordReader for PasswordApi {
         let user = UserId::parse(&req.user_id)?;
         let password = Password::new("password", req.password)?;
         let account: Account = self.0.read(&user).await?;
+        // The cost comes from the stored hash, whatever the hasher was made with.
         let hasher = crate::hashing::Hasher::new(Default::default());
-        let valid = tokio::task::spawn_blocking(move || hasher.verify(&password, &account.hash))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?;
+        let valid = self
+            .0
+            .hash_work(move || hasher.verify(&password, &account.hash))
+            .await?;
         Ok(Response::new(VerifyPasswordResponse { valid }))
     }
 

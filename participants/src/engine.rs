@@ -195,6 +195,14 @@ impl<C: Clone> Engine<C> {
         self.locks.len()
     }
 
+    /// Releases `user` if `txn` holds it. (Recovery never sees two PREPARED records of one user: the
+    /// second one's forced write also flushes the first one's earlier deletion.)
+    fn unlock(&mut self, user: &UserId, txn: TxnId) {
+        if self.locks.get(user) == Some(&txn) {
+            self.locks.remove(user);
+        }
+    }
+
     pub fn handle(&mut self, event: Event<C>) -> Vec<Command<C>> {
         match event {
             Event::PrepareRequested { txn, user } => self.prepare(txn, user),
@@ -260,7 +268,7 @@ impl<C: Clone> Engine<C> {
                     Err(reason) => {
                         // A no-vote writes nothing and forgets the transaction.
                         self.txns.remove(&txn);
-                        self.locks.remove(&user);
+                        self.unlock(&user, txn);
                         vec![vote_no(txn, &reason), Command::LockReleased { user }]
                     }
                 }
@@ -283,7 +291,7 @@ impl<C: Clone> Engine<C> {
         if abort_requested {
             // Abort arrived while the record was being forced: undo it now, then let the user go.
             self.txns.insert(txn, State::Aborted { at });
-            self.locks.remove(&user);
+            self.unlock(&user, txn);
             return vec![
                 Command::DropPrepared { txn },
                 Command::LockReleased { user },
@@ -330,7 +338,7 @@ impl<C: Clone> Engine<C> {
         };
         let user = user.clone();
         self.txns.insert(txn, State::Committed { at });
-        self.locks.remove(&user);
+        self.unlock(&user, txn);
         vec![Command::LockReleased { user }, Command::Ack { txn }]
     }
 
@@ -351,13 +359,13 @@ impl<C: Clone> Engine<C> {
             Some(State::Validating { user }) => {
                 let user = user.clone();
                 self.txns.insert(txn, State::Aborted { at });
-                self.locks.remove(&user);
+                self.unlock(&user, txn);
                 vec![Command::LockReleased { user }, Command::Ack { txn }]
             }
             Some(State::Prepared { user, .. }) => {
                 let user = user.clone();
                 self.txns.insert(txn, State::Aborted { at });
-                self.locks.remove(&user);
+                self.unlock(&user, txn);
                 vec![
                     Command::DropPrepared { txn },
                     Command::LockReleased { user },

@@ -504,3 +504,21 @@ fn old_tombstones_are_forgotten() {
         vec![Command::Validate { txn: aborted }]
     );
 }
+
+#[test]
+fn resolving_a_transaction_releases_only_a_lock_it_holds() {
+    let mut e = engine();
+    let (older, newer) = (TxnId::generate(), TxnId::generate());
+    // Cannot happen after a real crash (see `unlock`), but the engine must not make it worse.
+    e.handle(Event::Recovered {
+        prepared: vec![(older, user("alice"), "h1"), (newer, user("alice"), "h2")],
+        committed: vec![],
+    });
+    e.handle(Event::AbortRequested { txn: older, at: 1 });
+    assert!(
+        e.is_locked(&user("alice")),
+        "the newer transaction still holds alice"
+    );
+    e.handle(Event::AbortRequested { txn: newer, at: 2 });
+    assert!(!e.is_locked(&user("alice")));
+}

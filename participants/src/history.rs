@@ -74,10 +74,6 @@ impl Resource for Histories {
         batch: &mut sled::Batch,
     ) -> Result<(), StoreError> {
         let mut entries: Vec<Entry> = data.get(&change.user)?.unwrap_or_default();
-        // A repeated commit after a crash between apply and ack must not append twice.
-        if entries.first().is_some_and(|e| e.txn == txn) {
-            return Ok(());
-        }
         entries.insert(
             0,
             Entry {

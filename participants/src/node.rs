@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 use tonic::Status;
 use tonic::transport::Channel;
 use tpc_common::fault::inject;
@@ -37,6 +37,9 @@ pub struct Node<R: Resource> {
     data: Data,
     resource: Arc<R>,
     released: Notify,
+    /// Bounds the argon2 work in flight (each OWASP hash holds 19 MiB): a flood of requests queues here
+    /// instead of filling the blocking pool and the memory.
+    hashing: Semaphore,
     coordinator: TransactionManagerClient<Channel>,
     read_wait: Duration,
 }
@@ -69,6 +72,7 @@ impl<R: Resource> Node<R> {
             store,
             resource: Arc::new(resource),
             released: Notify::new(),
+            hashing: Semaphore::new(hashing_slots()),
             coordinator: TransactionManagerClient::new(coordinator),
             read_wait,
         }))
@@ -122,11 +126,10 @@ impl<R: Resource> Node<R> {
                         return Err(Status::internal("validation without an operation"));
                     };
                     let (resource, data) = (self.resource.clone(), self.data.clone());
-                    let outcome =
-                        tokio::task::spawn_blocking(move || resource.validate(&data, &op))
-                            .await
-                            .map_err(|e| Status::internal(format!("validation task failed: {e}")))?
-                            .unwrap_or_else(|e| fatal(e));
+                    let outcome = self
+                        .hash_work(move || resource.validate(&data, &op))
+                        .await?
+                        .unwrap_or_else(|e| fatal(e));
                     match &outcome {
                         Ok(_) => {
                             info!(target: "tpc::protocol", participant = R::NAME, %txn, "{}: checks passed, forcing PREPARED record", R::NAME)
@@ -207,6 +210,21 @@ impl<R: Resource> Node<R> {
             return Err(Status::unavailable("injected: the reply was lost"));
         }
         Ok(reply)
+    }
+
+    /// Runs argon2 work on the blocking pool, never on an async worker, a bounded number at a time.
+    pub async fn hash_work<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, Status> {
+        let _slot = self
+            .hashing
+            .acquire()
+            .await
+            .map_err(|_| Status::unavailable("shutting down"))?;
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|e| Status::internal(format!("hashing task failed: {e}")))
     }
 
     /// Asks the coordinator for an in-doubt transaction's outcome and applies what it says.
@@ -292,6 +310,11 @@ impl<R: Resource> Node<R> {
             }
         }
     }
+}
+
+/// Two hashes per core: the cores stay busy, the memory stays bounded.
+fn hashing_slots() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get() * 2)
 }
 
 fn refusal_status(txn: TxnId, refusal: Refusal) -> Status {

@@ -19,7 +19,7 @@ pub trait Resource: Send + Sync + 'static {
 
     /// Checks the operation against the committed data and does the expensive work (argon2). Runs on
     /// the blocking pool while the user's lock is held, so the data cannot change underneath.
-    /// `Ok(None)`-style "no" answers are `Err(reason)`; storage failures are `Err(StoreError)`.
+    /// `Ok(Err(reason))` is a no-vote; `Err(StoreError)` a storage failure.
     fn validate(
         &self,
         data: &Data,

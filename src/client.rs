@@ -389,6 +389,7 @@ fn txn_json(t: &Transaction) -> serde_json::Value {
         "decided_at": time(t.decided_at.as_ref()),
         "acked_by": t.acked_by,
         "email_sent": t.email_sent,
+        "email_error": t.email_error,
     })
 }
 

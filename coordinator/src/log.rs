@@ -46,6 +46,9 @@ pub struct TxnRecord {
     pub started_at: u64,
     pub decided_at: u64,
     pub email_sent: bool,
+    /// Why the e-mail can never be sent, if it cannot (it then leaves the outbox unsent).
+    #[serde(default)]
+    pub email_error: Option<String>,
 }
 
 /// An e-mail waiting for delivery.
@@ -89,6 +92,7 @@ impl Log {
             started_at: record.started_at,
             decided_at: record.decided_at,
             email_sent: false,
+            email_error: None,
         };
         let mut batch = sled::Batch::default();
         batch.insert(key(TXN, record.txn), encode(&txn));
@@ -110,6 +114,7 @@ impl Log {
             started_at: note.started_at,
             decided_at: note.decided_at,
             email_sent: false,
+            email_error: None,
         };
         self.db.insert(key(TXN, note.txn), encode(&record))?;
         Ok(())
@@ -125,6 +130,14 @@ impl Log {
     /// crash can resend only an e-mail accepted in the last instant before it.
     pub async fn mark_sent(&self, txn: TxnId) -> Result<(), LogError> {
         self.update(txn, |r| r.email_sent = true)?;
+        self.db.remove(key(OUTBOX, txn))?;
+        self.forcer.force().await?;
+        Ok(())
+    }
+
+    /// The e-mail can never be built or sent: take it out of the outbox, keep the reason.
+    pub async fn mark_undeliverable(&self, txn: TxnId, reason: &str) -> Result<(), LogError> {
+        self.update(txn, |r| r.email_error = Some(reason.to_owned()))?;
         self.db.remove(key(OUTBOX, txn))?;
         self.forcer.force().await?;
         Ok(())
@@ -188,7 +201,7 @@ impl Log {
         let mut collected = Vec::new();
         for record in self.records()? {
             let finished = match record.state {
-                State::Committed => record.email_sent,
+                State::Committed => record.email_sent || record.email_error.is_some(),
                 State::Aborted => true,
                 State::Committing => false,
             };

@@ -14,7 +14,7 @@ use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, To
 use tokio::sync::Notify;
 use tpc_common::Backoff;
 use tpc_common::fault::inject;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::log::{Log, OutboxEntry};
 
@@ -143,10 +143,15 @@ pub async fn dispatch_forever(log: Arc<Log>, mailer: Mailer, wake: Arc<Notify>, 
 
 /// Sends one e-mail and removes it from the outbox; false if it must be tried again.
 async fn deliver(log: &Log, mailer: &Mailer, entry: &OutboxEntry) -> bool {
-    let sent = match build(entry) {
-        Ok(message) => mailer.send(message).await,
-        Err(e) => Err(e),
+    let message = match build(entry) {
+        Ok(message) => message,
+        Err(cause) => {
+            // No retry can fix a message that cannot be built: park it, and say so loudly.
+            error!(txn_id = %entry.txn, %cause, "e-mail cannot be built; giving up on it");
+            return log.mark_undeliverable(entry.txn, &cause).await.is_ok();
+        }
     };
+    let sent = mailer.send(message).await;
     if let Err(cause) = sent {
         warn!(txn_id = %entry.txn, %cause, "e-mail not accepted; will retry");
         return false;
@@ -180,5 +185,38 @@ mod tests {
         let raw = String::from_utf8(build(&entry).unwrap().formatted()).unwrap();
         assert!(raw.contains("Message-ID: <x@tpc.local>"), "{raw}");
         assert!(raw.contains("To: alice@example.com"));
+    }
+}
+
+#[cfg(test)]
+mod address_tests {
+    use tpc_common::Email;
+
+    /// Every address tpc accepts at registration must be one lettre can send to, or a committed
+    /// registration's e-mail would be stuck in the outbox.
+    #[test]
+    fn every_accepted_address_is_a_lettre_address() {
+        let candidates = [
+            "alice@example.com",
+            "a.b+tag@mail.example-corp.org",
+            "x_y@a-b.c1.io",
+            "o'neil@example.ie",
+            "a!#$%&*+-/=?^_`{|}~@example.com",
+            "a..b@example.com",
+            "x@a.-b.com",
+            "x@a-.com",
+            ".a@example.com",
+            "a.@example.com",
+            "1@2.3",
+            "a@b.c.d.e.f",
+        ];
+        for raw in candidates {
+            if Email::parse(raw).is_ok() {
+                assert!(
+                    raw.parse::<lettre::Address>().is_ok(),
+                    "tpc accepts {raw:?}, lettre does not"
+                );
+            }
+        }
     }
 }

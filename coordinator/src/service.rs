@@ -194,6 +194,7 @@ fn from_active(a: &Active) -> Transaction {
         decided_at: None,
         acked_by: Vec::new(),
         email_sent: false,
+        email_error: String::new(),
     }
 }
 
@@ -226,5 +227,6 @@ fn from_record(r: &TxnRecord, active: &[Active]) -> Transaction {
         decided_at: Some(timestamp(r.decided_at)),
         acked_by,
         email_sent: r.email_sent,
+        email_error: r.email_error.clone().unwrap_or_default(),
     }
 }

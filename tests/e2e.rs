@@ -10,8 +10,8 @@ use support::*;
 use tonic::Code;
 use tpc::harness::Service;
 use tpc_proto::v1::{
-    GetTransactionRequest, GetUserRequest, ListTransactionsRequest, QueryDecisionRequest,
-    RegisterUserRequest, query_decision_response, transaction, transaction_result,
+    GetTransactionRequest, ListTransactionsRequest, QueryDecisionRequest, RegisterUserRequest,
+    query_decision_response, transaction, transaction_result,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -259,15 +259,7 @@ async fn a_crash_right_after_the_commit_point_is_finished_by_recovery() -> Resul
     assert!(!status.success());
 
     // Both participants are in doubt: a reader waits, then gives up.
-    let read = env
-        .cluster
-        .passwords()
-        .await?
-        .get_user(GetUserRequest {
-            user_id: "frank".into(),
-        })
-        .await;
-    assert_eq!(read.map_err(|s| s.code()).err(), Some(Code::Unavailable));
+    assert_eq!(env.get_user_code("frank").await?, Code::Unavailable);
 
     env.cluster.start_service(Service::Coordinator, &[]).await?;
     let retry = env
@@ -345,16 +337,7 @@ async fn bad_input_gets_a_clear_status_and_changes_nothing() -> Result {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
-    let status = env
-        .cluster
-        .passwords()
-        .await?
-        .get_user(GetUserRequest {
-            user_id: "ghost".into(),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), Code::NotFound);
+    assert_eq!(env.get_user_code("ghost").await?, Code::NotFound);
 
     // Garbage bytes on every service's socket: the services keep serving.
     for service in Service::ALL {
@@ -484,15 +467,6 @@ async fn participants_refuse_malformed_protocol_messages() -> Result {
         assert_eq!(status.code(), Code::InvalidArgument);
     }
     // Nothing was prepared, so ivan is unknown and unlocked.
-    let status = env
-        .cluster
-        .passwords()
-        .await?
-        .get_user(GetUserRequest {
-            user_id: "ivan".into(),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), Code::NotFound);
+    assert_eq!(env.get_user_code("ivan").await?, Code::NotFound);
     Ok(())
 }

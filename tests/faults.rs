@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use support::*;
 use tonic::Code;
 use tpc::harness::{LINKS, LinkFaults, Service};
-use tpc_proto::v1::{GetUserRequest, transaction_result::Outcome};
+use tpc_proto::v1::{TransactionResult, UpdatePasswordRequest, transaction_result::Outcome};
 
 /// The password change every case runs, from `OLD` to `NEW`.
 const OLD: &str = "old-password-0";
@@ -30,6 +30,25 @@ async fn change(env: &Env, request_id: &str) -> Seen {
         Ok(r) => Seen::Aborted(r.reason),
         Err(e) => Seen::Unknown(e.to_string()),
     }
+}
+
+/// Starts the change in the background, for a fault to land while it runs.
+async fn spawn_change(
+    env: &Env,
+) -> Result<
+    tokio::task::JoinHandle<std::result::Result<tonic::Response<TransactionResult>, tonic::Status>>,
+> {
+    let mut client = env.cluster.client().await?;
+    Ok(tokio::spawn(async move {
+        client
+            .update_password(UpdatePasswordRequest {
+                user_id: "alice".into(),
+                current_password: OLD.into(),
+                new_password: NEW.into(),
+                request_id: "the-change".into(),
+            })
+            .await
+    }))
 }
 
 /// After convergence: the change happened entirely or not at all, as the client was told, and the
@@ -165,20 +184,7 @@ async fn kill_9_of_the_coordinator_mid_transaction_resolves_all_or_nothing() -> 
             )
             .await?;
     }
-    let update = tokio::spawn({
-        let client = env.cluster.client().await?;
-        async move {
-            let mut client = client;
-            client
-                .update_password(tpc_proto::v1::UpdatePasswordRequest {
-                    user_id: "alice".into(),
-                    current_password: OLD.into(),
-                    new_password: NEW.into(),
-                    request_id: "the-change".into(),
-                })
-                .await
-        }
-    });
+    let update = spawn_change(&env).await?;
     tokio::time::sleep(Duration::from_millis(150)).await;
     env.cluster.kill(Service::Coordinator).await?;
     let seen = match update.await? {
@@ -220,14 +226,8 @@ async fn with_the_coordinator_down_readers_wait_and_the_lock_clears_within_a_sec
         .await?;
 
     // Blocked: the participants may not decide alone, and readers may not see a half-done change.
-    let mut passwords = env.cluster.passwords().await?;
     let asked = Instant::now();
-    let read = passwords
-        .get_user(GetUserRequest {
-            user_id: "alice".into(),
-        })
-        .await;
-    assert_eq!(read.map_err(|s| s.code()).err(), Some(Code::Unavailable));
+    assert_eq!(env.get_user_code("alice").await?, Code::Unavailable);
     assert!(
         asked.elapsed() >= Duration::from_secs(2),
         "the read waited for the outcome first"
@@ -295,18 +295,7 @@ async fn a_one_way_partition_after_the_vote_leaves_the_participant_in_doubt_unti
             &[("TPC_FAILPOINTS", "part.after_prepare_forced=1*delay(500)")],
         )
         .await?;
-    let client = env.cluster.client().await?;
-    let update = tokio::spawn(async move {
-        let mut client = client;
-        client
-            .update_password(tpc_proto::v1::UpdatePasswordRequest {
-                user_id: "alice".into(),
-                current_password: OLD.into(),
-                new_password: NEW.into(),
-                request_id: "the-change".into(),
-            })
-            .await
-    });
+    let update = spawn_change(&env).await?;
     // While the password participant holds its vote, cut the way from the coordinator to it: the vote
     // still gets out, Commit (and the answers to its questions) do not get in.
     tokio::time::sleep(Duration::from_millis(250)).await;
@@ -322,15 +311,7 @@ async fn a_one_way_partition_after_the_vote_leaves_the_participant_in_doubt_unti
         std::slice::from_ref(&result.txn_id),
         "in doubt while cut off"
     );
-    let read = env
-        .cluster
-        .passwords()
-        .await?
-        .get_user(GetUserRequest {
-            user_id: "alice".into(),
-        })
-        .await;
-    assert_eq!(read.map_err(|s| s.code()).err(), Some(Code::Unavailable));
+    assert_eq!(env.get_user_code("alice").await?, Code::Unavailable);
 
     env.cluster.heal();
     let seen = Seen::Committed(result.txn_id);

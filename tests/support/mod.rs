@@ -99,6 +99,19 @@ impl Env {
             .version)
     }
 
+    /// How a `GetUser` of `user` ends: `Code::Ok` if it answered, else the error's code.
+    pub async fn get_user_code(&self, user: &str) -> Result<tonic::Code> {
+        let read = self
+            .cluster
+            .passwords()
+            .await?
+            .get_user(GetUserRequest {
+                user_id: user.into(),
+            })
+            .await;
+        Ok(read.map_or_else(|status| status.code(), |_| tonic::Code::Ok))
+    }
+
     pub async fn history(&self, user: &str) -> Result<Vec<String>> {
         Ok(self
             .cluster

@@ -73,6 +73,16 @@ async fn a_committed_change_reaches_both_services_and_sends_one_mail() -> Result
     let mut env = env;
     env.cluster.shutdown().await?;
     assert_no_plaintext(env.cluster.dir(), &["first-secret-pw", "second-secret-pw"]);
+    // Every service's log carries the transaction's id, so one change can be followed across them.
+    for service in Service::ALL {
+        let log = std::fs::read_to_string(env.cluster.log_file(service))?;
+        assert!(
+            log.contains(&upd.txn_id),
+            "{} log lacks txn_id {}",
+            service.name(),
+            upd.txn_id
+        );
+    }
     Ok(())
 }
 
@@ -473,5 +483,78 @@ async fn participants_refuse_malformed_protocol_messages() -> Result {
     }
     // Nothing was prepared, so ivan is unknown and unlocked.
     assert_eq!(env.get_user_code("ivan").await?, Code::NotFound);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_server_has_health_and_lists_its_services_by_reflection() -> Result {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let env = env().await?;
+    let expected = [
+        (
+            Service::Coordinator,
+            ["tpc.v1.PasswordService", "tpc.v1.TransactionManager"],
+        ),
+        (
+            Service::Password,
+            ["tpc.v1.Participant", "tpc.v1.PasswordReader"],
+        ),
+        (
+            Service::History,
+            ["tpc.v1.Participant", "tpc.v1.HistoryReader"],
+        ),
+    ];
+    for (service, names) in expected {
+        let channel = tonic::transport::Channel::from_shared(env.cluster.url(service))?
+            .connect()
+            .await?;
+        for name in ["", names[0], names[1]] {
+            let status = HealthClient::new(channel.clone())
+                .check(HealthCheckRequest {
+                    service: name.into(),
+                })
+                .await?
+                .into_inner();
+            assert_eq!(
+                status.status(),
+                ServingStatus::Serving,
+                "{} {name:?}",
+                service.name()
+            );
+        }
+        // What `grpcurl list` asks.
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut replies = ServerReflectionClient::new(channel)
+            .server_reflection_info(tokio_stream::iter([request]))
+            .await?
+            .into_inner();
+        let Some(reply) = replies.message().await? else {
+            return Err("no reflection reply".into());
+        };
+        let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
+            return Err("unexpected reflection reply".into());
+        };
+        let listed: HashSet<String> = list.service.into_iter().map(|s| s.name).collect();
+        for name in names.iter().chain(&[
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+        ]) {
+            assert!(
+                listed.contains(*name),
+                "{} lists {listed:?}, not {name}",
+                service.name()
+            );
+        }
+    }
     Ok(())
 }

@@ -125,7 +125,8 @@ enum Command {
         clients: usize,
         #[arg(long, default_value_t = 20)]
         users: usize,
-        /// Where data, logs, history.jsonl and report.json go (default: ./tpc-chaos-SEED).
+        /// Where data, logs, history.jsonl and report.json go; must be new or empty
+        /// (default: ./tpc-chaos-SEED-TIME).
         #[arg(long)]
         out: Option<PathBuf>,
     },
@@ -226,7 +227,9 @@ async fn chaos(
 ) -> Result {
     use tpc::harness::chaos::{self, ChaosConfig};
     let seed = seed.unwrap_or_else(tpc_common::now_ms);
-    let out = out.unwrap_or_else(|| PathBuf::from(format!("tpc-chaos-{seed}")));
+    let out = out.unwrap_or_else(|| {
+        PathBuf::from(format!("tpc-chaos-{seed}-{}", tpc_common::now_ms() / 1000))
+    });
     println!(
         "tpc chaos: {} s of faults, seed {seed}, {clients} clients, {users} users; output in {}",
         duration.as_secs(),

@@ -140,18 +140,15 @@ impl TransactionManager for Api {
         };
         let wanted = req.state();
         let active = self.coordinator.active().await?;
+        let records = self.log.records().map_err(internal)?;
+        let logged: std::collections::HashSet<TxnId> = records.iter().map(|r| r.txn).collect();
+        // A transaction being forced is active in memory and may already be in the log: list it once.
         let mut all: Vec<Transaction> = active
             .iter()
-            .filter(|a| !a.decided)
+            .filter(|a| !a.decided && !logged.contains(&a.txn))
             .map(from_active)
             .collect();
-        all.extend(
-            self.log
-                .records()
-                .map_err(internal)?
-                .iter()
-                .map(|r| from_record(r, &active)),
-        );
+        all.extend(records.iter().map(|r| from_record(r, &active)));
         all.sort_by(|a, b| b.txn_id.cmp(&a.txn_id));
         let transactions = all
             .into_iter()

@@ -25,9 +25,12 @@ pub struct HistoryChange {
     pub hash: String,
 }
 
+/// How many recent passwords are refused unless configured otherwise.
+pub const DEFAULT_DEPTH: usize = 5;
+
 pub struct Histories {
     pub hasher: Hasher,
-    /// How many recent passwords are refused (default 5).
+    /// How many recent passwords are refused.
     pub depth: usize,
 }
 

@@ -49,7 +49,7 @@ impl Config {
             data_dir,
             coordinator,
             cost: Cost::Owasp,
-            history_depth: 5,
+            history_depth: crate::history::DEFAULT_DEPTH,
             read_wait: Duration::from_secs(3),
             engine: engine::Config::default(),
         }

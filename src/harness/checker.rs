@@ -32,6 +32,8 @@ pub struct FinalUser {
     pub version: Option<String>,
     /// The history participant's entries, newest first.
     pub history: Vec<String>,
+    /// Why the user could not be read at rest (a participant still in doubt about it), if it could not.
+    pub unreadable: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -105,6 +107,14 @@ pub fn check(o: &Observed) -> Vec<Violation> {
 
     // 1 + 3 at rest: agreement and atomic visibility of the final state.
     for (user, state) in &o.users {
+        if let Some(why) = &state.unreadable {
+            out.push(violation(
+                "termination",
+                format!("{user} cannot be read at rest: {why}"),
+                vec![],
+            ));
+            continue;
+        }
         let ops_of = |txns: &[&str]| {
             txns.iter()
                 .filter_map(|t| op_of_txn(t))
@@ -148,7 +158,8 @@ pub fn check(o: &Observed) -> Vec<Violation> {
             .users
             .get(&t.user)
             .is_some_and(|u| u.history.contains(&t.txn));
-        if !applied {
+        let unreadable = o.users.get(&t.user).is_some_and(|u| u.unreadable.is_some());
+        if !applied && !unreadable {
             out.push(violation(
                 "agreement",
                 format!(
@@ -200,9 +211,54 @@ pub fn check(o: &Observed) -> Vec<Violation> {
         }
     }
 
-    // The client's view: durability, no effect of aborts, all-or-nothing for unknown outcomes, and
-    // atomic visibility of every read.
+    // A request id runs at most one transaction to commit.
+    let mut commits_of: HashMap<&str, Vec<&str>> = HashMap::new();
+    for t in o
+        .transactions
+        .iter()
+        .filter(|t| committed.contains(t.txn.as_str()))
+    {
+        commits_of
+            .entry(t.request_id.as_str())
+            .or_default()
+            .push(t.txn.as_str());
+    }
+    for (request_id, txns) in commits_of.iter().filter(|(_, txns)| txns.len() > 1) {
+        out.push(violation(
+            "validity",
+            format!(
+                "request {request_id} committed {} times: {txns:?}",
+                txns.len()
+            ),
+            op_by_request
+                .get(request_id)
+                .map(|op| vec![op.index])
+                .unwrap_or_default(),
+        ));
+    }
+
+    // The client's view: every answer belongs to its request; durability, no effect of aborts,
+    // all-or-nothing for unknown outcomes; every read saw only committed changes, atomically.
     for op in &o.ops {
+        if let Some(Completion::Ok { txn } | Completion::Fail { txn, .. }) = &op.completion
+            && let Some(t) = txn_by_id.get(txn.as_str())
+            && (t.request_id != op.request_id || t.user != op.user)
+        {
+            let mut involved = vec![op.index];
+            involved.extend(
+                op_by_request
+                    .get(t.request_id.as_str())
+                    .map(|other| other.index),
+            );
+            out.push(violation(
+                "validity",
+                format!(
+                    "{} ({}) was answered with {txn}, which belongs to request {} of {}",
+                    op.request_id, op.user, t.request_id, t.user
+                ),
+                involved,
+            ));
+        }
         let coordinator = || {
             o.transactions
                 .iter()
@@ -250,6 +306,15 @@ pub fn check(o: &Observed) -> Vec<Violation> {
                 newest_history,
                 second_version,
             }) => {
+                for seen in [first_version, newest_history, second_version] {
+                    if !seen.is_empty() && !committed.contains(seen.as_str()) {
+                        out.push(violation(
+                            "no effect of abort",
+                            format!("{}: a read saw {seen}, which never committed", op.user),
+                            vec![op.index],
+                        ));
+                    }
+                }
                 if first_version == second_version && newest_history != first_version {
                     out.push(violation(
                         "atomic visibility",
@@ -402,6 +467,7 @@ mod tests {
                 FinalUser {
                     version: Some("t4".into()),
                     history: vec!["t4".into(), "t2".into(), "t1".into()],
+                    unreadable: None,
                 },
             )]),
             transactions: vec![
@@ -472,6 +538,52 @@ mod tests {
             second_version: "t2".into(),
         });
         assert_eq!(check(&o)[0].ops, [4]);
+    }
+
+    #[test]
+    fn detects_a_read_of_an_aborted_change() {
+        let mut o = clean();
+        o.ops[4].completion = Some(Completion::Read {
+            first_version: "t3".into(),
+            newest_history: "t3".into(),
+            second_version: "t3".into(),
+        });
+        assert_eq!(invariants(&o), ["no effect of abort"; 3]);
+    }
+
+    #[test]
+    fn detects_an_answer_meant_for_another_request() {
+        let mut o = clean();
+        o.ops[1].completion = Some(Completion::Ok { txn: "t1".into() });
+        let found = check(&o);
+        assert!(
+            found
+                .iter()
+                .any(|v| v.invariant == "validity" && v.ops == [1, 0]),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn detects_a_request_that_ran_twice() {
+        let mut o = clean();
+        o.transactions.push(txn("t5", 1, TxnState::Committed));
+        o.mail_ids.push(message_id("t5"));
+        let u = o.users.get_mut("u").unwrap();
+        u.history.insert(0, "t5".into());
+        u.version = Some("t5".into());
+        let found = check(&o);
+        assert!(
+            found.iter().any(|v| v.detail.contains("committed 2 times")),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn an_unreadable_user_is_a_termination_violation() {
+        let mut o = clean();
+        o.users.get_mut("u").unwrap().unreadable = Some("Unavailable".into());
+        assert_eq!(invariants(&o), ["termination"]);
     }
 
     #[test]

@@ -24,6 +24,7 @@ use super::history::Completion;
 use super::{Cluster, ClusterOptions, MailServer, Service};
 pub use nemesis::FaultLog;
 use nemesis::Nemesis;
+use tpc_participants::history::DEFAULT_DEPTH;
 use workload::{Endpoints, Workload};
 
 #[derive(Debug, Clone)]
@@ -61,9 +62,15 @@ pub struct Report {
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-const HISTORY_DEPTH: usize = 5;
-
 pub async fn run(config: ChaosConfig) -> Result<Report, BoxError> {
+    // Old data would answer this run's request ids from the last run's log.
+    if std::fs::read_dir(&config.out).is_ok_and(|mut dir| dir.next().is_some()) {
+        return Err(format!(
+            "{} is not empty: choose another output directory",
+            config.out.display()
+        )
+        .into());
+    }
     std::fs::create_dir_all(&config.out)?;
     let started = Instant::now();
     let mail = MailServer::start().await?;
@@ -142,12 +149,20 @@ pub async fn run(config: ChaosConfig) -> Result<Report, BoxError> {
         }
     }
     let (quiescence, unquiet) = observe::quiesce(&cluster, &mail, Duration::from_secs(30)).await;
-
-    let mut observed = observe::observe(&cluster, &mail, &work.users, HISTORY_DEPTH).await?;
-    observed.ops = work.history.snapshot();
-    cluster.shutdown().await?;
     work.history
         .write_jsonl(&config.out.join("history.jsonl"))?;
+
+    // Durable means it survives a crash: kill every process once more before looking.
+    for service in Service::ALL {
+        cluster.kill(service).await?;
+    }
+    for service in Service::ALL {
+        cluster.start_service(service, &[]).await?;
+    }
+    let _ = cluster.quiesce(Duration::from_secs(10)).await;
+    let mut observed = observe::observe(&cluster, &mail, &work.users, DEFAULT_DEPTH).await?;
+    observed.ops = work.history.snapshot();
+    cluster.shutdown().await?;
     observed.plaintext = observe::find_plaintext(&config.out, &mail, &work.passwords.all())?;
     let violations = checker::check(&observed);
 

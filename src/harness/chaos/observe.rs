@@ -97,32 +97,54 @@ pub async fn observe(
     let mut histories = cluster.histories().await?;
     let mut finals = BTreeMap::new();
     for user in users {
-        let version = match passwords
+        let version = passwords
             .get_user(GetUserRequest {
                 user_id: user.clone(),
             })
-            .await
-        {
-            Ok(u) => Some(u.into_inner().version),
-            Err(s) if s.code() == Code::NotFound => None,
-            Err(s) => return Err(format!("reading {user}: {s}").into()),
-        };
-        let history = match histories
+            .await;
+        let history = histories
             .get_history(GetHistoryRequest {
                 user_id: user.clone(),
             })
-            .await
-        {
-            Ok(h) => h
-                .into_inner()
-                .entries
-                .into_iter()
-                .map(|e| e.txn_id)
-                .collect(),
-            Err(s) if s.code() == Code::NotFound => Vec::new(),
-            Err(s) => return Err(format!("reading {user}'s history: {s}").into()),
+            .await;
+        let state = match (version, history) {
+            (Ok(u), Ok(h)) => FinalUser {
+                version: Some(u.into_inner().version),
+                history: h
+                    .into_inner()
+                    .entries
+                    .into_iter()
+                    .map(|e| e.txn_id)
+                    .collect(),
+                unreadable: None,
+            },
+            (Err(v), Err(h)) if v.code() == Code::NotFound && h.code() == Code::NotFound => {
+                FinalUser::default()
+            }
+            // A half-registered user shows as NotFound on one side only: the checker sees the gap.
+            (Ok(u), Err(h)) if h.code() == Code::NotFound => FinalUser {
+                version: Some(u.into_inner().version),
+                ..FinalUser::default()
+            },
+            (Err(v), Ok(h)) if v.code() == Code::NotFound => FinalUser {
+                history: h
+                    .into_inner()
+                    .entries
+                    .into_iter()
+                    .map(|e| e.txn_id)
+                    .collect(),
+                ..FinalUser::default()
+            },
+            (v, h) => FinalUser {
+                unreadable: Some(format!(
+                    "password: {}, history: {}",
+                    v.err().map_or("ok".into(), |s| s.to_string()),
+                    h.err().map_or("ok".into(), |s| s.to_string())
+                )),
+                ..FinalUser::default()
+            },
         };
-        finals.insert(user.clone(), FinalUser { version, history });
+        finals.insert(user.clone(), state);
     }
     Ok(Observed {
         ops: Vec::new(),

@@ -200,9 +200,9 @@ impl Actor {
                     })
                 });
             }
-            Command::StartDeadline { txn, after } => self.spawn(txn, async move {
+            Command::StartDeadline { txn, after, round } => self.spawn(txn, async move {
                 tokio::time::sleep(after).await;
-                Some(Event::PrepareDeadline { txn })
+                Some(Event::PrepareDeadline { txn, round })
             }),
             Command::ForceCommit { record } => {
                 let log = self.log.clone();

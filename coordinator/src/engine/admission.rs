@@ -47,7 +47,11 @@ impl Engine {
         }
         if let Some(first) = self.running.get(&request_id).copied() {
             let Some(running) = self.txns.get_mut(&first) else {
-                return Vec::new();
+                // Cannot happen (running and txns change together); never leave a client hanging.
+                return vec![Command::Reject {
+                    client: txn,
+                    reason: "internal error: request in flight but unknown".into(),
+                }];
             };
             if running.kind != key.kind || running.user != key.user {
                 return vec![reused(txn, &request_id)];
@@ -105,6 +109,7 @@ impl Engine {
                 },
                 started_at: now,
                 clients: vec![txn],
+                round: 0,
                 phase,
             },
         );
@@ -116,6 +121,7 @@ impl Engine {
         out.push(Command::StartDeadline {
             txn,
             after: self.config.prepare_deadline,
+            round: 0,
         });
         out
     }
@@ -155,10 +161,18 @@ impl Engine {
         let preparing = Phase::Preparing {
             votes: HashMap::new(),
         };
-        match std::mem::replace(&mut t.phase, preparing) {
-            Phase::Queued { op } => prepare(next, &op).collect(),
-            _ => Vec::new(),
-        }
+        let Phase::Queued { op } = std::mem::replace(&mut t.phase, preparing) else {
+            return Vec::new();
+        };
+        // Its wait in the queue is over: preparing gets a full deadline of its own.
+        t.round += 1;
+        let mut out: Vec<Command> = prepare(next, &op).collect();
+        out.push(Command::StartDeadline {
+            txn: next,
+            after: self.config.prepare_deadline,
+            round: t.round,
+        });
+        out
     }
 }
 

@@ -111,8 +111,10 @@ pub enum Event {
         from: Participant,
         error: String,
     },
+    /// The deadline of round `round` of the transaction's preparing passed.
     PrepareDeadline {
         txn: TxnId,
+        round: u32,
     },
     /// The `Abort` reached the participant, or failed to (either way the engine stops waiting for it).
     AbortDelivered {
@@ -150,8 +152,12 @@ pub enum Command {
         to: Participant,
         op: Operation,
     },
-    /// Report `PrepareDeadline` after this long.
-    StartDeadline { txn: TxnId, after: Duration },
+    /// Report `PrepareDeadline` for this round after this long.
+    StartDeadline {
+        txn: TxnId,
+        after: Duration,
+        round: u32,
+    },
     /// Write the COMMIT record and the e-mail in one batch, force it, report `CommitForced`.
     ForceCommit { record: CommitRecord },
     /// Note the abort in the log, unforced.
@@ -237,6 +243,9 @@ struct Txn {
     started_at: u64,
     /// The clients waiting for the outcome: the ids their `Begin`s carried.
     clients: Vec<TxnId>,
+    /// Counts deadlines: 0 while queued or preparing from the start, 1 once a queued transaction starts
+    /// preparing with a fresh deadline; a deadline of an earlier round is stale.
+    round: u32,
     phase: Phase,
 }
 
@@ -336,7 +345,7 @@ impl Engine {
                 },
                 now,
             ),
-            Event::PrepareDeadline { txn } => self.deadline(txn, now),
+            Event::PrepareDeadline { txn, round } => self.deadline(txn, round, now),
             Event::AbortDelivered { txn, to } => self.abort_delivered(txn, to),
             Event::CommitForced { txn } => self.commit_forced(txn),
             Event::CommitAcked { txn, from } => self.commit_acked(txn, from),

@@ -53,8 +53,13 @@ impl Engine {
         vec![Command::ForceCommit { record }]
     }
 
-    pub(super) fn deadline(&mut self, txn: TxnId, now: u64) -> Vec<Command> {
-        match self.txns.get(&txn).map(|t| &t.phase) {
+    pub(super) fn deadline(&mut self, txn: TxnId, round: u32, now: u64) -> Vec<Command> {
+        match self
+            .txns
+            .get(&txn)
+            .filter(|t| t.round == round)
+            .map(|t| &t.phase)
+        {
             Some(Phase::Preparing { .. }) => {
                 self.abort(txn, "prepare deadline exceeded".into(), now)
             }

@@ -105,6 +105,7 @@ impl Engine {
                     register_email: None,
                     started_at: record.started_at,
                     clients: Vec::new(),
+                    round: 0,
                     phase: Phase::Committing {
                         acked: HashSet::new(),
                     },

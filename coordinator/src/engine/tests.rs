@@ -121,7 +121,8 @@ fn begin_prepares_both_in_parallel_with_a_deadline() {
             },
             Command::StartDeadline {
                 txn,
-                after: Duration::from_secs(2)
+                after: Duration::from_secs(2),
+                round: 0,
             },
         ]
     );
@@ -259,7 +260,7 @@ fn an_unreachable_participant_aborts() {
 fn the_prepare_deadline_aborts_only_while_preparing() {
     let mut e = Engine::default();
     let txn = begin(&mut e, "r1");
-    let out = e.handle(Event::PrepareDeadline { txn }, NOW + 2_000);
+    let out = e.handle(Event::PrepareDeadline { txn, round: 0 }, NOW + 2_000);
     assert_eq!(out.len(), 4, "{out:?}");
     assert!(
         matches!(&out[1], Command::Reply { outcome, .. } if outcome.reason == "prepare deadline exceeded")
@@ -269,7 +270,13 @@ fn the_prepare_deadline_aborts_only_while_preparing() {
     let decided = begin(&mut e, "r2");
     yes(&mut e, decided);
     assert_eq!(
-        e.handle(Event::PrepareDeadline { txn: decided }, NOW + 2_000),
+        e.handle(
+            Event::PrepareDeadline {
+                txn: decided,
+                round: 0
+            },
+            NOW + 2_000
+        ),
         vec![]
     );
 }
@@ -407,7 +414,7 @@ fn a_retried_request_gets_the_recorded_commit() {
 fn an_aborted_request_may_run_again() {
     let mut e = Engine::default();
     let txn = begin(&mut e, "r1");
-    e.handle(Event::PrepareDeadline { txn }, NOW);
+    e.handle(Event::PrepareDeadline { txn, round: 0 }, NOW);
     aborts_delivered(&mut e, txn);
     let again = TxnId::generate();
     let out = e.handle(
@@ -543,7 +550,8 @@ fn a_change_of_a_user_still_committing_queues_until_phase_two_ends() {
         ),
         vec![Command::StartDeadline {
             txn: second,
-            after: Duration::from_secs(2)
+            after: Duration::from_secs(2),
+            round: 0,
         }]
     );
     assert_eq!(e.decision(second), Decision::Pending);
@@ -574,7 +582,34 @@ fn a_change_of_a_user_still_committing_queues_until_phase_two_ends() {
                 to: Participant::History,
                 op: update()
             },
+            Command::StartDeadline {
+                txn: second,
+                after: Duration::from_secs(2),
+                round: 1,
+            },
         ]
+    );
+    // The queue's deadline no longer applies; preparing has its own.
+    assert_eq!(
+        e.handle(
+            Event::PrepareDeadline {
+                txn: second,
+                round: 0
+            },
+            NOW + 2_000
+        ),
+        vec![]
+    );
+    let out = e.handle(
+        Event::PrepareDeadline {
+            txn: second,
+            round: 1,
+        },
+        NOW + 4_000,
+    );
+    assert!(
+        out.iter().any(|c| matches!(c, Command::Reply { outcome, .. } if outcome.reason == "prepare deadline exceeded")),
+        "{out:?}"
     );
 }
 
@@ -585,7 +620,13 @@ fn a_queued_change_gives_up_at_the_deadline() {
     yes(&mut e, first);
     e.handle(Event::CommitForced { txn: first }, NOW);
     let second = begin(&mut e, "r2");
-    let out = e.handle(Event::PrepareDeadline { txn: second }, NOW + 2_000);
+    let out = e.handle(
+        Event::PrepareDeadline {
+            txn: second,
+            round: 0,
+        },
+        NOW + 2_000,
+    );
     assert!(
         matches!(
             out.as_slice(),
@@ -639,7 +680,11 @@ fn queued_changes_start_one_at_a_time() {
         },
         NOW,
     );
-    assert_eq!(out.len(), 3, "END and the second's two Prepares: {out:?}");
+    assert_eq!(
+        out.len(),
+        4,
+        "END, the second's two Prepares and its deadline: {out:?}"
+    );
     assert!(
         out.iter()
             .all(|c| !matches!(c, Command::SendPrepare { txn, .. } if *txn == third))
@@ -747,7 +792,13 @@ fn a_request_id_reused_for_another_request_is_refused() {
 fn collecting_an_aborted_attempt_keeps_the_committed_retry() {
     let mut e = Engine::default();
     let aborted = begin(&mut e, "r1");
-    e.handle(Event::PrepareDeadline { txn: aborted }, NOW);
+    e.handle(
+        Event::PrepareDeadline {
+            txn: aborted,
+            round: 0,
+        },
+        NOW,
+    );
     aborts_delivered(&mut e, aborted);
     let retry = begin(&mut e, "r1");
     yes(&mut e, retry);

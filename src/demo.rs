@@ -161,13 +161,7 @@ pub async fn run(keep: bool) -> Result {
     say("before it answers the client or tells any participant.");
     cluster.stop(Service::Coordinator).await?;
     cluster
-        .start_service(
-            Service::Coordinator,
-            &[(
-                tpc_common::fault::FAILPOINTS_ENV,
-                "coord.after_decision_forced=crash",
-            )],
-        )
+        .start_with_fail_points(Service::Coordinator, "coord.after_decision_forced=crash")
         .await?;
     let mut client: PasswordServiceClient<_> = cluster.client().await?;
     let crashed = client
@@ -219,7 +213,7 @@ pub async fn run(keep: bool) -> Result {
         "On start it finds the COMMIT record without END, resends Commit, and sends the queued e-mail.",
     );
     let mails_before = mails(&cluster).len();
-    cluster.start_service(Service::Coordinator, &[]).await?;
+    cluster.start_service(Service::Coordinator).await?;
     let user = reader
         .get_user(GetUserRequest {
             user_id: USER.into(),

@@ -221,7 +221,7 @@ async fn kill_9_and_restart_of_every_service_keeps_committed_data() -> Result {
         env.cluster.kill(service).await?;
     }
     for service in Service::ALL {
-        env.cluster.start_service(service, &[]).await?;
+        env.cluster.start_service(service).await?;
     }
     assert_eq!(env.version("erin").await?, upd.txn_id);
     assert_eq!(
@@ -250,10 +250,7 @@ async fn a_crash_right_after_the_commit_point_is_finished_by_recovery() -> Resul
     env.register("frank", "frank-pw-1").await?;
     env.cluster.stop(Service::Coordinator).await?;
     env.cluster
-        .start_service(
-            Service::Coordinator,
-            &[("TPC_FAILPOINTS", "coord.after_decision_forced=crash")],
-        )
+        .start_with_fail_points(Service::Coordinator, "coord.after_decision_forced=crash")
         .await?;
     let lost = env
         .update("frank", "frank-pw-1", "frank-pw-2", "frank-req")
@@ -271,7 +268,7 @@ async fn a_crash_right_after_the_commit_point_is_finished_by_recovery() -> Resul
     // Both participants are in doubt: a reader waits, then gives up.
     assert_eq!(env.get_user_code("frank").await?, Code::Unavailable);
 
-    env.cluster.start_service(Service::Coordinator, &[]).await?;
+    env.cluster.start_service(Service::Coordinator).await?;
     let retry = env
         .update("frank", "frank-pw-1", "frank-pw-2", "frank-req")
         .await?;
@@ -392,10 +389,7 @@ async fn participants_in_doubt_learn_presumed_abort_from_the_restarted_coordinat
     env.cluster.stop(Service::Coordinator).await?;
     // Dies with every vote in and nothing forced: both participants prepared, nobody decided.
     env.cluster
-        .start_service(
-            Service::Coordinator,
-            &[("TPC_FAILPOINTS", "coord.after_votes=crash")],
-        )
+        .start_with_fail_points(Service::Coordinator, "coord.after_votes=crash")
         .await?;
     let lost = env
         .update("hana", "hana-pw-1", "hana-pw-2", "hana-req")
@@ -405,7 +399,7 @@ async fn participants_in_doubt_learn_presumed_abort_from_the_restarted_coordinat
         .wait_exit(Service::Coordinator, Duration::from_secs(5))
         .await?;
 
-    env.cluster.start_service(Service::Coordinator, &[]).await?;
+    env.cluster.start_service(Service::Coordinator).await?;
     let started = std::time::Instant::now();
     // The participants ask, hear "aborted" (presumed abort), and release the user.
     assert_eq!(env.version("hana").await?, reg.txn_id);

@@ -117,9 +117,7 @@ async fn fail_point_case(point: &str, process: Service, action: &str) -> Result 
 
     env.cluster.stop(process).await?;
     let spec = format!("{point}=1*{action}");
-    env.cluster
-        .start_service(process, &[("TPC_FAILPOINTS", &spec)])
-        .await?;
+    env.cluster.start_with_fail_points(process, &spec).await?;
     let seen = change(&env, "the-change").await;
     if action == "crash" {
         let status = env
@@ -127,7 +125,7 @@ async fn fail_point_case(point: &str, process: Service, action: &str) -> Result 
             .wait_exit(process, Duration::from_secs(10))
             .await?;
         assert!(!status.success(), "{point}: the process crashed ({status})");
-        env.cluster.start_service(process, &[]).await?;
+        env.cluster.start_service(process).await?;
     }
     let committed = assert_all_or_nothing(&env, &registered.txn_id, &seen).await?;
     eprintln!(
@@ -178,10 +176,7 @@ async fn kill_9_of_the_coordinator_mid_transaction_resolves_all_or_nothing() -> 
     for p in [Service::Password, Service::History] {
         env.cluster.stop(p).await?;
         env.cluster
-            .start_service(
-                p,
-                &[("TPC_FAILPOINTS", "part.after_prepare_forced=delay(300)")],
-            )
+            .start_with_fail_points(p, "part.after_prepare_forced=delay(300)")
             .await?;
     }
     let update = spawn_change(&env).await?;
@@ -198,7 +193,7 @@ async fn kill_9_of_the_coordinator_mid_transaction_resolves_all_or_nothing() -> 
         matches!(seen, Seen::Unknown(_)),
         "the coordinator died before answering: {seen:?}"
     );
-    env.cluster.start_service(Service::Coordinator, &[]).await?;
+    env.cluster.start_service(Service::Coordinator).await?;
     assert!(
         !assert_all_or_nothing(&env, &registered.txn_id, &seen).await?,
         "killed before the commit point"
@@ -215,10 +210,7 @@ async fn with_the_coordinator_down_readers_wait_and_the_lock_clears_within_a_sec
     env.cluster.stop(Service::Coordinator).await?;
     // Both participants prepare; the coordinator dies before deciding.
     env.cluster
-        .start_service(
-            Service::Coordinator,
-            &[("TPC_FAILPOINTS", "coord.after_votes=crash")],
-        )
+        .start_with_fail_points(Service::Coordinator, "coord.after_votes=crash")
         .await?;
     let seen = change(&env, "the-change").await;
     env.cluster
@@ -235,7 +227,7 @@ async fn with_the_coordinator_down_readers_wait_and_the_lock_clears_within_a_sec
     let status = env.cluster.participant_status(Service::History).await?;
     assert_eq!((status.in_doubt.len(), status.locked_users), (1, 1));
 
-    env.cluster.start_service(Service::Coordinator, &[]).await?;
+    env.cluster.start_service(Service::Coordinator).await?;
     let back = Instant::now();
     loop {
         let status = env.cluster.participant_status(Service::Password).await?;
@@ -290,10 +282,7 @@ async fn a_one_way_partition_after_the_vote_leaves_the_participant_in_doubt_unti
     converge(&env).await;
     env.cluster.stop(Service::Password).await?;
     env.cluster
-        .start_service(
-            Service::Password,
-            &[("TPC_FAILPOINTS", "part.after_prepare_forced=1*delay(500)")],
-        )
+        .start_with_fail_points(Service::Password, "part.after_prepare_forced=1*delay(500)")
         .await?;
     let update = spawn_change(&env).await?;
     // While the password participant holds its vote, cut the way from the coordinator to it: the vote

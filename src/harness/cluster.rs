@@ -96,7 +96,7 @@ impl Cluster {
             links,
         };
         for service in Service::ALL {
-            cluster.start_service(service, &[]).await?;
+            cluster.start_service(service).await?;
         }
         Ok(cluster)
     }
@@ -159,12 +159,24 @@ impl Cluster {
         &self.options.dir
     }
 
-    /// Starts `service` (it must not be running) with extra environment variables, such as
-    /// `TPC_FAILPOINTS`, and waits until it accepts connections.
-    pub async fn start_service(
+    /// Starts `service` (it must not be running) and waits until it accepts connections.
+    pub async fn start_service(&mut self, service: Service) -> Result<(), BoxError> {
+        self.spawn_service(service, None).await
+    }
+
+    /// Starts `service` with fail points armed (`TPC_FAILPOINTS`, e.g. `coord.after_votes=crash`).
+    pub async fn start_with_fail_points(
         &mut self,
         service: Service,
-        env: &[(&str, &str)],
+        fail_points: &str,
+    ) -> Result<(), BoxError> {
+        self.spawn_service(service, Some(fail_points)).await
+    }
+
+    async fn spawn_service(
+        &mut self,
+        service: Service,
+        fail_points: Option<&str>,
     ) -> Result<(), BoxError> {
         let listen = format!("127.0.0.1:{}", self.ports[service.index()]);
         let data_dir = self.data_dir(service).display().to_string();
@@ -201,10 +213,12 @@ impl Cluster {
                 self.options.rust_log.as_deref().unwrap_or("info"),
             )
             .env_remove(tpc_common::fault::FAILPOINTS_ENV)
-            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .kill_on_drop(true);
+        if let Some(spec) = fail_points {
+            cmd.env(tpc_common::fault::FAILPOINTS_ENV, spec);
+        }
         if self.options.narrate {
             cmd.env("RUST_LOG", "tpc::protocol=info,error")
                 .arg("--log-format")
@@ -311,11 +325,6 @@ impl Cluster {
 
     pub fn is_running(&self, service: Service) -> bool {
         self.children[service.index()].is_some()
-    }
-
-    pub async fn restart(&mut self, service: Service) -> Result<(), BoxError> {
-        self.kill(service).await?;
-        self.start_service(service, &[]).await
     }
 
     async fn channel(&self, service: Service) -> Result<Channel, BoxError> {

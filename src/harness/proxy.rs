@@ -59,10 +59,6 @@ impl FaultProxy {
         self.addr
     }
 
-    pub fn faults(&self) -> LinkFaults {
-        *self.faults.borrow()
-    }
-
     pub fn set(&self, faults: LinkFaults) {
         self.faults.send_replace(faults);
     }

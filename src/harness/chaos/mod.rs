@@ -145,7 +145,7 @@ pub async fn run(config: ChaosConfig) -> Result<Report, BoxError> {
         if cluster.is_running(service) {
             cluster.resume(service)?;
         } else {
-            cluster.start_service(service, &[]).await?;
+            cluster.start_service(service).await?;
         }
     }
     let (quiescence, unquiet) = observe::quiesce(&cluster, &mail, Duration::from_secs(30)).await;
@@ -157,7 +157,7 @@ pub async fn run(config: ChaosConfig) -> Result<Report, BoxError> {
         cluster.kill(service).await?;
     }
     for service in Service::ALL {
-        cluster.start_service(service, &[]).await?;
+        cluster.start_service(service).await?;
     }
     let _ = cluster.quiesce(Duration::from_secs(10)).await;
     let mut observed = observe::observe(&cluster, &mail, &work.users, DEFAULT_DEPTH).await?;

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use tokio::sync::Mutex;
-use tpc_common::fault::{FAIL_POINTS, FAILPOINTS_ENV};
+use tpc_common::fault::FAIL_POINTS;
 
 use super::workload::Workload;
 use crate::harness::{Cluster, LinkFaults, MailServer, Service};
@@ -101,9 +101,7 @@ impl Nemesis {
         let mut cluster = self.cluster.lock().await;
         cluster.kill(service).await?;
         // Recovery itself may reach the step and crash the process while it starts: that counts too.
-        let _ = cluster
-            .start_service(service, &[(FAILPOINTS_ENV, &spec)])
-            .await;
+        let _ = cluster.start_with_fail_points(service, &spec).await;
         self.log.count("fail point crash (armed)");
         match cluster.wait_exit(service, Duration::from_secs(3)).await {
             Ok(_) => {
@@ -123,7 +121,7 @@ impl Nemesis {
     /// Restarts `service` and measures how long what was in doubt at that moment stays in doubt.
     async fn restart(&mut self, service: Service) -> Result<(), BoxError> {
         let mut cluster = self.cluster.lock().await;
-        cluster.start_service(service, &[]).await?;
+        cluster.start_service(service).await?;
         let restarted = Instant::now();
         let watched: Vec<Service> = if service == Service::Coordinator {
             PARTICIPANTS.to_vec()

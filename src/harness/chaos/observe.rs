@@ -101,40 +101,37 @@ pub async fn observe(
             .get_user(GetUserRequest {
                 user_id: user.clone(),
             })
-            .await;
+            .await
+            .map(|u| u.into_inner().version);
         let history = histories
             .get_history(GetHistoryRequest {
                 user_id: user.clone(),
             })
-            .await;
-        let state = match (version, history) {
-            (Ok(u), Ok(h)) => FinalUser {
-                version: Some(u.into_inner().version),
-                history: h
-                    .into_inner()
+            .await
+            .map(|h| {
+                h.into_inner()
                     .entries
                     .into_iter()
                     .map(|e| e.txn_id)
-                    .collect(),
+                    .collect()
+            });
+        let absent = |s: &tonic::Status| s.code() == Code::NotFound;
+        let state = match (version, history) {
+            (Ok(version), Ok(history)) => FinalUser {
+                version: Some(version),
+                history,
                 unreadable: None,
             },
-            (Err(v), Err(h)) if v.code() == Code::NotFound && h.code() == Code::NotFound => {
-                FinalUser::default()
-            }
-            // A half-registered user shows as NotFound on one side only: the checker sees the gap.
-            (Ok(u), Err(h)) if h.code() == Code::NotFound => FinalUser {
-                version: Some(u.into_inner().version),
+            // Unknown on one side or both: a half-registered user shows as the gap the checker sees.
+            (Ok(version), Err(h)) if absent(&h) => FinalUser {
+                version: Some(version),
                 ..FinalUser::default()
             },
-            (Err(v), Ok(h)) if v.code() == Code::NotFound => FinalUser {
-                history: h
-                    .into_inner()
-                    .entries
-                    .into_iter()
-                    .map(|e| e.txn_id)
-                    .collect(),
+            (Err(v), Ok(history)) if absent(&v) => FinalUser {
+                history,
                 ..FinalUser::default()
             },
+            (Err(v), Err(h)) if absent(&v) && absent(&h) => FinalUser::default(),
             (v, h) => FinalUser {
                 unreadable: Some(format!(
                     "password: {}, history: {}",

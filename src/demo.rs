@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use tpc::harness::{Cluster, ClusterOptions, Service};
+use tpc_harness::{Cluster, ClusterOptions, Service};
 use tpc_proto::v1::password_service_client::PasswordServiceClient;
 use tpc_proto::v1::{
     GetUserRequest, ListTransactionsRequest, RegisterUserRequest, TransactionResult,

@@ -4,8 +4,6 @@
 //! Clients: `tpc user add`, `tpc passwd`, `tpc verify`, `tpc history`, `tpc txn list|show`.
 //! Teaching: `tpc demo` runs the whole story, crash and recovery included, and narrates it.
 
-use tpc as _;
-
 mod client;
 mod demo;
 mod servers;
@@ -225,7 +223,7 @@ async fn chaos(
     users: usize,
     out: Option<PathBuf>,
 ) -> Result {
-    use tpc::harness::chaos::{self, ChaosConfig};
+    use tpc_harness::chaos::{self, ChaosConfig};
     let seed = seed.unwrap_or_else(tpc_common::now_ms);
     let out = out.unwrap_or_else(|| {
         PathBuf::from(format!("tpc-chaos-{seed}-{}", tpc_common::now_ms() / 1000))

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use support::*;
 use tonic::Code;
-use tpc::harness::Service;
+use tpc_harness::Service;
 use tpc_proto::v1::{
     GetTransactionRequest, ListTransactionsRequest, QueryDecisionRequest, RegisterUserRequest,
     query_decision_response, transaction, transaction_result,

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use support::*;
 use tonic::Code;
-use tpc::harness::{LINKS, LinkFaults, Service};
+use tpc_harness::{LINKS, LinkFaults, Service};
 use tpc_proto::v1::{TransactionResult, UpdatePasswordRequest, transaction_result::Outcome};
 
 /// The password change every case runs, from `OLD` to `NEW`.
@@ -381,7 +381,7 @@ async fn dropped_connections_and_a_paused_participant_are_survived() -> Result {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_chaos_run_keeps_every_invariant() -> Result {
-    use tpc::harness::chaos::{self, ChaosConfig};
+    use tpc_harness::chaos::{self, ChaosConfig};
     let out = tempfile::Builder::new()
         .prefix("tpc-chaos-test-")
         .tempdir()?;

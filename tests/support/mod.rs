@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use tpc::harness::{Cluster, ClusterOptions, MailServer, Service};
+use tpc_harness::{Cluster, ClusterOptions, MailServer, Service};
 use tpc_proto::v1::{
     GetHistoryRequest, GetUserRequest, RegisterUserRequest, TransactionResult,
     UpdatePasswordRequest, VerifyPasswordRequest, transaction_result,
@@ -143,7 +143,7 @@ impl Env {
     }
 
     /// Waits until the SMTP server holds `n` mails, then a little longer to catch extras.
-    pub async fn mails_settle(&self, n: usize) -> Vec<tpc::harness::Mail> {
+    pub async fn mails_settle(&self, n: usize) -> Vec<tpc_harness::Mail> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while self.mail.mails().len() < n && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;

@@ -16,7 +16,7 @@ use tpc_proto::v1::{
     UpdatePasswordRequest, VerifyPasswordRequest, transaction_result,
 };
 
-use crate::harness::history::{Call, Completion, History};
+use crate::history::{Call, Completion, History};
 
 /// Every password a run uses, by index. Plaintext lives only here, in memory; the history and the
 /// reports refer to indexes. Each password starts with [`PASSWORD_PREFIX`], so a scan of the data can

@@ -8,10 +8,8 @@ use tonic::Code;
 use tpc_proto::v1::{GetHistoryRequest, GetUserRequest, transaction};
 
 use super::workload::{PASSWORD_LEN, PASSWORD_PREFIX};
-use crate::harness::checker::{
-    CoordinatorTxn, FinalUser, Observed, ParticipantState, TxnState, message_id,
-};
-use crate::harness::{Cluster, MailServer, Service};
+use crate::checker::{CoordinatorTxn, FinalUser, Observed, ParticipantState, TxnState, message_id};
+use crate::{Cluster, MailServer, Service};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 

@@ -12,7 +12,7 @@ use tokio::sync::Mutex;
 use tpc_common::fault::FAIL_POINTS;
 
 use super::workload::Workload;
-use crate::harness::{Cluster, LinkFaults, MailServer, Service};
+use crate::{Cluster, LinkFaults, MailServer, Service};
 
 /// What the nemesis did.
 #[derive(Debug, Default, Clone, serde::Serialize)]
@@ -183,7 +183,7 @@ impl Nemesis {
         let latency = Duration::from_millis(self.rng.u64(20..200));
         let hold = Duration::from_millis(self.rng.u64(300..1500));
         let cluster = self.cluster.lock().await;
-        for (from, to) in crate::harness::LINKS {
+        for (from, to) in crate::LINKS {
             cluster.link(from, to).set(LinkFaults {
                 latency,
                 ..LinkFaults::default()
@@ -196,7 +196,7 @@ impl Nemesis {
     }
 
     async fn drop_connections(&mut self) {
-        let (from, to) = crate::harness::LINKS[self.rng.usize(..4)];
+        let (from, to) = crate::LINKS[self.rng.usize(..4)];
         self.cluster.lock().await.link(from, to).drop_connections();
         self.log.count("dropped connections");
     }

@@ -59,6 +59,9 @@ pub struct ClusterOptions {
     /// Print each process's protocol steps (log target `tpc::protocol`) to stdout as they happen,
     /// instead of logging to files: what `tpc demo` shows.
     pub narrate: bool,
+    /// Connect the processes directly, without a fault proxy on each link: what a benchmark wants
+    /// (the partition and latency controls then do nothing).
+    pub direct_links: bool,
 }
 
 /// The network links between the processes, each through a [`FaultProxy`]: the coordinator calls each
@@ -85,7 +88,7 @@ impl Cluster {
         std::fs::create_dir_all(options.dir.join("logs"))?;
         let ports = [free_port()?, free_port()?, free_port()?];
         let mut links = HashMap::new();
-        for (from, to) in LINKS {
+        for (from, to) in LINKS.into_iter().filter(|_| !options.direct_links) {
             let target = ([127, 0, 0, 1], ports[to.index()]).into();
             links.insert((from, to), FaultProxy::start(target).await?);
         }
@@ -105,14 +108,18 @@ impl Cluster {
         format!("http://127.0.0.1:{}", self.ports[service.index()])
     }
 
-    /// The proxy on the link from `from` to `to` (the direction of the calls).
+    /// The proxy on the link from `from` to `to` (the direction of the calls). Panics on a cluster
+    /// started with `direct_links`.
     pub fn link(&self, from: Service, to: Service) -> &FaultProxy {
         &self.links[&(from, to)]
     }
 
-    /// The URL `from` uses to call `to`: through the link's proxy.
+    /// The URL `from` uses to call `to`: through the link's proxy, if there is one.
     fn url_via_link(&self, from: Service, to: Service) -> String {
-        format!("http://{}", self.link(from, to).addr())
+        match self.links.get(&(from, to)) {
+            Some(proxy) => format!("http://{}", proxy.addr()),
+            None => self.url(to),
+        }
     }
 
     /// No byte passes between `a` and `b`, either way, until [`Cluster::heal`].
@@ -321,6 +328,11 @@ impl Cluster {
             .and_then(Child::id)
             .ok_or_else(|| format!("{} is not running", service.name()))?;
         Ok(signal(pid, sig)?)
+    }
+
+    /// The process id of `service`, while it runs.
+    pub fn pid(&self, service: Service) -> Option<u32> {
+        self.children[service.index()].as_ref().and_then(Child::id)
     }
 
     pub fn is_running(&self, service: Service) -> bool {

@@ -4,6 +4,7 @@
 use std::future::Future;
 
 use tokio::net::TcpListener;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::server::Router;
 use tonic_health::ServingStatus;
@@ -29,12 +30,23 @@ pub async fn router(services: &[&str]) -> Router {
 }
 
 /// Serves `router` on `listener` until `shutdown` completes, then lets in-flight RPCs finish.
+///
+/// Every accepted socket gets `TCP_NODELAY`: gRPC writes a reply as several small frames, and with
+/// Nagle's algorithm the last one waits for the peer's delayed ACK (~40 ms on Linux) — that alone made one
+/// client's change take 44 ms instead of 2. (tonic sets it only on listeners it binds itself.)
 pub async fn run(
     router: Router,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
+    let incoming = TcpListenerStream::new(listener).map(|accepted| {
+        accepted.inspect(|stream| {
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::warn!(cause = %e, "cannot set TCP_NODELAY on an accepted connection");
+            }
+        })
+    });
     router
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }

@@ -14,7 +14,7 @@ use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, To
 use tokio::sync::Notify;
 use tpc_common::Backoff;
 use tpc_common::fault::inject;
-use tracing::{error, info, warn};
+use tracing::{debug, error, warn};
 
 use crate::log::{Log, OutboxEntry};
 
@@ -156,7 +156,7 @@ async fn deliver(log: &Log, mailer: &Mailer, entry: &OutboxEntry) -> bool {
         warn!(txn_id = %entry.txn, %cause, "e-mail not accepted; will retry");
         return false;
     }
-    info!(txn_id = %entry.txn, message_id = %entry.message_id, "e-mail sent");
+    debug!(txn_id = %entry.txn, message_id = %entry.message_id, "e-mail sent");
     let marked = match inject("outbox.after_send_before_mark").await {
         Ok(()) => log.mark_sent(entry.txn).await.map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tpc_common::fault::inject;
 use tpc_common::{Operation, TxnId, now_ms};
-use tracing::{Instrument, error, info, info_span, warn};
+use tracing::{Instrument, debug, debug_span, error, warn};
 
 use crate::email;
 use crate::engine::{Active, Command, Decision, Engine, Event, Outcome, Participant, Vote};
@@ -171,7 +171,7 @@ impl Actor {
                     let _ = inputs.send(Input::Event(event));
                 }
             }
-            .instrument(info_span!("txn", txn_id = %txn)),
+            .instrument(debug_span!("txn", txn_id = %txn)),
         );
     }
 
@@ -179,7 +179,7 @@ impl Actor {
         match command {
             Command::SendPrepare { txn, to, op } => {
                 let peers = self.peers.clone();
-                info!(target: "tpc::protocol", txn_id = %txn, "coordinator → {}: Prepare", to.name());
+                debug!(target: "tpc::protocol", txn_id = %txn, "coordinator → {}: Prepare", to.name());
                 self.spawn(txn, async move {
                     if inject("coord.before_prepare").await.is_err() {
                         let error = "injected: the Prepare was lost".to_owned();
@@ -188,13 +188,13 @@ impl Actor {
                     Some(match peers.prepare(to, txn, &op).await {
                         Ok(vote) => {
                             match &vote {
-                                Vote::Yes { .. } => info!(target: "tpc::protocol", "{} → coordinator: vote YES", to.name()),
-                                Vote::No { reason } => info!(target: "tpc::protocol", "{} → coordinator: vote NO ({reason})", to.name()),
+                                Vote::Yes { .. } => debug!(target: "tpc::protocol", "{} → coordinator: vote YES", to.name()),
+                                Vote::No { reason } => debug!(target: "tpc::protocol", "{} → coordinator: vote NO ({reason})", to.name()),
                             }
                             Event::Voted { txn, from: to, vote }
                         }
                         Err(error) => {
-                            warn!(participant = to.name(), %error, "prepare failed");
+                            warn!(txn_id = %txn, participant = to.name(), %error, "prepare failed");
                             Event::PrepareFailed { txn, from: to, error }
                         }
                     })
@@ -215,7 +215,7 @@ impl Actor {
                     if let Err(e) = log.force_commit(&record, &mail).await {
                         fatal(&e.to_string());
                     }
-                    info!(target: "tpc::protocol", "coordinator: COMMIT record + e-mail forced to the log (the commit point)");
+                    debug!(target: "tpc::protocol", "coordinator: COMMIT record + e-mail forced to the log (the commit point)");
                     if inject("coord.after_decision_forced").await.is_err() {
                         fatal("injected failure after the forced write");
                     }
@@ -223,18 +223,18 @@ impl Actor {
                 });
             }
             Command::LogAbort { note } => {
-                info!(target: "tpc::protocol", txn_id = %note.txn, reason = %note.reason, "coordinator: decision ABORT (nothing forced: presumed abort)");
+                debug!(target: "tpc::protocol", txn_id = %note.txn, reason = %note.reason, "coordinator: decision ABORT (nothing forced: presumed abort)");
                 if let Err(e) = self.log.note_abort(&note) {
                     warn!(cause = %e, "could not note the abort");
                 }
             }
             Command::SendAbort { txn, to } => {
                 let peers = self.peers.clone();
-                info!(target: "tpc::protocol", txn_id = %txn, "coordinator → {}: Abort", to.name());
+                debug!(target: "tpc::protocol", txn_id = %txn, "coordinator → {}: Abort", to.name());
                 self.spawn(txn, async move {
                     if let Err(error) = peers.abort(to, txn).await {
                         // Not retried: a participant that prepared will ask, and hear "aborted".
-                        info!(participant = to.name(), %error, "abort not delivered");
+                        debug!(txn_id = %txn, participant = to.name(), %error, "abort not delivered");
                     }
                     Some(Event::AbortDelivered { txn, to })
                 });
@@ -260,7 +260,7 @@ impl Actor {
                 let peers = self.peers.clone();
                 self.spawn(txn, async move {
                     tokio::time::sleep(after).await;
-                    info!(target: "tpc::protocol", attempt, "coordinator → {}: Commit", to.name());
+                    debug!(target: "tpc::protocol", attempt, "coordinator → {}: Commit", to.name());
                     let mut acked = peers.commit(to, txn).await;
                     if acked.is_ok()
                         && to == Participant::ALL[0]
@@ -270,11 +270,11 @@ impl Actor {
                     }
                     match acked {
                         Ok(()) => {
-                            info!(target: "tpc::protocol", "{} → coordinator: ack Commit", to.name());
+                            debug!(target: "tpc::protocol", "{} → coordinator: ack Commit", to.name());
                             Some(Event::CommitAcked { txn, from: to })
                         }
                         Err(error) => {
-                            warn!(participant = to.name(), %error, attempt, "commit not acknowledged; will resend");
+                            warn!(txn_id = %txn, participant = to.name(), %error, attempt, "commit not acknowledged; will resend");
                             Some(Event::CommitFailed { txn, from: to, attempt })
                         }
                     }
@@ -293,16 +293,16 @@ impl Actor {
                         };
                         match ended {
                             Ok(()) => {
-                                info!(target: "tpc::protocol", "coordinator: END (every participant acknowledged)");
+                                debug!(target: "tpc::protocol", "coordinator: END (every participant acknowledged)");
                                 return None;
                             }
                             Err(cause) => {
-                                warn!(%cause, attempt, "END not written; retrying");
+                                warn!(txn_id = %txn, %cause, attempt, "END not written; retrying");
                                 tokio::time::sleep(backoff.delay(attempt)).await;
                             }
                         }
                     }
-                    warn!("END not written; recovery will resend Commit");
+                    warn!(txn_id = %txn, "END not written; recovery will resend Commit");
                     None
                 });
             }

@@ -12,7 +12,7 @@ use tpc_proto::v1::{
     QueryDecisionResponse, RegisterUserRequest, Transaction, TransactionResult,
     UpdatePasswordRequest, query_decision_response, transaction, transaction_result,
 };
-use tracing::{Instrument, info, info_span};
+use tracing::{Instrument, debug, info, info_span};
 
 use crate::engine::{Active, Decision, Participant};
 use crate::log::{Log, State, TxnRecord};
@@ -50,14 +50,17 @@ impl Api {
         let txn = TxnId::generate();
         let span = info_span!("txn", txn_id = %txn, kind = op.kind().as_str(), user = %op.user());
         let outcome = async {
-            info!(target: "tpc::protocol", request_id, "client → coordinator: {}", op.kind().as_str());
+            debug!(target: "tpc::protocol", request_id, "client → coordinator: {}", op.kind().as_str());
             let outcome = self
                 .coordinator
                 .execute(txn, request_id, op)
                 .await?
                 .map_err(|refused| Status::failed_precondition(refused.to_string()))?;
+            // The coordinator's one line per transaction at info level (the span adds txn_id, kind and
+            // user): every transaction's fate is logged, at a cost that stays small at full load.
             info!(
                 target: "tpc::protocol",
+                request_id = %outcome.request_id,
                 committed = outcome.committed,
                 reason = %outcome.reason,
                 "coordinator → client: {}",
@@ -168,7 +171,7 @@ impl TransactionManager for Api {
             Decision::Committed => query_decision_response::Decision::Committed,
             Decision::Aborted => query_decision_response::Decision::Aborted,
         };
-        info!(target: "tpc::protocol", txn_id = %txn, "participant asked QueryDecision → {}", decision.as_str_name());
+        debug!(target: "tpc::protocol", txn_id = %txn, "participant asked QueryDecision → {}", decision.as_str_name());
         Ok(Response::new(QueryDecisionResponse {
             decision: decision.into(),
         }))

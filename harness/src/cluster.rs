@@ -227,7 +227,7 @@ impl Cluster {
             cmd.env(tpc_common::fault::FAILPOINTS_ENV, spec);
         }
         if self.options.narrate {
-            cmd.env("RUST_LOG", "tpc::protocol=info,error")
+            cmd.env("RUST_LOG", "tpc::protocol=debug,error")
                 .arg("--log-format")
                 .arg("json")
                 .stderr(Stdio::piped());

@@ -132,7 +132,7 @@ impl<R: Resource> Node<R> {
                         .unwrap_or_else(|e| fatal(e));
                     match &outcome {
                         Ok(_) => {
-                            info!(target: "tpc::protocol", participant = R::NAME, %txn, "{}: checks passed, forcing PREPARED record", R::NAME)
+                            debug!(target: "tpc::protocol", participant = R::NAME, %txn, "{}: checks passed, forcing PREPARED record", R::NAME)
                         }
                         Err(reason) => {
                             info!(target: "tpc::protocol", participant = R::NAME, %txn, "{}: votes NO ({reason}); writes nothing", R::NAME)
@@ -149,7 +149,7 @@ impl<R: Resource> Node<R> {
                         fatal(e)
                     }
                     reply_lost |= inject("part.after_prepare_forced").await.is_err();
-                    info!(target: "tpc::protocol", participant = R::NAME, %txn, "{}: PREPARED record forced, votes YES (now in doubt until told)", R::NAME);
+                    debug!(target: "tpc::protocol", participant = R::NAME, %txn, "{}: PREPARED record forced, votes YES (now in doubt until told)", R::NAME);
                     Some(Event::PreparedForced { txn, at })
                 }
                 Command::ApplyCommit { txn, change } => {
@@ -167,6 +167,7 @@ impl<R: Resource> Node<R> {
                     if let Err(e) = self.store.force_commit(txn, batch, at).await {
                         fatal(e)
                     }
+                    // One line per transaction at info level: its outcome here (a no-vote, a commit or an abort).
                     info!(target: "tpc::protocol", participant = R::NAME, %txn, "{}: change applied, COMMITTED record forced, lock released", R::NAME);
                     reply_lost |= inject("part.after_commit_forced").await.is_err();
                     Some(Event::CommitApplied { txn, at })
@@ -258,7 +259,7 @@ impl<R: Resource> Node<R> {
                         return;
                     }
                 };
-                info!(target: "tpc::protocol", participant = R::NAME, "{}: in doubt, asked QueryDecision → {decision:?}", R::NAME);
+                debug!(target: "tpc::protocol", participant = R::NAME, "{}: in doubt, asked QueryDecision → {decision:?}", R::NAME);
                 let event = Event::DecisionLearned {
                     txn,
                     decision,

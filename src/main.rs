@@ -43,6 +43,14 @@ pub enum Argon2Arg {
     Fast,
 }
 
+/// Resource limits every server takes.
+#[derive(clap::Args, Clone, Copy)]
+pub struct Tuning {
+    /// Page cache of each sled database, in MiB (sled's own default is 1 GiB per database).
+    #[arg(long, default_value_t = tpc_common::DEFAULT_CACHE_MIB)]
+    cache_mib: u64,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 pub enum RoleArg {
     Password,
@@ -62,6 +70,8 @@ enum Command {
         smtp: Option<String>,
         #[arg(long, value_enum, default_value = "owasp")]
         argon2: Argon2Arg,
+        #[command(flatten)]
+        tuning: Tuning,
     },
     /// Run the transaction manager alone.
     Coordinator {
@@ -77,6 +87,8 @@ enum Command {
         history: String,
         #[arg(long)]
         smtp: Option<String>,
+        #[command(flatten)]
+        tuning: Tuning,
     },
     /// Run one participant alone.
     Participant {
@@ -94,6 +106,8 @@ enum Command {
         /// History only: how many recent passwords are refused.
         #[arg(long, default_value_t = 5)]
         history_depth: usize,
+        #[command(flatten)]
+        tuning: Tuning,
     },
     /// Manage users.
     #[command(subcommand)]
@@ -149,9 +163,10 @@ async fn main() -> ExitCode {
             port,
             smtp,
             argon2,
+            tuning,
         } => {
             telemetry::init(format);
-            servers::up(data_dir, port, smtp, argon2).await
+            servers::up(data_dir, port, smtp, argon2, tuning).await
         }
         Command::Coordinator {
             listen,
@@ -159,9 +174,10 @@ async fn main() -> ExitCode {
             password,
             history,
             smtp,
+            tuning,
         } => {
             telemetry::init(format);
-            servers::coordinator(listen, data_dir, password, history, smtp).await
+            servers::coordinator(listen, data_dir, password, history, smtp, tuning).await
         }
         Command::Participant {
             role,
@@ -170,9 +186,19 @@ async fn main() -> ExitCode {
             coordinator,
             argon2,
             history_depth,
+            tuning,
         } => {
             telemetry::init(format);
-            servers::participant(role, listen, data_dir, coordinator, argon2, history_depth).await
+            servers::participant(
+                role,
+                listen,
+                data_dir,
+                coordinator,
+                argon2,
+                history_depth,
+                tuning,
+            )
+            .await
         }
         Command::User(cmd) => client::user(cmd).await,
         Command::Passwd(args) => client::passwd(args).await,

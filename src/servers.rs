@@ -10,7 +10,7 @@ use tpc_coordinator::server as coord;
 use tpc_participants::hashing::Cost;
 use tpc_participants::server::{self as part, Role};
 
-use crate::{Argon2Arg, Result, RoleArg};
+use crate::{Argon2Arg, Result, RoleArg, Tuning};
 
 fn cost(arg: Argon2Arg) -> Cost {
     match arg {
@@ -39,11 +39,13 @@ pub async fn coordinator(
     password: String,
     history: String,
     smtp: Option<String>,
+    tuning: Tuning,
 ) -> Result {
     fail_points()?;
     let listener = bind(&listen).await?;
     let mut config = coord::Config::new(data_dir, password, history);
     config.smtp = smtp;
+    config.cache_mib = tuning.cache_mib;
     coord::run(config, listener, tpc_common::shutdown::signal()).await?;
     Ok(ExitCode::SUCCESS)
 }
@@ -55,6 +57,7 @@ pub async fn participant(
     coordinator: String,
     argon2: Argon2Arg,
     history_depth: usize,
+    tuning: Tuning,
 ) -> Result {
     fail_points()?;
     let listener = bind(&listen).await?;
@@ -65,12 +68,19 @@ pub async fn participant(
     let mut config = part::Config::new(role, data_dir, coordinator);
     config.cost = cost(argon2);
     config.history_depth = history_depth.max(1);
+    config.cache_mib = tuning.cache_mib;
     part::run(config, listener, tpc_common::shutdown::signal()).await?;
     Ok(ExitCode::SUCCESS)
 }
 
 /// All three services in one process, on PORT, PORT+1 and PORT+2 of 127.0.0.1.
-pub async fn up(data_dir: PathBuf, port: u16, smtp: Option<String>, argon2: Argon2Arg) -> Result {
+pub async fn up(
+    data_dir: PathBuf,
+    port: u16,
+    smtp: Option<String>,
+    argon2: Argon2Arg,
+    tuning: Tuning,
+) -> Result {
     fail_points()?;
     let addr = |offset: u16| format!("127.0.0.1:{}", port + offset);
     let url = |offset: u16| format!("http://{}", addr(offset));
@@ -89,10 +99,13 @@ pub async fn up(data_dir: PathBuf, port: u16, smtp: Option<String>, argon2: Argo
     };
     let mut coord_config = coord::Config::new(data_dir.clone(), url(1), url(2));
     coord_config.smtp = smtp.clone();
+    coord_config.cache_mib = tuning.cache_mib;
     let mut pass_config = part::Config::new(Role::Password, data_dir.clone(), url(0));
     pass_config.cost = cost(argon2);
     let mut hist_config = part::Config::new(Role::History, data_dir.clone(), url(0));
+    pass_config.cache_mib = tuning.cache_mib;
     hist_config.cost = pass_config.cost;
+    hist_config.cache_mib = tuning.cache_mib;
 
     println!("tpc is up (data in {}):", data_dir.display());
     println!(

@@ -2,13 +2,15 @@
 //!
 //! - Validated domain types: [`UserId`], [`TxnId`], [`Password`] (a secret: it prints `[redacted]`),
 //!   [`Operation`] (what a transaction does).
-//! - [`GroupCommit`]: forced writes to sled, batched, on the blocking pool.
+//! - [`open_database`] (sled with a bounded cache) and [`GroupCommit`]: forced writes to sled, batched,
+//!   on the blocking pool.
 //! - [`Backoff`]: the capped exponential backoff every retry loop uses.
 //! - [`fault`]: fail points, where a test makes a process crash, stall or lose a message.
 //! - [`serve`], [`telemetry`] and [`shutdown`]: what every tpc gRPC server needs around its services.
 
 mod backoff;
 mod clock;
+mod database;
 mod email;
 pub mod fault;
 mod group_commit;
@@ -24,6 +26,7 @@ pub mod wire;
 
 pub use backoff::Backoff;
 pub use clock::now_ms;
+pub use database::{DEFAULT_CACHE_MIB, open_database};
 pub use email::Email;
 pub use group_commit::GroupCommit;
 pub use invalid::InvalidInput;

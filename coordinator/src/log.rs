@@ -68,9 +68,10 @@ pub struct Log {
 }
 
 impl Log {
-    /// Opens (or creates) the log; must run inside a tokio runtime (it starts the group commit).
-    pub fn open(dir: &Path) -> Result<Self, LogError> {
-        let db = sled::open(dir)?;
+    /// Opens (or creates) the log with a page cache of `cache_mib` MiB; must run inside a tokio runtime
+    /// (it starts the group commit).
+    pub fn open(dir: &Path, cache_mib: u64) -> Result<Self, LogError> {
+        let db = tpc_common::open_database(dir, cache_mib)?;
         let forcer = GroupCommit::start(db.clone());
         Ok(Self { db, forcer })
     }
@@ -263,7 +264,7 @@ mod tests {
     #[tokio::test]
     async fn a_commit_lives_through_end_and_mail_until_collected() {
         let dir = tempfile::tempdir().unwrap();
-        let log = Log::open(dir.path()).unwrap();
+        let log = Log::open(dir.path(), tpc_common::DEFAULT_CACHE_MIB).unwrap();
         let (old, young) = (record(1_000), record(9_000));
         for r in [&old, &young] {
             log.force_commit(r, &email::compose(r)).await.unwrap();
@@ -295,7 +296,7 @@ mod tests {
     #[tokio::test]
     async fn abort_notes_are_listed_newest_first_and_have_no_commit_record() {
         let dir = tempfile::tempdir().unwrap();
-        let log = Log::open(dir.path()).unwrap();
+        let log = Log::open(dir.path(), tpc_common::DEFAULT_CACHE_MIB).unwrap();
         let committed = record(1);
         log.force_commit(&committed, &email::compose(&committed))
             .await

@@ -31,6 +31,8 @@ pub struct Config {
     pub engine: engine::Config,
     /// Finished transactions are kept this long for `tpc txn` and request-id deduplication.
     pub retention: Duration,
+    /// The log's page cache, in MiB.
+    pub cache_mib: u64,
 }
 
 impl Config {
@@ -42,6 +44,7 @@ impl Config {
             smtp: None,
             engine: engine::Config::default(),
             retention: Duration::from_secs(24 * 3600),
+            cache_mib: tpc_common::DEFAULT_CACHE_MIB,
         }
     }
 }
@@ -64,7 +67,10 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    let log = Arc::new(Log::open(&config.data_dir.join("coordinator"))?);
+    let log = Arc::new(Log::open(
+        &config.data_dir.join("coordinator"),
+        config.cache_mib,
+    )?);
     let mailer = match &config.smtp {
         Some(url) => Mailer::smtp(url)?,
         None => Mailer::files(config.data_dir.join("mail"))?,

@@ -108,7 +108,8 @@ mod tests {
     #[tokio::test]
     async fn refuses_the_last_depth_passwords_and_forgets_older_ones() {
         let dir = tempfile::tempdir().unwrap();
-        let store: Store<HistoryChange> = Store::open(dir.path()).unwrap();
+        let store: Store<HistoryChange> =
+            Store::open(dir.path(), tpc_common::DEFAULT_CACHE_MIB).unwrap();
         let data = store.data();
         let histories = Histories {
             hasher: Hasher::new(Cost::InsecureFast),

@@ -40,6 +40,8 @@ pub struct Config {
     /// How long a read waits for a user's in-doubt transaction before `UNAVAILABLE`.
     pub read_wait: Duration,
     pub engine: engine::Config,
+    /// The store's page cache, in MiB.
+    pub cache_mib: u64,
 }
 
 impl Config {
@@ -52,6 +54,7 @@ impl Config {
             history_depth: crate::history::DEFAULT_DEPTH,
             read_wait: Duration::from_secs(3),
             engine: engine::Config::default(),
+            cache_mib: tpc_common::DEFAULT_CACHE_MIB,
         }
     }
 }
@@ -128,7 +131,7 @@ fn open<R: Resource>(
     config: &Config,
     coordinator: tonic::transport::Channel,
 ) -> Result<Arc<Node<R>>, StoreError> {
-    let store = Store::open(&config.data_dir.join(R::NAME))?;
+    let store = Store::open(&config.data_dir.join(R::NAME), config.cache_mib)?;
     Node::open(
         resource,
         store,

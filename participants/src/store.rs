@@ -60,9 +60,10 @@ pub struct Store<C> {
 }
 
 impl<C: Serialize + DeserializeOwned> Store<C> {
-    /// Opens (or creates) the database; must run inside a tokio runtime (it starts the group commit).
-    pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let db = sled::open(dir)?;
+    /// Opens (or creates) the database with a page cache of `cache_mib` MiB; must run inside a tokio
+    /// runtime (it starts the group commit).
+    pub fn open(dir: &Path, cache_mib: u64) -> Result<Self, StoreError> {
+        let db = tpc_common::open_database(dir, cache_mib)?;
         let forcer = GroupCommit::start(db.clone());
         Ok(Self {
             db,
@@ -171,7 +172,8 @@ mod tests {
         let (prepared, committed, aborted) =
             (TxnId::generate(), TxnId::generate(), TxnId::generate());
         {
-            let store: Store<String> = Store::open(dir.path()).unwrap();
+            let store: Store<String> =
+                Store::open(dir.path(), tpc_common::DEFAULT_CACHE_MIB).unwrap();
             store
                 .force_prepared(prepared, &user, &"h1".to_owned(), 1)
                 .await
@@ -191,7 +193,7 @@ mod tests {
         }
         // The group-commit task holds the database until it sees its queue closed.
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        let store: Store<String> = Store::open(dir.path()).unwrap();
+        let store: Store<String> = Store::open(dir.path(), tpc_common::DEFAULT_CACHE_MIB).unwrap();
         let recovered = store.recover().unwrap();
         assert_eq!(
             recovered.prepared,

@@ -104,8 +104,11 @@ enum Command {
         #[arg(long, value_enum, default_value = "owasp")]
         argon2: Argon2Arg,
         /// History only: how many recent passwords are refused.
-        #[arg(long, default_value_t = 5)]
+        #[arg(long, default_value_t = tpc_participants::history::DEFAULT_DEPTH)]
         history_depth: usize,
+        /// History only: how many changes per user are kept and listed (older ones are deleted).
+        #[arg(long, default_value_t = tpc_participants::history::DEFAULT_KEEP)]
+        history_keep: usize,
         #[command(flatten)]
         tuning: Tuning,
     },
@@ -186,6 +189,7 @@ async fn main() -> ExitCode {
             coordinator,
             argon2,
             history_depth,
+            history_keep,
             tuning,
         } => {
             telemetry::init(format);
@@ -196,6 +200,7 @@ async fn main() -> ExitCode {
                 coordinator,
                 argon2,
                 history_depth,
+                history_keep,
                 tuning,
             )
             .await

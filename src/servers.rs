@@ -57,6 +57,7 @@ pub async fn participant(
     coordinator: String,
     argon2: Argon2Arg,
     history_depth: usize,
+    history_keep: usize,
     tuning: Tuning,
 ) -> Result {
     fail_points()?;
@@ -68,6 +69,7 @@ pub async fn participant(
     let mut config = part::Config::new(role, data_dir, coordinator);
     config.cost = cost(argon2);
     config.history_depth = history_depth.max(1);
+    config.history_keep = history_keep.max(config.history_depth);
     config.cache_mib = tuning.cache_mib;
     part::run(config, listener, tpc_common::shutdown::signal()).await?;
     Ok(ExitCode::SUCCESS)

@@ -62,6 +62,8 @@ pub struct ClusterOptions {
     /// Connect the processes directly, without a fault proxy on each link: what a benchmark wants
     /// (the partition and latency controls then do nothing).
     pub direct_links: bool,
+    /// `--history-keep` of the history participant (default: the participant's own).
+    pub history_keep: Option<usize>,
 }
 
 /// The network links between the processes, each through a [`FaultProxy`]: the coordinator calls each
@@ -212,6 +214,9 @@ impl Cluster {
         args.extend(["--listen".into(), listen, "--data-dir".into(), data_dir]);
         if let (Service::Coordinator, Some(smtp)) = (service, &self.options.smtp) {
             args.extend(["--smtp".into(), smtp.clone()]);
+        }
+        if let (Service::History, Some(keep)) = (service, self.options.history_keep) {
+            args.extend(["--history-keep".into(), keep.to_string()]);
         }
         let mut cmd = Command::new(&self.options.exe);
         cmd.args(&args)

@@ -16,7 +16,7 @@ use tpc_proto::v1::{
 use tracing::{Instrument, info_span};
 
 use crate::engine::{Event, Vote};
-use crate::history::{Entry, Histories};
+use crate::history::{Histories, entries};
 use crate::node::{Node, Reply};
 use crate::password::{Account, Passwords};
 use crate::resource::Resource;
@@ -147,7 +147,10 @@ impl HistoryReader for HistoryApi {
         request: Request<GetHistoryRequest>,
     ) -> Result<Response<History>, Status> {
         let user = UserId::parse(&request.get_ref().user_id)?;
-        let entries: Vec<Entry> = self.0.read(&user).await?;
+        self.0.wait_unlocked(&user).await?;
+        let entries = entries(self.0.data(), &user)
+            .map_err(|e| Status::internal(e.to_string()))?
+            .ok_or_else(|| Status::not_found(format!("unknown user {user}")))?;
         Ok(Response::new(History {
             entries: entries
                 .into_iter()

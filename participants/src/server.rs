@@ -37,6 +37,8 @@ pub struct Config {
     pub cost: Cost,
     /// History only: how many recent passwords are refused.
     pub history_depth: usize,
+    /// History only: how many changes per user are kept for listing.
+    pub history_keep: usize,
     /// How long a read waits for a user's in-doubt transaction before `UNAVAILABLE`.
     pub read_wait: Duration,
     pub engine: engine::Config,
@@ -52,6 +54,7 @@ impl Config {
             coordinator,
             cost: Cost::Owasp,
             history_depth: crate::history::DEFAULT_DEPTH,
+            history_keep: crate::history::DEFAULT_KEEP,
             read_wait: Duration::from_secs(3),
             engine: engine::Config::default(),
             cache_mib: tpc_common::DEFAULT_CACHE_MIB,
@@ -103,6 +106,7 @@ pub async fn run(
             let histories = Histories {
                 hasher,
                 depth: config.history_depth,
+                keep: config.history_keep,
             };
             let node = open(histories, &config, coordinator)?;
             let router = tpc_common::serve::router(&["tpc.v1.Participant", "tpc.v1.HistoryReader"])

@@ -1,6 +1,8 @@
 //! The participant's durable state in one sled database: the transaction log (PREPARED and COMMITTED
-//! records, keys `t/<txn>`) beside the data it guards (keys `d/<user>`). A commit writes the new data
-//! and the COMMITTED record in one atomic batch, so they can never disagree after a crash.
+//! records, keys `t/<txn>`) beside the data it guards: one record per user (keys `d/<user>`) and, for a
+//! resource that keeps a list per user, one key per item (`l/<user>\0<seq>`, so appending writes one
+//! small key instead of rewriting the list). A commit writes the new data and the COMMITTED record in
+//! one atomic batch, so they can never disagree after a crash.
 
 use std::marker::PhantomData;
 use std::path::Path;
@@ -11,6 +13,7 @@ use tpc_common::{GroupCommit, TxnId, UserId};
 
 const TXN: &[u8] = b"t/";
 const DATA: &[u8] = b"d/";
+const LIST: &[u8] = b"l/";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -50,6 +53,28 @@ impl Data {
 
     pub fn put<T: Serialize>(batch: &mut sled::Batch, user: &UserId, value: &T) {
         batch.insert(data_key(user), encode(value));
+    }
+
+    /// Adds item `seq` to the end of `user`'s list.
+    pub fn append<T: Serialize>(batch: &mut sled::Batch, user: &UserId, seq: u64, item: &T) {
+        batch.insert(list_key(user, seq), encode(item));
+    }
+
+    /// Drops item `seq` of `user`'s list.
+    pub fn drop_item(batch: &mut sled::Batch, user: &UserId, seq: u64) {
+        batch.remove(list_key(user, seq));
+    }
+
+    /// `user`'s list, newest first: a range scan of the user's keys only.
+    pub fn items<T: DeserializeOwned>(&self, user: &UserId) -> Result<Vec<T>, StoreError> {
+        self.db
+            .scan_prefix(list_prefix(user))
+            .rev()
+            .map(|item| {
+                let (key, raw) = item?;
+                decode(&key, &raw)
+            })
+            .collect()
     }
 }
 
@@ -147,6 +172,16 @@ fn txn_key(txn: TxnId) -> Vec<u8> {
 
 fn data_key(user: &UserId) -> Vec<u8> {
     [DATA, user.as_str().as_bytes()].concat()
+}
+
+/// `l/<user>\0`: user ids never contain a NUL, so no user's prefix is another's.
+fn list_prefix(user: &UserId) -> Vec<u8> {
+    [LIST, user.as_str().as_bytes(), b"\0"].concat()
+}
+
+/// Big-endian, so the keys sort in the order the items were appended.
+fn list_key(user: &UserId, seq: u64) -> Vec<u8> {
+    [list_prefix(user), seq.to_be_bytes().to_vec()].concat()
 }
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {

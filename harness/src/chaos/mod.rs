@@ -27,6 +27,9 @@ use nemesis::Nemesis;
 use tpc_participants::history::DEFAULT_DEPTH;
 use workload::{Endpoints, Workload};
 
+/// More changes per user than any chaos run makes, so the history participant lists them all.
+const CHECKED_HISTORY: usize = 1_000_000;
+
 #[derive(Debug, Clone)]
 pub struct ChaosConfig {
     /// The `tpc` binary to run as coordinator and participants.
@@ -79,6 +82,8 @@ pub async fn run(config: ChaosConfig) -> Result<Report, BoxError> {
         dir: config.out.join("cluster"),
         smtp: Some(mail.url()),
         rust_log: Some("info".into()),
+        // The checker follows each user's chain of passwords from the registration on.
+        history_keep: Some(CHECKED_HISTORY),
         ..ClusterOptions::default()
     })
     .await?;

@@ -51,6 +51,17 @@ pub struct Tuning {
     cache_mib: u64,
 }
 
+/// What the history participant keeps.
+#[derive(clap::Args, Clone, Copy)]
+pub struct HistoryLimits {
+    /// History only: how many recent passwords are refused.
+    #[arg(long, default_value_t = tpc_participants::history::DEFAULT_DEPTH)]
+    history_depth: usize,
+    /// History only: how many changes per user are kept and listed (older ones are deleted).
+    #[arg(long, default_value_t = tpc_participants::history::DEFAULT_KEEP)]
+    history_keep: usize,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 pub enum RoleArg {
     Password,
@@ -103,12 +114,8 @@ enum Command {
         coordinator: String,
         #[arg(long, value_enum, default_value = "owasp")]
         argon2: Argon2Arg,
-        /// History only: how many recent passwords are refused.
-        #[arg(long, default_value_t = tpc_participants::history::DEFAULT_DEPTH)]
-        history_depth: usize,
-        /// History only: how many changes per user are kept and listed (older ones are deleted).
-        #[arg(long, default_value_t = tpc_participants::history::DEFAULT_KEEP)]
-        history_keep: usize,
+        #[command(flatten)]
+        history: HistoryLimits,
         #[command(flatten)]
         tuning: Tuning,
     },
@@ -188,22 +195,11 @@ async fn main() -> ExitCode {
             data_dir,
             coordinator,
             argon2,
-            history_depth,
-            history_keep,
+            history,
             tuning,
         } => {
             telemetry::init(format);
-            servers::participant(
-                role,
-                listen,
-                data_dir,
-                coordinator,
-                argon2,
-                history_depth,
-                history_keep,
-                tuning,
-            )
-            .await
+            servers::participant(role, listen, data_dir, coordinator, argon2, history, tuning).await
         }
         Command::User(cmd) => client::user(cmd).await,
         Command::Passwd(args) => client::passwd(args).await,

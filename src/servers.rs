@@ -10,7 +10,7 @@ use tpc_coordinator::server as coord;
 use tpc_participants::hashing::Cost;
 use tpc_participants::server::{self as part, Role};
 
-use crate::{Argon2Arg, Result, RoleArg, Tuning};
+use crate::{Argon2Arg, HistoryLimits, Result, RoleArg, Tuning};
 
 fn cost(arg: Argon2Arg) -> Cost {
     match arg {
@@ -56,8 +56,7 @@ pub async fn participant(
     data_dir: PathBuf,
     coordinator: String,
     argon2: Argon2Arg,
-    history_depth: usize,
-    history_keep: usize,
+    history: HistoryLimits,
     tuning: Tuning,
 ) -> Result {
     fail_points()?;
@@ -68,8 +67,8 @@ pub async fn participant(
     };
     let mut config = part::Config::new(role, data_dir, coordinator);
     config.cost = cost(argon2);
-    config.history_depth = history_depth.max(1);
-    config.history_keep = history_keep.max(config.history_depth);
+    config.history_depth = history.history_depth.max(1);
+    config.history_keep = history.history_keep.max(config.history_depth);
     config.cache_mib = tuning.cache_mib;
     part::run(config, listener, tpc_common::shutdown::signal()).await?;
     Ok(ExitCode::SUCCESS)

@@ -11,7 +11,9 @@ use tpc_common::{Operation, TxnId, now_ms};
 use tracing::{Instrument, debug, debug_span, error, warn};
 
 use crate::email;
-use crate::engine::{Active, Command, Decision, Engine, Event, Outcome, Participant, Vote};
+use crate::engine::{
+    Active, Command, Decision, Engine, Event, Outcome, Participant, Refusal, Vote,
+};
 use crate::log::Log;
 use crate::peers::Peers;
 
@@ -33,11 +35,7 @@ enum Input {
 }
 
 /// What a client is told: the outcome, or why its request was refused without running.
-pub type Answer = Result<Outcome, Refused>;
-
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct Refused(pub String);
+pub type Answer = Result<Outcome, Refusal>;
 
 /// Handle to the running coordinator.
 #[derive(Clone)]
@@ -246,9 +244,9 @@ impl Actor {
                     }
                 }
             }
-            Command::Reject { client, reason } => {
+            Command::Reject { client, refusal } => {
                 if let Some(waiter) = self.waiters.remove(&client) {
-                    let _ = waiter.send(Err(Refused(reason)));
+                    let _ = waiter.send(Err(refusal));
                 }
             }
             Command::SendCommit {

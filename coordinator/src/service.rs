@@ -14,7 +14,7 @@ use tpc_proto::v1::{
 };
 use tracing::{Instrument, debug, info, info_span};
 
-use crate::engine::{Active, Decision, Participant};
+use crate::engine::{Active, Decision, Participant, Refusal};
 use crate::log::{Log, State, TxnRecord};
 use crate::runtime::{Coordinator, Stopped};
 
@@ -55,7 +55,7 @@ impl Api {
                 .coordinator
                 .execute(txn, request_id, op)
                 .await?
-                .map_err(|refused| Status::failed_precondition(refused.to_string()))?;
+                .map_err(refusal_status)?;
             // The coordinator's one line per transaction at info level (the span adds txn_id, kind and
             // user): every transaction's fate is logged, at a cost that stays small at full load.
             info!(
@@ -177,6 +177,25 @@ impl TransactionManager for Api {
         }))
     }
 }
+
+/// The status a refused request gets. Overload carries `grpc-retry-pushback-ms`, the gRPC retry
+/// policy's hint, so a client (or a gRPC library that honours it) waits before trying again.
+fn refusal_status(refusal: Refusal) -> Status {
+    match &refusal {
+        Refusal::RequestReused(_) => Status::failed_precondition(refusal.to_string()),
+        Refusal::Internal(_) => Status::internal(refusal.to_string()),
+        Refusal::Overloaded { retry_after } => {
+            let mut status = Status::resource_exhausted(refusal.to_string());
+            if let Ok(value) = retry_after.as_millis().to_string().parse() {
+                status.metadata_mut().insert(RETRY_PUSHBACK, value);
+            }
+            status
+        }
+    }
+}
+
+/// The gRPC retry policy's server pushback header (gRFC A6).
+pub const RETRY_PUSHBACK: &str = "grpc-retry-pushback-ms";
 
 fn internal(e: impl std::fmt::Display) -> Status {
     Status::internal(e.to_string())

@@ -1,16 +1,19 @@
-//! Admitting requests: request-id deduplication, and one change per user in flight.
+//! Admitting requests: request-id deduplication, one change per user in flight, and the admission queue
+//! in front of preparing (its limit is `limit.rs`).
 
 use std::collections::HashMap;
 
 use tpc_common::{Operation, TxnId, UserId};
 
-use super::{AbortNote, CONFLICT, Command, Engine, Outcome, Participant, Phase, RequestKey, Txn};
+use super::{
+    AbortNote, CONFLICT, Command, Engine, Outcome, Participant, Phase, Refusal, RequestKey, Txn,
+};
 
 /// Where a user's transactions stand at this coordinator.
 enum UserState {
     /// Nothing in flight.
     Free,
-    /// A transaction is collecting votes: a new one conflicts.
+    /// A transaction is collecting votes (or waiting for its turn to): a new one conflicts.
     Preparing,
     /// Transactions are decided and finishing (or queued behind those): a new one queues.
     Finishing,
@@ -50,7 +53,7 @@ impl Engine {
                 // Cannot happen (running and txns change together); never leave a client hanging.
                 return vec![Command::Reject {
                     client: txn,
-                    reason: "internal error: request in flight but unknown".into(),
+                    refusal: Refusal::Internal("request in flight but unknown".into()),
                 }];
             };
             if running.kind != key.kind || running.user != key.user {
@@ -61,43 +64,58 @@ impl Engine {
             return Vec::new();
         }
 
-        let state = self.user_state(&key.user);
-        if let UserState::Preparing = state {
-            // No-wait, as at the participants: another change of this user is collecting votes.
-            // Nothing was sent, so there is nothing to abort: note it and answer.
-            let note = AbortNote {
-                txn,
-                request_id: request_id.clone(),
-                kind: key.kind,
-                user: key.user,
-                reason: CONFLICT.into(),
-                started_at: now,
-                decided_at: now,
-            };
-            return vec![
-                Command::LogAbort { note },
-                Command::Reply {
-                    clients: vec![txn],
-                    outcome: Outcome {
-                        txn,
-                        request_id,
-                        committed: false,
-                        reason: CONFLICT.into(),
+        let phase = match self.user_state(&key.user) {
+            UserState::Preparing => {
+                // No-wait, as at the participants: another change of this user is collecting votes.
+                // Nothing was sent, so there is nothing to abort: note it and answer.
+                let note = AbortNote {
+                    txn,
+                    request_id: request_id.clone(),
+                    kind: key.kind,
+                    user: key.user,
+                    reason: CONFLICT.into(),
+                    started_at: now,
+                    decided_at: now,
+                };
+                return vec![
+                    Command::LogAbort { note },
+                    Command::Reply {
+                        clients: vec![txn],
+                        outcome: Outcome {
+                            txn,
+                            request_id,
+                            committed: false,
+                            reason: CONFLICT.into(),
+                        },
                     },
-                },
-            ];
-        }
-        let queued = matches!(state, UserState::Finishing);
-        let phase = if queued {
-            // The operation (with its passwords) is kept in memory only while queued.
-            Phase::Queued { op: op.clone() }
-        } else {
-            Phase::Preparing {
-                votes: HashMap::new(),
+                ];
             }
+            // The operation (with its passwords) is kept in memory only while it waits.
+            UserState::Finishing => Phase::Queued { op: op.clone() },
+            UserState::Free if self.has_turn() => Phase::Preparing {
+                votes: HashMap::new(),
+            },
+            UserState::Free => match self.limit.admit(self.waiting.len()) {
+                Ok(()) => Phase::Admitting { op: op.clone() },
+                Err(retry_after) => {
+                    return vec![Command::Reject {
+                        client: txn,
+                        refusal: Refusal::Overloaded { retry_after },
+                    }];
+                }
+            },
         };
+        let mut out = Vec::new();
+        match phase {
+            Phase::Preparing { .. } => {
+                self.preparing += 1;
+                out.extend(prepare(txn, &op));
+            }
+            Phase::Admitting { .. } => self.waiting.push_back(txn),
+            _ => {}
+        }
         self.running.insert(request_id.clone(), txn);
-        self.txns.insert(
+        self.insert_txn(
             txn,
             Txn {
                 request_id,
@@ -110,14 +128,12 @@ impl Engine {
                 started_at: now,
                 clients: vec![txn],
                 round: 0,
+                preparing_since: now,
                 phase,
             },
         );
-        let mut out: Vec<Command> = if queued {
-            Vec::new()
-        } else {
-            prepare(txn, &op).collect()
-        };
+        // The wait in the admission queue counts against the deadline; the wait behind the user's
+        // previous change does not (a queued change gets a fresh deadline when it starts).
         out.push(Command::StartDeadline {
             txn,
             after: self.config.prepare_deadline,
@@ -126,11 +142,16 @@ impl Engine {
         out
     }
 
+    /// Whether a new transaction may start preparing now: under the limit, and nobody queued before it.
+    fn has_turn(&self) -> bool {
+        self.waiting.is_empty() && self.preparing < self.limit.limit()
+    }
+
     fn user_state(&self, user: &UserId) -> UserState {
         let mut state = UserState::Free;
-        for t in self.txns.values().filter(|t| t.user == *user) {
+        for (_, t) in self.txns_of(user) {
             match t.phase {
-                Phase::Preparing { .. } => return UserState::Preparing,
+                Phase::Preparing { .. } | Phase::Admitting { .. } => return UserState::Preparing,
                 Phase::Queued { .. }
                 | Phase::Forcing
                 | Phase::Committing { .. }
@@ -141,45 +162,86 @@ impl Engine {
     }
 
     /// Starts the oldest queued transaction of `user` once nothing else of that user is in flight.
-    pub(super) fn start_next(&mut self, user: &UserId) -> Vec<Command> {
-        let in_flight = self
-            .txns
-            .values()
-            .any(|t| t.user == *user && !matches!(t.phase, Phase::Queued { .. }));
-        let next = self
-            .txns
-            .iter()
-            .filter(|(_, t)| t.user == *user && matches!(t.phase, Phase::Queued { .. }))
-            .map(|(id, _)| *id)
-            .min();
-        let (false, Some(next)) = (in_flight, next) else {
+    pub(super) fn start_next(&mut self, user: &UserId, now: u64) -> Vec<Command> {
+        let mut next = None;
+        for (id, t) in self.txns_of(user) {
+            if !matches!(t.phase, Phase::Queued { .. }) {
+                return Vec::new();
+            }
+            next = next.or(Some(id));
+        }
+        let Some(next) = next else {
             return Vec::new();
         };
+        let has_turn = self.has_turn();
         let Some(t) = self.txns.get_mut(&next) else {
             return Vec::new();
         };
-        let preparing = Phase::Preparing {
-            votes: HashMap::new(),
-        };
-        let Phase::Queued { op } = std::mem::replace(&mut t.phase, preparing) else {
+        let Phase::Queued { op } = &t.phase else {
             return Vec::new();
         };
-        // Its wait in the queue is over: preparing gets a full deadline of its own.
+        // Its wait behind the user's previous change is over: it gets a full deadline of its own.
         t.round += 1;
-        let mut out: Vec<Command> = prepare(next, &op).collect();
-        out.push(Command::StartDeadline {
+        let deadline = Command::StartDeadline {
             txn: next,
             after: self.config.prepare_deadline,
             round: t.round,
-        });
+        };
+        if !has_turn {
+            // It already waited for its user; it is not refused now, but goes first in line.
+            t.phase = Phase::Admitting { op: op.clone() };
+            self.waiting.push_front(next);
+            return vec![deadline];
+        }
+        let mut out: Vec<Command> = prepare(next, op).collect();
+        out.push(deadline);
+        t.preparing_since = now;
+        t.phase = Phase::Preparing {
+            votes: HashMap::new(),
+        };
+        self.preparing += 1;
         out
+    }
+
+    /// A transaction stopped preparing (decided, or gave up): measure how long it took, and let the
+    /// admission queue move.
+    pub(super) fn prepare_finished(&mut self, started: u64, now: u64) -> Vec<Command> {
+        self.preparing = self.preparing.saturating_sub(1);
+        self.limit.finished(started, now);
+        let mut out = Vec::new();
+        while self.preparing < self.limit.limit() {
+            let Some(next) = self.waiting.pop_front() else {
+                break;
+            };
+            let Some(t) = self.txns.get_mut(&next) else {
+                continue;
+            };
+            let Phase::Admitting { op } = &t.phase else {
+                continue;
+            };
+            out.extend(prepare(next, op));
+            t.preparing_since = now;
+            t.phase = Phase::Preparing {
+                votes: HashMap::new(),
+            };
+            self.preparing += 1;
+        }
+        out
+    }
+
+    /// How long a refused client should wait before retrying, at the current rate.
+    pub(super) fn retry_after(&self) -> std::time::Duration {
+        self.limit
+            .admit(self.waiting.len())
+            .err()
+            .unwrap_or(std::time::Duration::from_millis(1))
     }
 }
 
 fn reused(client: TxnId, request_id: &str) -> Command {
     Command::Reject {
         client,
-        reason: format!("request_id {request_id:?} was already used for a different request"),
+        refusal: Refusal::RequestReused(request_id.to_owned()),
     }
 }
 

@@ -14,16 +14,19 @@
 //!   an aborted request may run again, since abort means nothing happened; a `request_id` reused for a
 //!   different request is refused;
 //! - one change per user is in flight: a change meeting one that collects votes conflicts at once
-//!   (no-wait, as at the participants); one meeting a change that is decided and finishing waits for it.
+//!   (no-wait, as at the participants); one meeting a change that is decided and finishing waits for it;
+//! - only as many transactions collect votes at once as can finish within the deadline (`limit.rs`);
+//!   the others wait in a short queue, or are refused at once as overloaded, never started to fail.
 //!
-//! The handlers live beside this file by phase: `admission.rs` (requests, the per-user queue),
-//! `phase_one.rs` (votes, abort), `phase_two.rs` (commit, recovery, forgetting).
+//! The handlers live beside this file by phase: `admission.rs` (requests, the per-user queue, the
+//! admission queue), `phase_one.rs` (votes, abort), `phase_two.rs` (commit, recovery, forgetting).
 
 mod admission;
+mod limit;
 mod phase_one;
 mod phase_two;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use tpc_common::{Backoff, Email, Operation, OperationKind, TxnId, UserId};
@@ -89,6 +92,21 @@ pub struct AbortNote {
     pub reason: String,
     pub started_at: u64,
     pub decided_at: u64,
+}
+
+pub use limit::LimitConfig;
+use limit::PrepareLimit;
+
+/// Why a request was refused without running.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("request_id {0:?} was already used for a different request")]
+    RequestReused(String),
+    /// More changes are waiting than can prepare within the deadline: retry after this long.
+    #[error("overloaded, retry in {} ms", .retry_after.as_millis())]
+    Overloaded { retry_after: Duration },
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -171,7 +189,7 @@ pub enum Command {
         outcome: Outcome,
     },
     /// Refuse one client's request without running it.
-    Reject { client: TxnId, reason: String },
+    Reject { client: TxnId, refusal: Refusal },
     /// Send `Commit` after `after`; `attempt` counts earlier failures.
     SendCommit {
         txn: TxnId,
@@ -193,10 +211,11 @@ pub enum Decision {
     Aborted,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Config {
     pub prepare_deadline: Duration,
     pub commit_backoff: Backoff,
+    pub limit: LimitConfig,
 }
 
 impl Default for Config {
@@ -204,6 +223,7 @@ impl Default for Config {
         Self {
             prepare_deadline: Duration::from_secs(2),
             commit_backoff: Backoff::new(Duration::from_millis(50), Duration::from_secs(1)),
+            limit: LimitConfig::default(),
         }
     }
 }
@@ -216,6 +236,10 @@ enum Phase {
     /// Waiting for an earlier transaction of the same user to finish phase two: its participants still
     /// hold the user's lock, so preparing now would only meet a conflict.
     Queued {
+        op: Operation,
+    },
+    /// Waiting in the admission queue for a turn to prepare (too many transactions are preparing).
+    Admitting {
         op: Operation,
     },
     Preparing {
@@ -246,6 +270,8 @@ struct Txn {
     /// Counts deadlines: 0 while queued or preparing from the start, 1 once a queued transaction starts
     /// preparing with a fresh deadline; a deadline of an earlier round is stale.
     round: u32,
+    /// When its `Prepare`s went out (ms), to measure how long preparing takes.
+    preparing_since: u64,
     phase: Phase,
 }
 
@@ -268,10 +294,17 @@ pub struct Active {
     pub acked: Vec<Participant>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Engine {
     config: Config,
     txns: HashMap<TxnId, Txn>,
+    /// The transactions of each user, oldest first: admission looks at one user, never at all.
+    by_user: HashMap<UserId, BTreeSet<TxnId>>,
+    /// Transactions in `Preparing`.
+    preparing: usize,
+    limit: PrepareLimit,
+    /// The admission queue, first come first served.
+    waiting: VecDeque<TxnId>,
     /// Request ids of running transactions.
     running: HashMap<String, TxnId>,
     /// Request ids of committed transactions still in the log.
@@ -279,12 +312,52 @@ pub struct Engine {
     committed_txns: HashSet<TxnId>,
 }
 
+impl Default for Engine {
+    fn default() -> Self {
+        Self::new(Config::default())
+    }
+}
+
 impl Engine {
     pub fn new(config: Config) -> Self {
         Self {
             config,
-            ..Self::default()
+            txns: HashMap::new(),
+            by_user: HashMap::new(),
+            preparing: 0,
+            limit: PrepareLimit::new(config.limit, config.prepare_deadline),
+            waiting: VecDeque::new(),
+            running: HashMap::new(),
+            committed: HashMap::new(),
+            committed_txns: HashSet::new(),
         }
+    }
+
+    /// Adds a transaction and indexes it under its user.
+    fn insert_txn(&mut self, txn: TxnId, t: Txn) {
+        self.by_user.entry(t.user.clone()).or_default().insert(txn);
+        self.txns.insert(txn, t);
+    }
+
+    /// Removes a transaction and its index entry.
+    fn remove_txn(&mut self, txn: TxnId) -> Option<Txn> {
+        let t = self.txns.remove(&txn)?;
+        if let Some(set) = self.by_user.get_mut(&t.user) {
+            set.remove(&txn);
+            if set.is_empty() {
+                self.by_user.remove(&t.user);
+            }
+        }
+        Some(t)
+    }
+
+    /// The user's transactions, oldest first.
+    fn txns_of<'a>(&'a self, user: &UserId) -> impl Iterator<Item = (TxnId, &'a Txn)> + 'a {
+        self.by_user
+            .get(user)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.txns.get(id).map(|t| (*id, t)))
     }
 
     pub fn config(&self) -> Config {
@@ -293,9 +366,12 @@ impl Engine {
 
     pub fn decision(&self, txn: TxnId) -> Decision {
         match self.txns.get(&txn).map(|t| &t.phase) {
-            Some(Phase::Queued { .. } | Phase::Preparing { .. } | Phase::Forcing) => {
-                Decision::Pending
-            }
+            Some(
+                Phase::Queued { .. }
+                | Phase::Admitting { .. }
+                | Phase::Preparing { .. }
+                | Phase::Forcing,
+            ) => Decision::Pending,
             Some(Phase::Committing { .. }) => Decision::Committed,
             Some(Phase::Aborting { .. }) => Decision::Aborted,
             None if self.committed_txns.contains(&txn) => Decision::Committed,
@@ -346,9 +422,9 @@ impl Engine {
                 now,
             ),
             Event::PrepareDeadline { txn, round } => self.deadline(txn, round, now),
-            Event::AbortDelivered { txn, to } => self.abort_delivered(txn, to),
+            Event::AbortDelivered { txn, to } => self.abort_delivered(txn, to, now),
             Event::CommitForced { txn } => self.commit_forced(txn),
-            Event::CommitAcked { txn, from } => self.commit_acked(txn, from),
+            Event::CommitAcked { txn, from } => self.commit_acked(txn, from, now),
             Event::CommitFailed { txn, from, attempt } => self.commit_failed(txn, from, attempt),
             Event::Recovered { records } => self.recovered(records),
             Event::Forgotten { txn, request_id } => self.forgotten(txn, &request_id),
@@ -358,3 +434,6 @@ impl Engine {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod admission_tests;

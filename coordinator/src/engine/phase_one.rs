@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use tpc_common::TxnId;
 
 use super::admission::STILL_FINISHING;
-use super::{AbortNote, Command, CommitRecord, Engine, Outcome, Participant, Phase, Vote};
+use super::{AbortNote, Command, CommitRecord, Engine, Outcome, Participant, Phase, Refusal, Vote};
 
 impl Engine {
     pub(super) fn voted(
@@ -50,7 +50,10 @@ impl Engine {
             decided_at: now,
         };
         t.phase = Phase::Forcing;
-        vec![Command::ForceCommit { record }]
+        let started = t.preparing_since;
+        let mut out = vec![Command::ForceCommit { record }];
+        out.extend(self.prepare_finished(started, now));
+        out
     }
 
     pub(super) fn deadline(&mut self, txn: TxnId, round: u32, now: u64) -> Vec<Command> {
@@ -64,8 +67,27 @@ impl Engine {
                 self.abort(txn, "prepare deadline exceeded".into(), now)
             }
             Some(Phase::Queued { .. }) => self.abort(txn, STILL_FINISHING.into(), now),
+            Some(Phase::Admitting { .. }) => self.refuse_overloaded(txn),
             _ => Vec::new(),
         }
+    }
+
+    /// A transaction waited in the admission queue until its deadline, which admission planned to
+    /// avoid (the participants slowed down): nothing was sent, so it is refused, not aborted.
+    fn refuse_overloaded(&mut self, txn: TxnId) -> Vec<Command> {
+        self.waiting.retain(|&t| t != txn);
+        let Some(t) = self.remove_txn(txn) else {
+            return Vec::new();
+        };
+        self.running.remove(&t.request_id);
+        let retry_after = self.retry_after();
+        t.clients
+            .into_iter()
+            .map(|client| Command::Reject {
+                client,
+                refusal: Refusal::Overloaded { retry_after },
+            })
+            .collect()
     }
 
     /// Decides abort: nothing forced (presumed abort), an unforced note for `tpc txn list`, the client
@@ -76,9 +98,11 @@ impl Engine {
             return Vec::new();
         };
         let prepared = matches!(t.phase, Phase::Preparing { .. });
-        if !prepared && !matches!(t.phase, Phase::Queued { .. }) {
+        let waiting = matches!(t.phase, Phase::Admitting { .. });
+        if !prepared && !waiting && !matches!(t.phase, Phase::Queued { .. }) {
             return Vec::new();
         }
+        let started = t.preparing_since;
         let mut out = vec![
             Command::LogAbort {
                 note: AbortNote {
@@ -111,15 +135,24 @@ impl Engine {
                     .iter()
                     .map(|&to| Command::SendAbort { txn, to }),
             );
+            out.extend(self.prepare_finished(started, now));
             return out;
         }
+        if waiting {
+            self.waiting.retain(|&t| t != txn);
+        }
         let user = t.user.clone();
-        self.txns.remove(&txn);
-        out.extend(self.start_next(&user));
+        self.remove_txn(txn);
+        out.extend(self.start_next(&user, now));
         out
     }
 
-    pub(super) fn abort_delivered(&mut self, txn: TxnId, to: Participant) -> Vec<Command> {
+    pub(super) fn abort_delivered(
+        &mut self,
+        txn: TxnId,
+        to: Participant,
+        now: u64,
+    ) -> Vec<Command> {
         let Some(t) = self.txns.get_mut(&txn) else {
             return Vec::new();
         };
@@ -131,7 +164,7 @@ impl Engine {
             return Vec::new();
         }
         let user = t.user.clone();
-        self.txns.remove(&txn);
-        self.start_next(&user)
+        self.remove_txn(txn);
+        self.start_next(&user, now)
     }
 }

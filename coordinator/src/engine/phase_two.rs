@@ -42,7 +42,7 @@ impl Engine {
         out
     }
 
-    pub(super) fn commit_acked(&mut self, txn: TxnId, from: Participant) -> Vec<Command> {
+    pub(super) fn commit_acked(&mut self, txn: TxnId, from: Participant, now: u64) -> Vec<Command> {
         let Some(Txn {
             phase: Phase::Committing { acked },
             ..
@@ -54,12 +54,12 @@ impl Engine {
         if acked.len() < Participant::ALL.len() {
             return Vec::new();
         }
-        let Some(done) = self.txns.remove(&txn) else {
+        let Some(done) = self.remove_txn(txn) else {
             return Vec::new();
         };
         // The participants released the user: start what queued behind this transaction.
         let mut out = vec![Command::LogEnd { txn }];
-        out.extend(self.start_next(&done.user));
+        out.extend(self.start_next(&done.user, now));
         out
     }
 
@@ -96,7 +96,7 @@ impl Engine {
                 continue;
             }
             let txn = record.txn;
-            self.txns.insert(
+            self.insert_txn(
                 txn,
                 Txn {
                     request_id: record.request_id,
@@ -106,6 +106,7 @@ impl Engine {
                     started_at: record.started_at,
                     clients: Vec::new(),
                     round: 0,
+                    preparing_since: 0,
                     phase: Phase::Committing {
                         acked: HashSet::new(),
                     },

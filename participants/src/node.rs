@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tonic::Status;
 use tonic::transport::Channel;
 use tpc_common::fault::inject;
@@ -39,7 +39,7 @@ pub struct Node<R: Resource> {
     released: Notify,
     /// Bounds the argon2 work in flight (each OWASP hash holds 19 MiB): a flood of requests queues here
     /// instead of filling the blocking pool and the memory.
-    hashing: Semaphore,
+    hashing: Arc<Semaphore>,
     coordinator: TransactionManagerClient<Channel>,
     read_wait: Duration,
 }
@@ -72,7 +72,7 @@ impl<R: Resource> Node<R> {
             store,
             resource: Arc::new(resource),
             released: Notify::new(),
-            hashing: Semaphore::new(hashing_slots()),
+            hashing: Arc::new(Semaphore::new(hashing_slots())),
             coordinator: TransactionManagerClient::new(coordinator),
             read_wait,
         }))
@@ -104,7 +104,17 @@ impl<R: Resource> Node<R> {
         op: Option<Operation>,
     ) -> Result<Reply<R::Change>, Status> {
         let node = self.clone();
-        let work = async move { node.run(event, op.as_ref()).await }.in_current_span();
+        let work = async move {
+            // A Prepare takes the user's lock only once its hashing can start: while it waits for a
+            // slot, the user stays free, and an Abort that arrives meanwhile leaves a tombstone, so the
+            // Prepare then votes no without doing any work.
+            let slot = match &event {
+                Event::PrepareRequested { .. } => Some(node.hashing_slot().await?),
+                _ => None,
+            };
+            node.run(event, op.as_ref(), slot).await
+        }
+        .in_current_span();
         tokio::spawn(work)
             .await
             .map_err(|e| Status::internal(format!("participant task failed: {e}")))?
@@ -114,6 +124,7 @@ impl<R: Resource> Node<R> {
         self: &Arc<Self>,
         event: Event<R::Change>,
         op: Option<&Operation>,
+        mut slot: Option<OwnedSemaphorePermit>,
     ) -> Result<Reply<R::Change>, Status> {
         let mut queue: VecDeque<_> = self.engine().handle(event).into();
         let mut reply = Reply::Nothing;
@@ -126,8 +137,11 @@ impl<R: Resource> Node<R> {
                         return Err(Status::internal("validation without an operation"));
                     };
                     let (resource, data) = (self.resource.clone(), self.data.clone());
-                    let outcome = self
-                        .hash_work(move || resource.validate(&data, &op))
+                    let slot = match slot.take() {
+                        Some(slot) => slot,
+                        None => self.hashing_slot().await?,
+                    };
+                    let outcome = blocking(slot, move || resource.validate(&data, &op))
                         .await?
                         .unwrap_or_else(|e| fatal(e));
                     match &outcome {
@@ -218,14 +232,16 @@ impl<R: Resource> Node<R> {
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, Status> {
-        let _slot = self
-            .hashing
-            .acquire()
+        blocking(self.hashing_slot().await?, work).await
+    }
+
+    /// Waits for one of the bounded hashing slots.
+    async fn hashing_slot(&self) -> Result<OwnedSemaphorePermit, Status> {
+        self.hashing
+            .clone()
+            .acquire_owned()
             .await
-            .map_err(|_| Status::unavailable("shutting down"))?;
-        tokio::task::spawn_blocking(work)
-            .await
-            .map_err(|e| Status::internal(format!("hashing task failed: {e}")))
+            .map_err(|_| Status::unavailable("shutting down"))
     }
 
     /// Asks the coordinator for an in-doubt transaction's outcome and applies what it says.
@@ -265,7 +281,7 @@ impl<R: Resource> Node<R> {
                     decision,
                     at: now_ms(),
                 };
-                if let Err(status) = node.run(event, None).await {
+                if let Err(status) = node.run(event, None, None).await {
                     warn!(%status, "could not apply the learned decision");
                 }
             }
@@ -278,7 +294,7 @@ impl<R: Resource> Node<R> {
         let mut interval = tokio::time::interval(every);
         loop {
             interval.tick().await;
-            if let Err(status) = self.run(Event::Tick { now: now_ms() }, None).await {
+            if let Err(status) = self.run(Event::Tick { now: now_ms() }, None, None).await {
                 warn!(%status, "tick failed");
             }
         }
@@ -313,6 +329,16 @@ impl<R: Resource> Node<R> {
     }
 }
 
+/// Runs `work` on the blocking pool, holding `slot` until it is done.
+async fn blocking<T: Send + 'static>(
+    slot: OwnedSemaphorePermit,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Status> {
+    let done = tokio::task::spawn_blocking(work).await;
+    drop(slot);
+    done.map_err(|e| Status::internal(format!("hashing task failed: {e}")))
+}
+
 /// Two hashes per core: the cores stay busy, the memory stays bounded.
 fn hashing_slots() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get() * 2)
@@ -332,4 +358,126 @@ fn refusal_status(txn: TxnId, refusal: Refusal) -> Status {
 fn fatal(err: StoreError) -> ! {
     error!(cause = %err, "storage failed; aborting the process");
     std::process::abort()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex as StdMutex;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use tpc_common::Password;
+
+    use super::*;
+
+    /// A resource whose checks block until released, and which records whose checks ran.
+    #[derive(Default)]
+    struct Gate {
+        open: AtomicBool,
+        checked: StdMutex<Vec<UserId>>,
+    }
+
+    impl Resource for Arc<Gate> {
+        type Change = String;
+        const NAME: &'static str = "gate";
+
+        fn validate(&self, _: &Data, op: &Operation) -> Result<Result<String, String>, StoreError> {
+            self.checked.lock().unwrap().push(op.user().clone());
+            while !self.open.load(Ordering::Acquire) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Ok(Ok("change".into()))
+        }
+
+        fn apply(
+            &self,
+            _: &Data,
+            _: TxnId,
+            _: &String,
+            _: u64,
+            _: &mut sled::Batch,
+        ) -> Result<(), StoreError> {
+            Ok(())
+        }
+    }
+
+    fn update(user: &str) -> Operation {
+        Operation::Update {
+            user: UserId::parse(user).unwrap(),
+            current: Password::new("current_password", "a".into()).unwrap(),
+            new: Password::new("new_password", "b".into()).unwrap(),
+        }
+    }
+
+    fn prepare(
+        node: &Arc<Node<Arc<Gate>>>,
+        txn: TxnId,
+        user: &str,
+    ) -> tokio::task::JoinHandle<Result<Reply<String>, Status>> {
+        let (node, op) = (node.clone(), update(user));
+        tokio::spawn(async move {
+            let event = Event::PrepareRequested {
+                txn,
+                user: op.user().clone(),
+            };
+            node.drive(event, Some(op)).await
+        })
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_prepare_waiting_for_a_hashing_slot_holds_no_lock_and_an_abort_drops_its_work() {
+        let dir = tempfile::tempdir().unwrap();
+        let gate = Arc::new(Gate::default());
+        let store = Store::open(dir.path(), tpc_common::DEFAULT_CACHE_MIB).unwrap();
+        let coordinator =
+            tonic::transport::Endpoint::from_static("http://127.0.0.1:9").connect_lazy();
+        let node = Node::open(
+            gate.clone(),
+            store,
+            coordinator,
+            Config::default(),
+            Duration::from_secs(1),
+        )
+        .unwrap();
+
+        // Every hashing slot busy with another user's checks.
+        let busy: Vec<_> = (0..hashing_slots())
+            .map(|i| prepare(&node, TxnId::generate(), &format!("busy{i}")))
+            .collect();
+        while gate.checked.lock().unwrap().len() < busy.len() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let late = TxnId::generate();
+        let waiting = prepare(&node, late, "alice");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            !node.engine().is_locked(&UserId::parse("alice").unwrap()),
+            "waiting for a slot, the Prepare holds no lock"
+        );
+        let abort = Event::AbortRequested {
+            txn: late,
+            at: now_ms(),
+        };
+        assert!(matches!(node.drive(abort, None).await, Ok(Reply::Ack)));
+
+        gate.open.store(true, Ordering::Release);
+        for prepared in busy {
+            assert!(matches!(
+                prepared.await.unwrap(),
+                Ok(Reply::Vote(Vote::Yes(_)))
+            ));
+        }
+        let vote = waiting.await.unwrap().unwrap();
+        assert!(
+            matches!(&vote, Reply::Vote(Vote::No(reason)) if reason.contains("aborted")),
+            "{vote:?}"
+        );
+        assert!(
+            !gate
+                .checked
+                .lock()
+                .unwrap()
+                .contains(&UserId::parse("alice").unwrap()),
+            "the aborted transaction's checks never ran"
+        );
+    }
 }

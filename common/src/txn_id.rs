@@ -29,6 +29,12 @@ impl TxnId {
     pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
         Uuid::from_slice(bytes).ok().map(Self)
     }
+
+    /// When the id was made, in ms since the Unix epoch: a UUIDv7 begins with it (48 bits, big-endian).
+    pub fn created_ms(&self) -> u64 {
+        let b = self.as_bytes();
+        u64::from_be_bytes([0, 0, b[0], b[1], b[2], b[3], b[4], b[5]])
+    }
 }
 
 impl fmt::Display for TxnId {
@@ -49,5 +55,11 @@ mod tests {
         assert_eq!(TxnId::parse(&a.to_string()), Ok(a));
         assert_eq!(TxnId::from_bytes(a.as_bytes()), Some(a));
         assert!(TxnId::parse("not-a-uuid").is_err());
+        let now = crate::now_ms();
+        assert!(
+            now.abs_diff(a.created_ms()) < 60_000,
+            "{} vs {now}",
+            a.created_ms()
+        );
     }
 }

@@ -2,7 +2,8 @@
 //! - `t/<txn>` → [`TxnRecord`]: COMMIT records (forced: the commit point), END (unforced), ABORT notes
 //!   (unforced, only for `tpc txn list`: presumed abort needs no abort record);
 //! - `o/<txn>` → [`OutboxEntry`]: the e-mail, written in the same forced batch as the COMMIT record and
-//!   deleted when the mail server accepted it.
+//!   deleted when the mail server accepted it. Its absence is what "sent" means: marking an e-mail sent
+//!   deletes one key and rewrites no record (so it cannot race with END rewriting the same record).
 
 use std::path::Path;
 
@@ -45,10 +46,21 @@ pub struct TxnRecord {
     pub reason: String,
     pub started_at: u64,
     pub decided_at: u64,
+    /// Derived when read: the e-mail left the outbox (stored only by older versions).
+    #[serde(default)]
     pub email_sent: bool,
     /// Why the e-mail can never be sent, if it cannot (it then leaves the outbox unsent).
     #[serde(default)]
     pub email_error: Option<String>,
+}
+
+/// What one slice of garbage collection did.
+#[derive(Debug)]
+pub struct GarbageSlice {
+    /// The records deleted.
+    pub collected: Vec<TxnRecord>,
+    /// Where the next slice starts, or `None` if the scan reached records too young to collect.
+    pub resume_after: Option<TxnId>,
 }
 
 /// An e-mail waiting for delivery.
@@ -127,11 +139,15 @@ impl Log {
         self.update(txn, |r| r.state = State::Committed)
     }
 
-    /// The mail server accepted the e-mail: drop it from the outbox. Forced (off the commit path), so a
-    /// crash can resend only an e-mail accepted in the last instant before it.
-    pub async fn mark_sent(&self, txn: TxnId) -> Result<(), LogError> {
-        self.update(txn, |r| r.email_sent = true)?;
-        self.db.remove(key(OUTBOX, txn))?;
+    /// The mail server accepted these e-mails: drop them from the outbox, in one batch and one forced
+    /// write (off the commit path, and shared with concurrent commits by the group commit), so a crash
+    /// can resend only e-mails accepted in the last instant before it.
+    pub async fn mark_sent(&self, txns: &[TxnId]) -> Result<(), LogError> {
+        let mut batch = sled::Batch::default();
+        for &txn in txns {
+            batch.remove(key(OUTBOX, txn));
+        }
+        self.db.apply_batch(batch)?;
         self.forcer.force().await?;
         Ok(())
     }
@@ -165,7 +181,7 @@ impl Log {
     pub fn get(&self, txn: TxnId) -> Result<Option<TxnRecord>, LogError> {
         self.db
             .get(key(TXN, txn))?
-            .map(|raw| decode(&raw))
+            .map(|raw| self.read(&raw))
             .transpose()
     }
 
@@ -174,11 +190,23 @@ impl Log {
         self.db
             .scan_prefix(TXN)
             .rev()
-            .map(|item| decode(&item?.1))
+            .map(|item| self.read(&item?.1))
             .collect()
     }
 
-    /// E-mails of committed transactions not yet accepted by the mail server, oldest first.
+    /// Decodes a record and derives whether its e-mail was sent.
+    fn read(&self, raw: &[u8]) -> Result<TxnRecord, LogError> {
+        let mut record: TxnRecord = decode(raw)?;
+        record.email_sent = record.email_sent
+            || (record.state != State::Aborted
+                && record.email.is_some()
+                && record.email_error.is_none()
+                && !self.db.contains_key(key(OUTBOX, record.txn))?);
+        Ok(record)
+    }
+
+    /// E-mails of committed transactions not yet accepted by the mail server, oldest first: what the
+    /// dispatcher finds at start (afterwards the runtime hands it each entry once it is on disk).
     ///
     /// An entry becomes visible when its commit batch is applied, a moment before that batch is forced;
     /// mailing it then, and crashing before the force, would announce a transaction that recovery
@@ -200,18 +228,63 @@ impl Log {
     /// and returns them, so the engine can forget their request ids too.
     pub fn collect_garbage(&self, cutoff: u64) -> Result<Vec<TxnRecord>, LogError> {
         let mut collected = Vec::new();
-        for record in self.records()? {
+        let mut from = None;
+        loop {
+            let slice = self.collect_garbage_slice(from, cutoff, usize::MAX)?;
+            collected.extend(slice.collected);
+            match slice.resume_after {
+                Some(last) => from = Some(last),
+                None => return Ok(collected),
+            }
+        }
+    }
+
+    /// One slice of garbage collection: looks at up to `max` records, oldest first, after `from`.
+    ///
+    /// Keys are transaction ids, which begin with their creation time, and a transaction is decided
+    /// after it was created: so the scan stops at the first record created after `cutoff`, and each
+    /// pass reads only the old end of the log, never the whole retention window.
+    pub fn collect_garbage_slice(
+        &self,
+        from: Option<TxnId>,
+        cutoff: u64,
+        max: usize,
+    ) -> Result<GarbageSlice, LogError> {
+        let start = from.map_or_else(|| TXN.to_vec(), |txn| key(TXN, txn));
+        let mut slice = GarbageSlice {
+            collected: Vec::new(),
+            resume_after: None,
+        };
+        let mut looked_at = 0;
+        for item in self.db.range(start.as_slice()..) {
+            let (k, raw) = item?;
+            if !k.starts_with(TXN) {
+                break;
+            }
+            if from.is_some() && k.as_ref() == start.as_slice() {
+                continue;
+            }
+            if looked_at == max {
+                return Ok(slice);
+            }
+            looked_at += 1;
+            let record = self.read(&raw)?;
+            if record.txn.created_ms() > cutoff {
+                break;
+            }
+            slice.resume_after = Some(record.txn);
             let finished = match record.state {
                 State::Committed => record.email_sent || record.email_error.is_some(),
                 State::Aborted => true,
                 State::Committing => false,
             };
             if finished && record.decided_at < cutoff {
-                self.db.remove(key(TXN, record.txn))?;
-                collected.push(record);
+                self.db.remove(&k)?;
+                slice.collected.push(record);
             }
         }
-        Ok(collected)
+        slice.resume_after = None;
+        Ok(slice)
     }
 }
 
@@ -249,10 +322,13 @@ mod tests {
     use super::*;
     use crate::email;
 
-    fn record(decided_at: u64) -> CommitRecord {
+    /// A transaction created and decided now.
+    fn record() -> CommitRecord {
+        let txn = TxnId::generate();
+        let decided_at = txn.created_ms();
         CommitRecord {
-            txn: TxnId::generate(),
-            request_id: format!("r-{decided_at}"),
+            txn,
+            request_id: format!("r-{txn}"),
             kind: OperationKind::Update,
             user: UserId::parse("alice").unwrap(),
             email: Email::parse("alice@example.com").unwrap(),
@@ -265,7 +341,11 @@ mod tests {
     async fn a_commit_lives_through_end_and_mail_until_collected() {
         let dir = tempfile::tempdir().unwrap();
         let log = Log::open(dir.path(), tpc_common::DEFAULT_CACHE_MIB).unwrap();
-        let (old, young) = (record(1_000), record(9_000));
+        let old = record();
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        let cutoff = tpc_common::now_ms();
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        let young = record();
         for r in [&old, &young] {
             log.force_commit(r, &email::compose(r)).await.unwrap();
         }
@@ -279,12 +359,14 @@ mod tests {
         assert!(log.collect_garbage(u64::MAX).unwrap().is_empty());
         log.end(old.txn).unwrap();
         assert!(log.collect_garbage(u64::MAX).unwrap().is_empty());
-        log.mark_sent(old.txn).await.unwrap();
+        log.mark_sent(&[old.txn]).await.unwrap();
+        assert!(log.get(old.txn).unwrap().unwrap().email_sent);
+        assert!(!log.get(young.txn).unwrap().unwrap().email_sent);
         log.end(young.txn).unwrap();
-        log.mark_sent(young.txn).await.unwrap();
+        log.mark_sent(&[young.txn]).await.unwrap();
         assert!(log.outbox().await.unwrap().is_empty());
 
-        let collected = log.collect_garbage(5_000).unwrap();
+        let collected = log.collect_garbage(cutoff).unwrap();
         assert_eq!(
             collected.iter().map(|r| r.txn).collect::<Vec<_>>(),
             [old.txn]
@@ -294,10 +376,54 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn garbage_is_collected_in_slices_from_the_oldest_and_stops_at_young_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path(), tpc_common::DEFAULT_CACHE_MIB).unwrap();
+        let notes: Vec<AbortNote> = (0..5)
+            .map(|i| AbortNote {
+                txn: TxnId::generate(),
+                request_id: format!("r{i}"),
+                kind: OperationKind::Update,
+                user: UserId::parse("alice").unwrap(),
+                reason: "conflict".into(),
+                started_at: 0,
+                decided_at: 0,
+            })
+            .collect();
+        for note in &notes {
+            log.note_abort(note).unwrap();
+        }
+        let cutoff = tpc_common::now_ms() + 1;
+        let first = log.collect_garbage_slice(None, cutoff, 2).unwrap();
+        assert_eq!(first.collected.len(), 2);
+        assert_eq!(first.resume_after, Some(notes[1].txn));
+        let rest = log
+            .collect_garbage_slice(first.resume_after, cutoff, 10)
+            .unwrap();
+        assert_eq!(
+            rest.collected.iter().map(|r| r.txn).collect::<Vec<_>>(),
+            notes[2..].iter().map(|n| n.txn).collect::<Vec<_>>()
+        );
+        assert_eq!(rest.resume_after, None);
+
+        // Records created after the cutoff end the scan, even if they would be collectable.
+        let young = AbortNote {
+            txn: TxnId::generate(),
+            ..notes[0].clone()
+        };
+        log.note_abort(&young).unwrap();
+        let none = log
+            .collect_garbage_slice(None, young.txn.created_ms() - 1, 10)
+            .unwrap();
+        assert!(none.collected.is_empty());
+        assert_eq!(none.resume_after, None);
+    }
+
+    #[tokio::test]
     async fn abort_notes_are_listed_newest_first_and_have_no_commit_record() {
         let dir = tempfile::tempdir().unwrap();
         let log = Log::open(dir.path(), tpc_common::DEFAULT_CACHE_MIB).unwrap();
-        let committed = record(1);
+        let committed = record();
         log.force_commit(&committed, &email::compose(&committed))
             .await
             .unwrap();

@@ -1,19 +1,22 @@
 //! The e-mail dispatcher: delivers outbox entries with lettre, at least once.
 //!
 //! Entries reach the outbox only in the batch that commits their transaction, and are sent only once
-//! that batch is on disk (see `Log::outbox`), so an aborted transaction never produces mail. An entry leaves the outbox only after the mail server (or the file
-//! transport) accepted it; failures are retried with capped exponential backoff. A crash between
-//! delivery and marking resends the mail with the same `Message-ID`, which receivers can deduplicate.
+//! that batch is on disk (the runtime hands each entry over after the forced write; at start,
+//! `Log::outbox` reads what is left), so an aborted transaction never produces mail. An entry leaves the
+//! outbox only after the mail server (or the file transport) accepted it; failures are retried with
+//! capped exponential backoff. A crash between delivery and marking resends the mail with the same
+//! `Message-ID`, which receivers can deduplicate.
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use lettre::message::header::ContentType;
 use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
-use tokio::sync::Notify;
-use tpc_common::Backoff;
+use tokio::sync::mpsc;
 use tpc_common::fault::inject;
+use tpc_common::{Backoff, TxnId};
 use tracing::{debug, error, warn};
 
 use crate::log::{Log, OutboxEntry};
@@ -99,74 +102,125 @@ fn build(entry: &OutboxEntry) -> Result<Message, String> {
 /// backlog built up while the server was down.
 const IN_FLIGHT: usize = 16;
 
-/// Delivers the outbox until the task is dropped. `wake` is notified after every commit.
-pub async fn dispatch_forever(log: Arc<Log>, mailer: Mailer, wake: Arc<Notify>, backoff: Backoff) {
+/// How many sent e-mails are marked in one forced write, at most.
+const MARK_BATCH: usize = 256;
+
+/// Delivers the outbox until the task is dropped: first what the log holds at start, then each entry
+/// the runtime hands over once its commit is on disk (`fresh`). No scan of the log and no extra forced
+/// write per e-mail: sent e-mails are marked in batches, one forced write per batch.
+pub async fn dispatch_forever(
+    log: Arc<Log>,
+    mailer: Mailer,
+    mut fresh: mpsc::UnboundedReceiver<OutboxEntry>,
+    backoff: Backoff,
+) {
+    let mut pending: VecDeque<OutboxEntry> = match log.outbox().await {
+        Ok(pending) => pending.into(),
+        Err(e) => {
+            // Nothing to resend is known; later entries still flow. A restart reads the log again.
+            error!(cause = %e, "cannot read the outbox at start");
+            VecDeque::new()
+        }
+    };
     let mut failures = 0u32;
     loop {
-        let pending = match log.outbox().await {
-            Ok(pending) => pending,
-            Err(e) => {
-                warn!(cause = %e, "cannot read the outbox");
-                Vec::new()
-            }
-        };
         if pending.is_empty() {
-            // notify_one keeps a permit, so a commit between the scan and this wait is not missed.
-            tokio::select! {
-                () = wake.notified() => {}
-                () = tokio::time::sleep(Duration::from_secs(5)) => {}
+            match fresh.recv().await {
+                Some(entry) => pending.push_back(entry),
+                None => return,
             }
+        }
+        while let Ok(entry) = fresh.try_recv() {
+            pending.push_back(entry);
+        }
+        let take = pending.len().min(MARK_BATCH);
+        let batch: Vec<OutboxEntry> = pending.drain(..take).collect();
+        let (sent, failed) = deliver_all(&log, &mailer, batch).await;
+        if !sent.is_empty()
+            && let Err(cause) = log.mark_sent(&sent).await
+        {
+            // They will be sent again after a restart, with the same Message-IDs.
+            warn!(%cause, "sent, but could not mark the e-mails sent");
+        }
+        if failed.is_empty() {
+            failures = 0;
             continue;
         }
-        let mut failed = false;
-        for batch in pending.chunks(IN_FLIGHT) {
-            let mut sends = tokio::task::JoinSet::new();
-            for entry in batch {
-                let (log, mailer, entry) = (log.clone(), mailer.clone(), entry.clone());
-                sends.spawn(async move { deliver(&log, &mailer, &entry).await });
-            }
-            while let Some(delivered) = sends.join_next().await {
-                failed |= !matches!(delivered, Ok(true));
-            }
-            if failed {
-                break;
-            }
+        // Retried first, in order, after a pause.
+        for entry in failed.into_iter().rev() {
+            pending.push_front(entry);
         }
-        if failed {
-            tokio::time::sleep(backoff.delay(failures)).await;
-            failures = failures.saturating_add(1);
-        } else {
-            failures = 0;
-        }
+        tokio::time::sleep(backoff.delay(failures)).await;
+        failures = failures.saturating_add(1);
     }
 }
 
-/// Sends one e-mail and removes it from the outbox; false if it must be tried again.
-async fn deliver(log: &Log, mailer: &Mailer, entry: &OutboxEntry) -> bool {
+/// Sends `batch`, `IN_FLIGHT` at a time; returns the transactions whose e-mail was accepted, and the
+/// entries to try again.
+async fn deliver_all(
+    log: &Arc<Log>,
+    mailer: &Mailer,
+    batch: Vec<OutboxEntry>,
+) -> (Vec<TxnId>, Vec<OutboxEntry>) {
+    let (mut sent, mut failed) = (Vec::new(), Vec::new());
+    let mut entries = batch.into_iter();
+    let mut sends = tokio::task::JoinSet::new();
+    loop {
+        while sends.len() < IN_FLIGHT {
+            let Some(entry) = entries.next() else { break };
+            let (log, mailer) = (log.clone(), mailer.clone());
+            sends.spawn(async move {
+                let delivered = deliver(&log, &mailer, &entry).await;
+                (entry, delivered)
+            });
+        }
+        let Some(done) = sends.join_next().await else {
+            break;
+        };
+        match done {
+            Ok((entry, Delivery::Sent)) => sent.push(entry.txn),
+            Ok((_, Delivery::Parked)) => {}
+            Ok((entry, Delivery::Failed)) => failed.push(entry),
+            // A send task panicked: its entry is still in the log and goes out after a restart.
+            Err(e) => error!(cause = %e, "e-mail task failed"),
+        }
+    }
+    (sent, failed)
+}
+
+enum Delivery {
+    /// Accepted by the mail server (or the file transport).
+    Sent,
+    /// Can never be sent; taken out of the outbox with its reason.
+    Parked,
+    /// Try again later.
+    Failed,
+}
+
+/// Sends one e-mail.
+async fn deliver(log: &Log, mailer: &Mailer, entry: &OutboxEntry) -> Delivery {
     let message = match build(entry) {
         Ok(message) => message,
         Err(cause) => {
             // No retry can fix a message that cannot be built: park it, and say so loudly.
             error!(txn_id = %entry.txn, %cause, "e-mail cannot be built; giving up on it");
-            return log.mark_undeliverable(entry.txn, &cause).await.is_ok();
+            return match log.mark_undeliverable(entry.txn, &cause).await {
+                Ok(()) => Delivery::Parked,
+                Err(_) => Delivery::Failed,
+            };
         }
     };
-    let sent = mailer.send(message).await;
-    if let Err(cause) = sent {
+    if let Err(cause) = mailer.send(message).await {
         warn!(txn_id = %entry.txn, %cause, "e-mail not accepted; will retry");
-        return false;
+        return Delivery::Failed;
     }
     debug!(txn_id = %entry.txn, message_id = %entry.message_id, "e-mail sent");
-    let marked = match inject("outbox.after_send_before_mark").await {
-        Ok(()) => log.mark_sent(entry.txn).await.map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
-    };
-    if let Err(cause) = marked {
+    if let Err(e) = inject("outbox.after_send_before_mark").await {
         // It will be sent again, with the same Message-ID.
-        warn!(%cause, txn_id = %entry.txn, "sent, but could not mark the e-mail sent");
-        return false;
+        warn!(cause = %e, txn_id = %entry.txn, "sent, but could not mark the e-mail sent");
+        return Delivery::Failed;
     }
-    true
+    Delivery::Sent
 }
 
 #[cfg(test)]

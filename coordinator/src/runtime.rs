@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tpc_common::fault::inject;
 use tpc_common::{Operation, TxnId, now_ms};
 use tracing::{Instrument, debug, debug_span, error, warn};
@@ -14,7 +14,7 @@ use crate::email;
 use crate::engine::{
     Active, Command, Decision, Engine, Event, Outcome, Participant, Refusal, Vote,
 };
-use crate::log::Log;
+use crate::log::{Log, OutboxEntry};
 use crate::peers::Peers;
 
 enum Input {
@@ -54,7 +54,7 @@ impl Coordinator {
         recovered: Vec<Command>,
         log: Arc<Log>,
         peers: Peers,
-        outbox: Arc<Notify>,
+        outbox: mpsc::UnboundedSender<OutboxEntry>,
     ) -> Self {
         let (inputs, rx) = mpsc::unbounded_channel();
         let actor = Actor {
@@ -114,7 +114,8 @@ struct Actor {
     engine: Engine,
     log: Arc<Log>,
     peers: Peers,
-    outbox: Arc<Notify>,
+    /// The dispatcher, handed each e-mail once its commit is on disk.
+    outbox: mpsc::UnboundedSender<OutboxEntry>,
     /// Clients waiting for an answer, by the id their `Begin` carried.
     waiters: HashMap<TxnId, oneshot::Sender<Answer>>,
     /// Weak, so the actor stops when every `Coordinator` handle is gone.
@@ -203,7 +204,7 @@ impl Actor {
                 Some(Event::PrepareDeadline { txn, round })
             }),
             Command::ForceCommit { record } => {
-                let log = self.log.clone();
+                let (log, outbox) = (self.log.clone(), self.outbox.clone());
                 let txn = record.txn;
                 self.spawn(txn, async move {
                     if inject("coord.after_votes").await.is_err() {
@@ -217,6 +218,9 @@ impl Actor {
                     if inject("coord.after_decision_forced").await.is_err() {
                         fatal("injected failure after the forced write");
                     }
+                    // Durable now, so it may be sent. (If the dispatcher is gone, the process is
+                    // stopping, and recovery finds the entry in the log.)
+                    let _ = outbox.send(mail);
                     Some(Event::CommitForced { txn })
                 });
             }
@@ -304,7 +308,6 @@ impl Actor {
                     None
                 });
             }
-            Command::DispatchOutbox => self.outbox.notify_one(),
         }
     }
 }

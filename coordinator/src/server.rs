@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
 use tpc_common::{Backoff, now_ms};
 use tpc_proto::MAX_MESSAGE_BYTES;
 use tpc_proto::v1::password_service_server::PasswordServiceServer;
@@ -94,17 +93,16 @@ pub async fn run(
         info!(target: "tpc::protocol", unfinished, "recovery: resending Commit for transactions committed before the crash");
     }
     let recovered = engine.handle(Event::Recovered { records }, now_ms());
-    let wake = Arc::new(Notify::new());
-    let coordinator = Coordinator::start(engine, recovered, log.clone(), peers, wake.clone());
+    let (outbox, fresh_mail) = tokio::sync::mpsc::unbounded_channel();
+    let coordinator = Coordinator::start(engine, recovered, log.clone(), peers, outbox);
 
     info!(mailer = %mailer.describe(), "e-mail outbox");
     let dispatcher = tokio::spawn(outbox::dispatch_forever(
         log.clone(),
         mailer,
-        wake.clone(),
+        fresh_mail,
         Backoff::new(Duration::from_millis(100), Duration::from_secs(1)),
     ));
-    wake.notify_one();
     let collector = tokio::spawn(collect_garbage(
         log.clone(),
         coordinator.clone(),
@@ -133,21 +131,46 @@ pub async fn run(
 }
 
 /// Deletes finished transactions older than `retention`, once a minute.
+///
+/// Each pass reads the log from its oldest key in slices, each on the blocking pool: at full load the
+/// log holds hundreds of thousands of records, and decoding them all on an async worker stalled prepares
+/// and commits past their deadlines at every pass.
 async fn collect_garbage(log: Arc<Log>, coordinator: Coordinator, retention: Duration) {
     let mut every = tokio::time::interval(Duration::from_secs(60));
     loop {
         every.tick().await;
         let cutoff = now_ms().saturating_sub(retention.as_millis() as u64);
-        match log.collect_garbage(cutoff) {
-            Ok(collected) => {
-                for r in collected {
-                    coordinator.notify(Event::Forgotten {
-                        txn: r.txn,
-                        request_id: r.request_id,
-                    });
+        let mut from = None;
+        loop {
+            let log = log.clone();
+            let slice = tokio::task::spawn_blocking(move || {
+                log.collect_garbage_slice(from, cutoff, GC_SLICE)
+            })
+            .await;
+            let slice = match slice {
+                Ok(Ok(slice)) => slice,
+                Ok(Err(e)) => {
+                    warn!(cause = %e, "garbage collection failed");
+                    break;
                 }
+                Err(e) => {
+                    warn!(cause = %e, "garbage collection task failed");
+                    break;
+                }
+            };
+            for r in slice.collected {
+                coordinator.notify(Event::Forgotten {
+                    txn: r.txn,
+                    request_id: r.request_id,
+                });
             }
-            Err(e) => warn!(cause = %e, "garbage collection failed"),
+            match slice.resume_after {
+                Some(last) => from = Some(last),
+                None => break,
+            }
         }
     }
 }
+
+/// Records looked at per slice of garbage collection (a few milliseconds of work).
+const GC_SLICE: usize = 1_000;

@@ -176,7 +176,8 @@ pub enum Command {
         after: Duration,
         round: u32,
     },
-    /// Write the COMMIT record and the e-mail in one batch, force it, report `CommitForced`.
+    /// Write the COMMIT record and the e-mail in one batch, force it, hand the e-mail to the outbox,
+    /// report `CommitForced`.
     ForceCommit { record: CommitRecord },
     /// Note the abort in the log, unforced.
     LogAbort { note: AbortNote },
@@ -199,8 +200,6 @@ pub enum Command {
     },
     /// Every participant acknowledged: write END (unforced); the record may now be collected.
     LogEnd { txn: TxnId },
-    /// Wake the e-mail dispatcher.
-    DispatchOutbox,
 }
 
 /// The answer to a participant's `QueryDecision`.

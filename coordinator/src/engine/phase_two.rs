@@ -38,7 +38,6 @@ impl Engine {
             },
         }];
         out.extend(send_commits(txn));
-        out.push(Command::DispatchOutbox);
         out
     }
 
@@ -113,9 +112,6 @@ impl Engine {
                 },
             );
             out.extend(send_commits(txn));
-        }
-        if !out.is_empty() {
-            out.push(Command::DispatchOutbox);
         }
         out
     }

@@ -159,7 +159,7 @@ fn one_yes_waits_for_the_other() {
 }
 
 #[test]
-fn commit_forced_replies_then_sends_commit_and_wakes_the_outbox() {
+fn commit_forced_replies_then_sends_commit() {
     let mut e = Engine::default();
     let txn = begin(&mut e, "r1");
     yes(&mut e, txn);
@@ -169,7 +169,6 @@ fn commit_forced_replies_then_sends_commit_and_wakes_the_outbox() {
             committed(txn, txn, "r1"),
             send_commit(txn, Participant::Password),
             send_commit(txn, Participant::History),
-            Command::DispatchOutbox,
         ]
     );
     assert_eq!(e.decision(txn), Decision::Committed);
@@ -445,7 +444,6 @@ fn recovery_drives_unfinished_commits_and_remembers_request_ids() {
         vec![
             send_commit(open, Participant::Password),
             send_commit(open, Participant::History),
-            Command::DispatchOutbox,
         ]
     );
     assert_eq!(e.decision(open), Decision::Committed);

@@ -1,8 +1,9 @@
 //! Logging and tracing setup, and the propagation of a transaction's id between services.
 //!
-//! Every service opens one span per transaction with a `txn_id` field; the coordinator also sends the id
-//! in the `x-tpc-txn-id` gRPC metadata header, so a trace collector (or `grep`) can stitch one transaction's
-//! lines together across the three processes.
+//! Every service opens one span per transaction with a `txn_id` field, so a trace collector (or `grep`)
+//! can stitch one transaction's lines together across the three processes. Single-transaction calls
+//! between services (`QueryDecision`) also carry the id in the `x-tpc-txn-id` gRPC metadata header; the
+//! coordinator's batched protocol calls carry each id in the message.
 
 use tracing_subscriber::EnvFilter;
 

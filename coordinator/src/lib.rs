@@ -7,6 +7,7 @@
 //! - `peers`: gRPC clients of the two participants.
 //! - `runtime`: executes the engine's commands; `service` the gRPC API; `server` wiring.
 
+pub mod batcher;
 pub mod email;
 pub mod engine;
 pub mod log;

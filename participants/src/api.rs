@@ -1,16 +1,19 @@
-//! The participants' gRPC services: `tpc.v1.Participant` (both), `tpc.v1.PasswordReader` and
-//! `tpc.v1.HistoryReader`. Wire types are converted and validated here; the engine sees domain types.
+//! The participants' gRPC services: `tpc.v1.Participant` (both; each step singly or in batches),
+//! `tpc.v1.PasswordReader` and `tpc.v1.HistoryReader`. Wire types are converted and validated here; the
+//! engine sees domain types.
 
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 use tpc_common::{Operation, Password, TxnId, UserId, now_ms, telemetry, wire};
+use tpc_proto::MAX_BATCH;
 use tpc_proto::v1::history_reader_server::HistoryReader;
 use tpc_proto::v1::participant_server::Participant;
 use tpc_proto::v1::password_reader_server::PasswordReader;
 use tpc_proto::v1::{
-    AbortRequest, Ack, CommitRequest, GetHistoryRequest, GetUserRequest, History,
-    ParticipantStatus, PrepareRequest, PrepareResponse, StatusRequest, User, VerifyPasswordRequest,
+    AbortRequest, Ack, BatchResults, BatchStatus, CommitRequest, GetHistoryRequest, GetUserRequest,
+    History, ParticipantStatus, PrepareBatchRequest, PrepareBatchResponse, PrepareRequest,
+    PrepareResponse, PrepareResult, StatusRequest, TxnBatch, User, VerifyPasswordRequest,
     VerifyPasswordResponse, history, prepare_response,
 };
 use tracing::{Instrument, info_span};
@@ -46,37 +49,15 @@ impl<R: Resource> Participant for ParticipantApi<R> {
         request: Request<PrepareRequest>,
     ) -> Result<Response<PrepareResponse>, Status> {
         let span = txn_span(&request, "Prepare", R::NAME, &request.get_ref().txn_id);
-        let req = request.into_inner();
-        let txn = TxnId::parse(&req.txn_id)?;
-        let op = Operation::try_from(req.operation)?;
-        let event = Event::PrepareRequested {
-            txn,
-            user: op.user().clone(),
-        };
-        let reply = self.0.drive(event, Some(op)).instrument(span).await?;
-        let response = match reply {
-            Reply::Vote(Vote::Yes(change)) => PrepareResponse {
-                vote: prepare_response::Vote::Yes.into(),
-                reason: String::new(),
-                email: R::vote_detail(&change),
-            },
-            Reply::Vote(Vote::No(reason)) => PrepareResponse {
-                vote: prepare_response::Vote::No.into(),
-                reason,
-                email: String::new(),
-            },
-            Reply::Ack | Reply::Nothing => {
-                return Err(Status::internal("prepare was not answered"));
-            }
-        };
-        Ok(Response::new(response))
+        prepare_one(&self.0, request.into_inner())
+            .instrument(span)
+            .await
+            .map(Response::new)
     }
 
     async fn commit(&self, request: Request<CommitRequest>) -> Result<Response<Ack>, Status> {
         let span = txn_span(&request, "Commit", R::NAME, &request.get_ref().txn_id);
-        let txn = TxnId::parse(&request.get_ref().txn_id)?;
-        self.0
-            .drive(Event::CommitRequested { txn }, None)
+        decide(&self.0, &request.get_ref().txn_id, Decide::Commit)
             .instrument(span)
             .await?;
         Ok(Response::new(Ack {}))
@@ -84,12 +65,48 @@ impl<R: Resource> Participant for ParticipantApi<R> {
 
     async fn abort(&self, request: Request<AbortRequest>) -> Result<Response<Ack>, Status> {
         let span = txn_span(&request, "Abort", R::NAME, &request.get_ref().txn_id);
-        let txn = TxnId::parse(&request.get_ref().txn_id)?;
-        self.0
-            .drive(Event::AbortRequested { txn, at: now_ms() }, None)
+        decide(&self.0, &request.get_ref().txn_id, Decide::Abort)
             .instrument(span)
             .await?;
         Ok(Response::new(Ack {}))
+    }
+
+    async fn prepare_batch(
+        &self,
+        request: Request<PrepareBatchRequest>,
+    ) -> Result<Response<PrepareBatchResponse>, Status> {
+        let prepares = request.into_inner().prepares;
+        check_batch(prepares.len())?;
+        let results = each(&self.0, prepares, |node, req| async move {
+            let span =
+                info_span!("rpc", rpc = "Prepare", participant = R::NAME, txn_id = %req.txn_id);
+            match prepare_one(&node, req).instrument(span).await {
+                Ok(vote) => PrepareResult {
+                    vote: Some(vote),
+                    status: Some(ok()),
+                },
+                Err(status) => PrepareResult {
+                    vote: None,
+                    status: Some(failure(&status)),
+                },
+            }
+        })
+        .await?;
+        Ok(Response::new(PrepareBatchResponse { results }))
+    }
+
+    async fn commit_batch(
+        &self,
+        request: Request<TxnBatch>,
+    ) -> Result<Response<BatchResults>, Status> {
+        decide_batch(&self.0, request.into_inner(), Decide::Commit).await
+    }
+
+    async fn abort_batch(
+        &self,
+        request: Request<TxnBatch>,
+    ) -> Result<Response<BatchResults>, Status> {
+        decide_batch(&self.0, request.into_inner(), Decide::Abort).await
     }
 
     async fn status(
@@ -101,6 +118,121 @@ impl<R: Resource> Participant for ParticipantApi<R> {
             in_doubt: in_doubt.iter().map(TxnId::to_string).collect(),
             locked_users: locked as u32,
         }))
+    }
+}
+
+/// Phase one for one transaction: what `Prepare` does, and each item of `PrepareBatch`.
+async fn prepare_one<R: Resource>(
+    node: &Arc<Node<R>>,
+    req: PrepareRequest,
+) -> Result<PrepareResponse, Status> {
+    let txn = TxnId::parse(&req.txn_id)?;
+    let op = Operation::try_from(req.operation)?;
+    let event = Event::PrepareRequested {
+        txn,
+        user: op.user().clone(),
+    };
+    match node.drive(event, Some(op)).await? {
+        Reply::Vote(Vote::Yes(change)) => Ok(PrepareResponse {
+            vote: prepare_response::Vote::Yes.into(),
+            reason: String::new(),
+            email: R::vote_detail(&change),
+        }),
+        Reply::Vote(Vote::No(reason)) => Ok(PrepareResponse {
+            vote: prepare_response::Vote::No.into(),
+            reason,
+            email: String::new(),
+        }),
+        Reply::Ack | Reply::Nothing => Err(Status::internal("prepare was not answered")),
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Decide {
+    Commit,
+    Abort,
+}
+
+/// Phase two for one transaction: what `Commit` and `Abort` do, and each item of their batches.
+async fn decide<R: Resource>(node: &Arc<Node<R>>, txn: &str, how: Decide) -> Result<(), Status> {
+    let txn = TxnId::parse(txn)?;
+    let event = match how {
+        Decide::Commit => Event::CommitRequested { txn },
+        Decide::Abort => Event::AbortRequested { txn, at: now_ms() },
+    };
+    node.drive(event, None).await.map(drop)
+}
+
+async fn decide_batch<R: Resource>(
+    node: &Arc<Node<R>>,
+    batch: TxnBatch,
+    how: Decide,
+) -> Result<Response<BatchResults>, Status> {
+    check_batch(batch.txn_ids.len())?;
+    let rpc = match how {
+        Decide::Commit => "Commit",
+        Decide::Abort => "Abort",
+    };
+    let results = each(node, batch.txn_ids, move |node, txn| async move {
+        let span = info_span!("rpc", rpc, participant = R::NAME, txn_id = %txn);
+        match decide(&node, &txn, how).instrument(span).await {
+            Ok(()) => ok(),
+            Err(status) => failure(&status),
+        }
+    })
+    .await?;
+    Ok(Response::new(BatchResults { results }))
+}
+
+fn check_batch(len: usize) -> Result<(), Status> {
+    if len > MAX_BATCH {
+        return Err(Status::invalid_argument(format!(
+            "a batch holds at most {MAX_BATCH} transactions, not {len}"
+        )));
+    }
+    Ok(())
+}
+
+/// Runs `work` for every item at once (each transaction proceeds on its own, as with single calls)
+/// and returns the results in the items' order.
+async fn each<R, T, O, F, Fut>(
+    node: &Arc<Node<R>>,
+    items: Vec<T>,
+    work: F,
+) -> Result<Vec<O>, Status>
+where
+    R: Resource,
+    T: Send + 'static,
+    O: Send + 'static,
+    F: Fn(Arc<Node<R>>, T) -> Fut,
+    Fut: Future<Output = O> + Send + 'static,
+{
+    let mut running = tokio::task::JoinSet::new();
+    let count = items.len();
+    for (i, item) in items.into_iter().enumerate() {
+        let done = work(node.clone(), item);
+        running.spawn(async move { (i, done.await) });
+    }
+    let mut results: Vec<Option<O>> = (0..count).map(|_| None).collect();
+    while let Some(done) = running.join_next().await {
+        let (i, result) = done.map_err(|e| Status::internal(format!("batch item failed: {e}")))?;
+        results[i] = Some(result);
+    }
+    // Every index was filled: each spawned task reports its own.
+    Ok(results.into_iter().flatten().collect())
+}
+
+fn ok() -> BatchStatus {
+    BatchStatus {
+        code: tonic::Code::Ok as i32,
+        message: String::new(),
+    }
+}
+
+fn failure(status: &Status) -> BatchStatus {
+    BatchStatus {
+        code: status.code() as i32,
+        message: status.message().to_owned(),
     }
 }
 

@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tonic::transport::Endpoint;
-use tpc_proto::MAX_MESSAGE_BYTES;
 use tpc_proto::v1::history_reader_server::HistoryReaderServer;
 use tpc_proto::v1::participant_server::ParticipantServer;
 use tpc_proto::v1::password_reader_server::PasswordReaderServer;
+use tpc_proto::{MAX_BATCH_MESSAGE_BYTES, MAX_MESSAGE_BYTES};
 use tracing::info;
 
 use crate::api::{HistoryApi, ParticipantApi, PasswordApi};
@@ -146,5 +146,5 @@ fn open<R: Resource>(
 }
 
 fn participant_server<R: Resource>(node: Arc<Node<R>>) -> ParticipantServer<ParticipantApi<R>> {
-    ParticipantServer::new(ParticipantApi(node)).max_decoding_message_size(MAX_MESSAGE_BYTES)
+    ParticipantServer::new(ParticipantApi(node)).max_decoding_message_size(MAX_BATCH_MESSAGE_BYTES)
 }

@@ -19,6 +19,12 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
 /// garbage or abuse and is refused with `RESOURCE_EXHAUSTED` before it reaches a handler.
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024;
 
+/// Most transactions the coordinator puts in one batched participant call.
+pub const MAX_BATCH: usize = 128;
+
+/// Largest request a participant's protocol service decodes: a full batch of the largest requests.
+pub const MAX_BATCH_MESSAGE_BYTES: usize = MAX_BATCH * MAX_MESSAGE_BYTES;
+
 /// gRPC metadata key that carries the transaction id across services, so every service's trace span for
 /// one transaction carries the same `txn_id`.
 pub const TXN_ID_METADATA: &str = "x-tpc-txn-id";

@@ -481,6 +481,94 @@ async fn participants_refuse_malformed_protocol_messages() -> Result {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_answers_each_transaction_on_its_own() -> Result {
+    use tpc_proto::v1::participant_client::ParticipantClient;
+    use tpc_proto::v1::{PrepareBatchRequest, PrepareRequest, Register, TxnBatch, prepare_request};
+
+    let env = env().await?;
+    env.register("judy", "judys-first-pw").await?;
+    let channel = tonic::transport::Channel::from_shared(env.cluster.url(Service::Password))?
+        .connect()
+        .await?;
+    let mut participant = ParticipantClient::new(channel);
+    let register = |user: &str, password: &str| {
+        Some(prepare_request::Operation::Register(Register {
+            user_id: user.into(),
+            email: format!("{user}@example.com"),
+            password: password.into(),
+        }))
+    };
+    let (good, exists) = (uuid_like(), uuid_like());
+    let prepares = vec![
+        PrepareRequest {
+            txn_id: good.clone(),
+            operation: register("karl", "karls-first-pw"),
+        },
+        PrepareRequest {
+            txn_id: "not-a-txn".into(),
+            operation: register("lena", "lenas-first-pw"),
+        },
+        PrepareRequest {
+            txn_id: exists.clone(),
+            operation: register("judy", "another-pw"),
+        },
+    ];
+    let results = participant
+        .prepare_batch(PrepareBatchRequest { prepares })
+        .await?
+        .into_inner()
+        .results;
+    let codes: Vec<i32> = results
+        .iter()
+        .map(|r| r.status.as_ref().map_or(-1, |s| s.code))
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            Code::Ok as i32,
+            Code::InvalidArgument as i32,
+            Code::Ok as i32
+        ],
+        "{results:?}"
+    );
+    let votes: Vec<i32> = results
+        .iter()
+        .map(|r| r.vote.as_ref().map_or(0, |v| v.vote))
+        .collect();
+    assert_eq!(votes, [1, 0, 2], "yes, none, no (user exists): {results:?}");
+
+    // Phase two in a batch: the good one aborts, an unknown id acks (it may be a late Abort), garbage
+    // gets its own INVALID_ARGUMENT.
+    let results = participant
+        .abort_batch(TxnBatch {
+            txn_ids: vec![good, uuid_like(), "garbage".into()],
+        })
+        .await?
+        .into_inner()
+        .results;
+    let codes: Vec<i32> = results.iter().map(|s| s.code).collect();
+    assert_eq!(
+        codes,
+        [
+            Code::Ok as i32,
+            Code::Ok as i32,
+            Code::InvalidArgument as i32
+        ]
+    );
+    assert_eq!(env.get_user_code("karl").await?, Code::NotFound, "aborted");
+
+    // A batch larger than the limit is refused whole.
+    let status = participant
+        .commit_batch(TxnBatch {
+            txn_ids: (0..=tpc_proto::MAX_BATCH).map(|_| uuid_like()).collect(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_server_has_health_and_lists_its_services_by_reflection() -> Result {
     use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_check_response::ServingStatus;
@@ -549,6 +637,72 @@ async fn every_server_has_health_and_lists_its_services_by_reflection() -> Resul
                 service.name()
             );
         }
+    }
+    Ok(())
+}
+
+/// At the secure hashing cost the participants finish only a few dozen changes a second: a burst beyond
+/// that is refused at once as overloaded (with a retry hint), never started only to miss its deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_beyond_capacity_commits_or_is_refused_as_overloaded() -> Result {
+    let env = env_with(tpc_harness::ClusterOptions {
+        owasp_cost: true,
+        ..Default::default()
+    })
+    .await?;
+    let client = env.cluster.client().await?;
+    let burst: Vec<_> = (0..48)
+        .map(|i| {
+            let mut client = client.clone();
+            tokio::spawn(async move {
+                let user = format!("burst{i}");
+                let answer = client
+                    .register_user(RegisterUserRequest {
+                        user_id: user.clone(),
+                        email: format!("{user}@example.com"),
+                        password: format!("{user}-first-password"),
+                        request_id: String::new(),
+                    })
+                    .await;
+                (user, answer)
+            })
+        })
+        .collect();
+    let (mut committed, mut refused) = (Vec::new(), Vec::new());
+    for call in burst {
+        let (user, answer) = call.await?;
+        match answer {
+            Ok(result) => {
+                let result = result.into_inner();
+                assert!(
+                    support::committed(&result),
+                    "{user}: aborted: {}",
+                    result.reason
+                );
+                committed.push(user);
+            }
+            Err(status) => {
+                assert_eq!(status.code(), Code::ResourceExhausted, "{user}: {status:?}");
+                let pushback = status
+                    .metadata()
+                    .get("grpc-retry-pushback-ms")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok());
+                assert!(pushback.is_some_and(|ms| ms > 0), "{status:?}");
+                refused.push(user);
+            }
+        }
+    }
+    assert!(!committed.is_empty());
+    for user in &committed {
+        assert_eq!(env.get_user_code(user).await?, Code::Ok, "{user}");
+    }
+    for user in &refused {
+        assert_eq!(
+            env.get_user_code(user).await?,
+            Code::NotFound,
+            "{user} changed nothing"
+        );
     }
     Ok(())
 }

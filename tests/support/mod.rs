@@ -33,13 +33,18 @@ impl Drop for Env {
 }
 
 pub async fn env() -> Result<Env> {
+    env_with(ClusterOptions::default()).await
+}
+
+/// A cluster started with `options` (its binary, directory and mail server are filled in).
+pub async fn env_with(options: ClusterOptions) -> Result<Env> {
     let dir = tempfile::Builder::new().prefix("tpc-e2e-").tempdir()?;
     let mail = MailServer::start().await?;
     let cluster = Cluster::start(ClusterOptions {
         exe: env!("CARGO_BIN_EXE_tpc").into(),
         dir: dir.path().to_path_buf(),
         smtp: Some(mail.url()),
-        ..ClusterOptions::default()
+        ..options
     })
     .await?;
     Ok(Env {

@@ -129,6 +129,7 @@ impl Engine {
                 clients: vec![txn],
                 round: 0,
                 preparing_since: now,
+                deadline_at: now + self.config.prepare_deadline.as_millis() as u64,
                 phase,
             },
         );
@@ -182,6 +183,7 @@ impl Engine {
         };
         // Its wait behind the user's previous change is over: it gets a full deadline of its own.
         t.round += 1;
+        t.deadline_at = now + self.config.prepare_deadline.as_millis() as u64;
         let deadline = Command::StartDeadline {
             txn: next,
             after: self.config.prepare_deadline,
@@ -213,6 +215,17 @@ impl Engine {
             let Some(next) = self.waiting.pop_front() else {
                 break;
             };
+            let Some(t) = self.txns.get(&next) else {
+                continue;
+            };
+            if !matches!(t.phase, Phase::Admitting { .. }) {
+                continue;
+            }
+            if !self.limit.fits(t.deadline_at.saturating_sub(now)) {
+                // Its turn came too late to finish in time: refused, not started to fail.
+                out.extend(self.refuse_overloaded(next));
+                continue;
+            }
             let Some(t) = self.txns.get_mut(&next) else {
                 continue;
             };

@@ -172,3 +172,23 @@ fn a_second_change_of_a_waiting_user_conflicts() {
         "{out:?}"
     );
 }
+
+#[test]
+fn a_change_whose_turn_comes_too_late_is_refused_not_started() {
+    let mut e = engine();
+    let (first, _) = begin(&mut e, "alice", NOW);
+    // Admitted while nothing was measured yet.
+    let (late, out) = begin(&mut e, "bob", NOW);
+    assert_eq!(out, [deadline(late)]);
+    // The first prepare took 1.5 s: bob's turn comes with 0.5 s left, too little for another.
+    let out = no_vote(&mut e, first, NOW + 1_500);
+    assert!(
+        !out.iter()
+            .any(|c| matches!(c, Command::SendPrepare { txn, .. } if *txn == late)),
+        "{out:?}"
+    );
+    assert!(
+        out.iter().any(|c| matches!(c, Command::Reject { client, refusal: Refusal::Overloaded { .. } } if *client == late)),
+        "{out:?}"
+    );
+}

@@ -6,10 +6,12 @@
 //! already aborted. With it, the changes beyond the limit wait in a short queue or are refused at once
 //! (`RESOURCE_EXHAUSTED` with a retry hint), and the admitted ones finish.
 //!
-//! The limit is additive-increase, multiplicative-decrease on the time a prepare takes (all votes in),
-//! as TCP's congestion window is on round-trip times: while prepares finish well within the deadline the
-//! limit grows by about one per `limit` completions; a prepare slower than half the deadline cuts it to
-//! 70%, at most once per typical prepare time, so one burst of slow completions is one cut, not many.
+//! The limit follows the time a prepare takes (all votes in) the way TCP's congestion window follows
+//! round-trip times. It starts small, since nothing says yet how fast the participants hash, and grows by
+//! one per fast completion (doubling each round: slow start) until the first slow one; from then on it
+//! grows by about one per `limit` fast completions (additive increase). A prepare slower than half the
+//! deadline cuts it to 70%, at most once per typical prepare time, so one burst of slow completions is
+//! one cut, not many.
 //! The queue admits a change only if, at the current rate (`limit` prepares per typical prepare time), its
 //! turn and its own prepare come within half the deadline.
 
@@ -38,7 +40,7 @@ pub struct LimitConfig {
 impl Default for LimitConfig {
     fn default() -> Self {
         Self {
-            initial: 16.0,
+            initial: 4.0,
             max: 1024.0,
             max_waiting: 4096,
         }
@@ -52,7 +54,7 @@ pub struct PrepareLimit {
     limit: f64,
     /// Moving average of how long a prepare takes (ms); `None` until one finished.
     typical_ms: Option<f64>,
-    /// When the limit was last cut (ms), so one slow burst cuts it once.
+    /// When the limit was last cut (ms), so one slow burst cuts it once; `None` during slow start.
     last_cut_at: Option<u64>,
 }
 
@@ -89,8 +91,19 @@ impl PrepareLimit {
                 self.last_cut_at = Some(now);
             }
         } else if took < FAST_SHARE * self.deadline_ms {
-            self.limit = (self.limit + 1.0 / self.limit).min(self.config.max);
+            let step = match self.last_cut_at {
+                None => 1.0,
+                Some(_) => 1.0 / self.limit,
+            };
+            self.limit = (self.limit + step).min(self.config.max);
         }
+    }
+
+    /// Whether a prepare started now can finish, at twice the typical prepare time, in `remaining` ms:
+    /// a change whose turn comes too late is refused instead of started only to miss its deadline.
+    pub fn fits(&self, remaining: u64) -> bool {
+        self.typical_ms
+            .is_none_or(|typical| 2.0 * typical <= remaining as f64)
     }
 
     /// Whether a change that would wait behind `ahead` others can still finish preparing within the
@@ -126,14 +139,26 @@ mod tests {
     #[test]
     fn fast_prepares_raise_the_limit_up_to_the_maximum() {
         let mut l = limit();
-        for i in 0..5 {
-            l.finished(i * 10, i * 10 + 5);
-        }
-        assert_eq!(l.limit(), 5, "about `limit` completions add one");
+        l.finished(0, 5);
+        l.finished(0, 5);
+        assert_eq!(l.limit(), 6, "slow start: one more per completion");
         for i in 0..1000 {
             l.finished(i, i + 5);
         }
         assert_eq!(l.limit(), 8);
+    }
+
+    #[test]
+    fn after_the_first_slow_prepare_the_limit_grows_by_one_per_round() {
+        let mut l = limit();
+        l.finished(0, 5);
+        l.finished(0, 5);
+        l.finished(10, 1_500); // 6 × 0.7 = 4.2
+        assert_eq!(l.limit(), 4);
+        for i in 0..4 {
+            l.finished(2_000 + i, 2_005 + i);
+        }
+        assert_eq!(l.limit(), 5, "about `limit` completions add one");
     }
 
     #[test]
@@ -172,5 +197,7 @@ mod tests {
             "450 + 600 > 1000"
         );
         assert!(l.admit(100).is_err(), "the queue's hard bound");
+        assert!(l.fits(1200));
+        assert!(!l.fits(1199), "twice the typical prepare must fit");
     }
 }

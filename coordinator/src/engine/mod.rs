@@ -271,6 +271,8 @@ struct Txn {
     round: u32,
     /// When its `Prepare`s went out (ms), to measure how long preparing takes.
     preparing_since: u64,
+    /// When the deadline of the current round passes (ms).
+    deadline_at: u64,
     phase: Phase,
 }
 

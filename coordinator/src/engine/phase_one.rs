@@ -74,7 +74,7 @@ impl Engine {
 
     /// A transaction waited in the admission queue until its deadline, which admission planned to
     /// avoid (the participants slowed down): nothing was sent, so it is refused, not aborted.
-    fn refuse_overloaded(&mut self, txn: TxnId) -> Vec<Command> {
+    pub(super) fn refuse_overloaded(&mut self, txn: TxnId) -> Vec<Command> {
         self.waiting.retain(|&t| t != txn);
         let Some(t) = self.remove_txn(txn) else {
             return Vec::new();

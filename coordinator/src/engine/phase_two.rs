@@ -106,6 +106,7 @@ impl Engine {
                     clients: Vec::new(),
                     round: 0,
                     preparing_since: 0,
+                    deadline_at: 0,
                     phase: Phase::Committing {
                         acked: HashSet::new(),
                     },

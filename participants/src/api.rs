@@ -131,6 +131,7 @@ async fn prepare_one<R: Resource>(
     let event = Event::PrepareRequested {
         txn,
         user: op.user().clone(),
+        at: now_ms(),
     };
     match node.drive(event, Some(op)).await? {
         Reply::Vote(Vote::Yes(change)) => Ok(PrepareResponse {

@@ -48,8 +48,8 @@ pub enum Refusal {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event<C> {
-    /// `Prepare` arrived.
-    PrepareRequested { txn: TxnId, user: UserId },
+    /// `Prepare` arrived at `at` (ms).
+    PrepareRequested { txn: TxnId, user: UserId, at: u64 },
     /// The expensive checks finished: the change to prepare, or why to vote no.
     Validated {
         txn: TxnId,
@@ -111,8 +111,13 @@ pub struct Config {
     /// Between two `QueryDecision`s of one transaction.
     pub query_backoff: Backoff,
     /// How long committed and aborted transactions are remembered (ms), to answer repeated or late
-    /// messages correctly.
+    /// messages correctly. Longer than `prepare_max_age_ms`, so an `Abort` that overtook its `Prepare`
+    /// is remembered until that `Prepare` would be refused for its age anyway.
     pub tombstone_ms: u64,
+    /// A `Prepare` of an unknown transaction created longer ago than this (ms; its UUIDv7 id carries
+    /// the time) votes no: the coordinator gave up on it long since. This is what lets tombstones be
+    /// forgotten after seconds instead of being kept for every transaction of the last minutes.
+    pub prepare_max_age_ms: u64,
 }
 
 impl Default for Config {
@@ -123,7 +128,8 @@ impl Default for Config {
                 std::time::Duration::from_millis(100),
                 std::time::Duration::from_millis(500),
             ),
-            tombstone_ms: 10 * 60 * 1000,
+            tombstone_ms: 30_000,
+            prepare_max_age_ms: 20_000,
         }
     }
 }
@@ -156,6 +162,7 @@ enum State<C> {
 }
 
 const ABORTED_REASON: &str = "transaction was aborted";
+const TOO_OLD: &str = "transaction is too old to prepare";
 
 #[derive(Debug)]
 pub struct Engine<C> {
@@ -205,7 +212,7 @@ impl<C: Clone> Engine<C> {
 
     pub fn handle(&mut self, event: Event<C>) -> Vec<Command<C>> {
         match event {
-            Event::PrepareRequested { txn, user } => self.prepare(txn, user),
+            Event::PrepareRequested { txn, user, at } => self.prepare(txn, user, at),
             Event::Validated { txn, outcome } => self.validated(txn, outcome),
             Event::PreparedForced { txn, at } => self.prepared_forced(txn, at),
             Event::CommitRequested { txn } => self.commit(txn),
@@ -224,7 +231,7 @@ impl<C: Clone> Engine<C> {
         }
     }
 
-    fn prepare(&mut self, txn: TxnId, user: UserId) -> Vec<Command<C>> {
+    fn prepare(&mut self, txn: TxnId, user: UserId, at: u64) -> Vec<Command<C>> {
         match self.txns.get(&txn) {
             Some(State::Prepared { change, .. }) => vec![Command::Vote {
                 txn,
@@ -236,6 +243,13 @@ impl<C: Clone> Engine<C> {
             }
             Some(State::Committing { .. } | State::Committed { .. }) => {
                 vec![refuse(txn, Refusal::AlreadyCommitted)]
+            }
+            None if txn
+                .created_ms()
+                .saturating_add(self.config.prepare_max_age_ms)
+                < at =>
+            {
+                vec![vote_no(txn, TOO_OLD)]
             }
             None if self.locks.contains_key(&user) => vec![vote_no(
                 txn,

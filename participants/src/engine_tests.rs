@@ -32,6 +32,7 @@ fn prepared(e: &mut Engine<C>, name: &str, change: C) -> TxnId {
     e.handle(Event::PrepareRequested {
         txn,
         user: user(name),
+        at: tpc_common::now_ms(),
     });
     e.handle(Event::Validated {
         txn,
@@ -51,7 +52,8 @@ fn prepare_locks_the_user_and_asks_for_validation() {
     assert_eq!(
         e.handle(Event::PrepareRequested {
             txn,
-            user: user("alice")
+            user: user("alice"),
+            at: tpc_common::now_ms()
         }),
         vec![Command::Validate { txn }]
     );
@@ -65,6 +67,7 @@ fn validated_change_is_forced_before_the_vote() {
     e.handle(Event::PrepareRequested {
         txn,
         user: user("alice"),
+        at: tpc_common::now_ms(),
     });
     assert_eq!(
         e.handle(Event::Validated {
@@ -92,6 +95,7 @@ fn failed_validation_votes_no_and_forgets() {
     e.handle(Event::PrepareRequested {
         txn,
         user: user("alice"),
+        at: tpc_common::now_ms(),
     });
     assert_eq!(
         e.handle(Event::Validated {
@@ -121,7 +125,8 @@ fn a_locked_user_makes_prepare_vote_no_without_waiting() {
     assert_eq!(
         e.handle(Event::PrepareRequested {
             txn: other,
-            user: user("alice")
+            user: user("alice"),
+            at: tpc_common::now_ms()
         }),
         vec![no(
             other,
@@ -133,7 +138,8 @@ fn a_locked_user_makes_prepare_vote_no_without_waiting() {
     assert_eq!(
         e.handle(Event::PrepareRequested {
             txn: bob,
-            user: user("bob")
+            user: user("bob"),
+            at: tpc_common::now_ms()
         }),
         vec![Command::Validate { txn: bob }]
     );
@@ -146,7 +152,8 @@ fn repeated_prepare_of_a_prepared_transaction_votes_yes_again() {
     assert_eq!(
         e.handle(Event::PrepareRequested {
             txn,
-            user: user("alice")
+            user: user("alice"),
+            at: tpc_common::now_ms()
         }),
         vec![yes(txn, "h1")]
     );
@@ -159,11 +166,13 @@ fn prepare_while_the_first_prepare_is_running_is_refused_for_retry() {
     e.handle(Event::PrepareRequested {
         txn,
         user: user("alice"),
+        at: tpc_common::now_ms(),
     });
     assert_eq!(
         e.handle(Event::PrepareRequested {
             txn,
-            user: user("alice")
+            user: user("alice"),
+            at: tpc_common::now_ms()
         }),
         vec![Command::Refuse {
             txn,
@@ -245,6 +254,7 @@ fn commit_of_an_aborted_or_unprepared_transaction_is_refused() {
     e.handle(Event::PrepareRequested {
         txn: validating,
         user: user("bob"),
+        at: tpc_common::now_ms(),
     });
     assert_eq!(
         e.handle(Event::CommitRequested { txn: validating }),
@@ -287,7 +297,8 @@ fn abort_before_prepare_prevents_a_hanging_prepare() {
     assert_eq!(
         e.handle(Event::PrepareRequested {
             txn,
-            user: user("alice")
+            user: user("alice"),
+            at: tpc_common::now_ms()
         }),
         vec![no(txn, "transaction was aborted")]
     );
@@ -301,6 +312,7 @@ fn abort_during_validation_releases_at_once_and_the_prepare_votes_no() {
     e.handle(Event::PrepareRequested {
         txn,
         user: user("alice"),
+        at: tpc_common::now_ms(),
     });
     assert_eq!(
         e.handle(Event::AbortRequested { txn, at: 1 }),
@@ -327,6 +339,7 @@ fn abort_during_the_forced_write_undoes_it_when_it_lands() {
     e.handle(Event::PrepareRequested {
         txn,
         user: user("alice"),
+        at: tpc_common::now_ms(),
     });
     e.handle(Event::Validated {
         txn,
@@ -375,7 +388,8 @@ fn abort_of_a_committed_transaction_is_refused() {
     assert_eq!(
         e.handle(Event::PrepareRequested {
             txn,
-            user: user("alice")
+            user: user("alice"),
+            at: tpc_common::now_ms()
         }),
         vec![Command::Refuse {
             txn,
@@ -499,7 +513,8 @@ fn old_tombstones_are_forgotten() {
     assert_eq!(
         e.handle(Event::PrepareRequested {
             txn: aborted,
-            user: user("bob")
+            user: user("bob"),
+            at: tpc_common::now_ms()
         }),
         vec![Command::Validate { txn: aborted }]
     );
@@ -521,4 +536,24 @@ fn resolving_a_transaction_releases_only_a_lock_it_holds() {
     );
     e.handle(Event::AbortRequested { txn: newer, at: 2 });
     assert!(!e.is_locked(&user("alice")));
+}
+
+#[test]
+fn a_prepare_too_old_for_any_tombstone_votes_no_and_locks_nothing() {
+    let mut e = engine();
+    let txn = TxnId::generate();
+    let late = txn.created_ms() + Config::default().prepare_max_age_ms + 1;
+    assert_eq!(
+        e.handle(Event::PrepareRequested {
+            txn,
+            user: user("alice"),
+            at: late,
+        }),
+        vec![no(txn, TOO_OLD)]
+    );
+    assert!(!e.is_locked(&user("alice")));
+    assert!(
+        Config::default().tombstone_ms > Config::default().prepare_max_age_ms,
+        "an Abort that overtook its Prepare outlives the Prepare's acceptance"
+    );
 }

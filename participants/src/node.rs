@@ -418,6 +418,7 @@ mod tests {
             let event = Event::PrepareRequested {
                 txn,
                 user: op.user().clone(),
+                at: now_ms(),
             };
             node.drive(event, Some(op)).await
         })

@@ -3,7 +3,8 @@
 //! - `engine`: two-phase commit with presumed abort, as a pure state machine.
 //! - `log`: the durable sled log: COMMIT records, the e-mail outbox, END and ABORT notes.
 //! - `email`: what the user is told, composed from a COMMIT record.
-//! - `outbox`: the dispatcher that delivers the outbox with lettre, at least once.
+//! - `mailer`: where e-mail goes (SMTP with lettre, or `.eml` files); `outbox`: the dispatcher that
+//!   delivers the outbox through it, at least once.
 //! - `peers`: gRPC clients of the two participants.
 //! - `runtime`: executes the engine's commands; `service` the gRPC API; `server` wiring.
 
@@ -11,6 +12,7 @@ pub mod batcher;
 pub mod email;
 pub mod engine;
 pub mod log;
+pub mod mailer;
 pub mod outbox;
 pub mod peers;
 pub mod runtime;

@@ -1,4 +1,4 @@
-//! The e-mail dispatcher: delivers outbox entries with lettre, at least once.
+//! The e-mail dispatcher: delivers outbox entries through the [`Mailer`], at least once.
 //!
 //! Entries reach the outbox only in the batch that commits their transaction, and are sent only once
 //! that batch is on disk (the runtime hands each entry over after the forced write; at start,
@@ -8,97 +8,18 @@
 //! `Message-ID`, which receivers can deduplicate.
 
 use std::collections::VecDeque;
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
-use lettre::message::header::ContentType;
-use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use lettre::{AsyncSmtpTransport, Tokio1Executor};
 use tokio::sync::mpsc;
 use tpc_common::fault::inject;
 use tpc_common::{Backoff, TxnId};
 use tracing::{debug, error, warn};
 
 use crate::log::{Log, OutboxEntry};
+use crate::mailer::{self, Delivery, Mailer};
 
-/// Sender address of every tpc e-mail.
-pub const FROM: &str = "tpc <no-reply@tpc.local>";
-
-/// Where e-mail goes.
-#[derive(Clone)]
-pub enum Mailer {
-    /// An SMTP server.
-    Smtp(AsyncSmtpTransport<Tokio1Executor>),
-    /// `.eml` files in a directory.
-    Files(AsyncFileTransport<Tokio1Executor>, PathBuf),
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum MailerError {
-    #[error("bad SMTP URL: {0}")]
-    Url(String),
-    #[error("cannot create the mail directory: {0}")]
-    Dir(#[from] std::io::Error),
-}
-
-impl Mailer {
-    /// `smtp://host[:port]` (port 25 by default). Plaintext: this build has no TLS, which keeps it free
-    /// of system libraries; point it at a local relay.
-    pub fn smtp(url: &str) -> Result<Self, MailerError> {
-        let rest = url
-            .strip_prefix("smtp://")
-            .ok_or_else(|| MailerError::Url(format!("{url}: expected smtp://host:port")))?;
-        let rest = rest.trim_end_matches('/');
-        let (host, port) = match rest.rsplit_once(':') {
-            Some((host, port)) => (
-                host,
-                port.parse::<u16>()
-                    .map_err(|_| MailerError::Url(format!("{url}: bad port")))?,
-            ),
-            None => (rest, 25),
-        };
-        if host.is_empty() {
-            return Err(MailerError::Url(format!("{url}: no host")));
-        }
-        let transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)
-            .port(port)
-            .timeout(Some(Duration::from_secs(5)))
-            .build();
-        Ok(Mailer::Smtp(transport))
-    }
-
-    pub fn files(dir: PathBuf) -> Result<Self, MailerError> {
-        std::fs::create_dir_all(&dir)?;
-        Ok(Mailer::Files(AsyncFileTransport::new(&dir), dir))
-    }
-
-    pub fn describe(&self) -> String {
-        match self {
-            Mailer::Smtp(_) => "SMTP".into(),
-            Mailer::Files(_, dir) => format!(".eml files in {}", dir.display()),
-        }
-    }
-
-    async fn send(&self, message: Message) -> Result<(), String> {
-        match self {
-            Mailer::Smtp(t) => t.send(message).await.map(drop).map_err(|e| e.to_string()),
-            Mailer::Files(t, _) => t.send(message).await.map(drop).map_err(|e| e.to_string()),
-        }
-    }
-}
-
-fn build(entry: &OutboxEntry) -> Result<Message, String> {
-    Message::builder()
-        .from(FROM.parse().map_err(|e| format!("{e}"))?)
-        .to(entry.to.parse().map_err(|e| format!("recipient: {e}"))?)
-        .subject(entry.subject.clone())
-        .message_id(Some(entry.message_id.clone()))
-        .header(ContentType::TEXT_PLAIN)
-        .body(entry.body.clone())
-        .map_err(|e| e.to_string())
-}
-
-/// How many e-mails are handed to the mail server at once: enough to keep up with commits when a
+/// How many e-mails are handed to an SMTP server at once: enough to keep up with commits when a
 /// backlog built up while the server was down.
 const IN_FLIGHT: usize = 16;
 
@@ -155,91 +76,78 @@ pub async fn dispatch_forever(
     }
 }
 
-/// Sends `batch`, `IN_FLIGHT` at a time; returns the transactions whose e-mail was accepted, and the
-/// entries to try again.
+/// Delivers `batch`; returns the transactions whose e-mail was accepted, and the entries to try again.
+/// An e-mail that can never be sent is parked in the log with its reason.
 async fn deliver_all(
     log: &Arc<Log>,
     mailer: &Mailer,
     batch: Vec<OutboxEntry>,
 ) -> (Vec<TxnId>, Vec<OutboxEntry>) {
-    let (mut sent, mut failed) = (Vec::new(), Vec::new());
-    let mut entries = batch.into_iter();
-    let mut sends = tokio::task::JoinSet::new();
-    loop {
-        while sends.len() < IN_FLIGHT {
-            let Some(entry) = entries.next() else { break };
-            let (log, mailer) = (log.clone(), mailer.clone());
-            sends.spawn(async move {
-                let delivered = deliver(&log, &mailer, &entry).await;
-                (entry, delivered)
-            });
+    let done = match mailer {
+        Mailer::Files(dir) => {
+            let dir = dir.clone();
+            let entries = batch.clone();
+            match tokio::task::spawn_blocking(move || mailer::write_files(&dir, &entries)).await {
+                Ok(done) => done,
+                Err(e) => vec![Delivery::Failed(format!("e-mail task failed: {e}")); batch.len()],
+            }
         }
-        let Some(done) = sends.join_next().await else {
-            break;
-        };
-        match done {
-            Ok((entry, Delivery::Sent)) => sent.push(entry.txn),
-            Ok((_, Delivery::Parked)) => {}
-            Ok((entry, Delivery::Failed)) => failed.push(entry),
-            // A send task panicked: its entry is still in the log and goes out after a restart.
-            Err(e) => error!(cause = %e, "e-mail task failed"),
-        }
-    }
-    (sent, failed)
-}
-
-enum Delivery {
-    /// Accepted by the mail server (or the file transport).
-    Sent,
-    /// Can never be sent; taken out of the outbox with its reason.
-    Parked,
-    /// Try again later.
-    Failed,
-}
-
-/// Sends one e-mail.
-async fn deliver(log: &Log, mailer: &Mailer, entry: &OutboxEntry) -> Delivery {
-    let message = match build(entry) {
-        Ok(message) => message,
-        Err(cause) => {
-            // No retry can fix a message that cannot be built: park it, and say so loudly.
-            error!(txn_id = %entry.txn, %cause, "e-mail cannot be built; giving up on it");
-            return match log.mark_undeliverable(entry.txn, &cause).await {
-                Ok(()) => Delivery::Parked,
-                Err(_) => Delivery::Failed,
-            };
-        }
+        Mailer::Smtp(transport) => send_all(transport, &batch).await,
     };
-    if let Err(cause) = mailer.send(message).await {
-        warn!(txn_id = %entry.txn, %cause, "e-mail not accepted; will retry");
-        return Delivery::Failed;
+    let (mut sent, mut failed) = (Vec::new(), Vec::new());
+    for (entry, delivery) in batch.into_iter().zip(done) {
+        match delivery {
+            Delivery::Sent => {
+                debug!(txn_id = %entry.txn, message_id = %entry.message_id, "e-mail sent");
+                sent.push(entry);
+            }
+            Delivery::Undeliverable(cause) => {
+                // No retry can fix a message that cannot be built: park it, and say so loudly.
+                error!(txn_id = %entry.txn, %cause, "e-mail cannot be built; giving up on it");
+                if log.mark_undeliverable(entry.txn, &cause).await.is_err() {
+                    failed.push(entry);
+                }
+            }
+            Delivery::Failed(cause) => {
+                warn!(txn_id = %entry.txn, %cause, "e-mail not accepted; will retry");
+                failed.push(entry);
+            }
+        }
     }
-    debug!(txn_id = %entry.txn, message_id = %entry.message_id, "e-mail sent");
-    if let Err(e) = inject("outbox.after_send_before_mark").await {
-        // It will be sent again, with the same Message-ID.
-        warn!(cause = %e, txn_id = %entry.txn, "sent, but could not mark the e-mail sent");
-        return Delivery::Failed;
+    if !sent.is_empty()
+        && let Err(e) = inject("outbox.after_send_before_mark").await
+    {
+        // They will be sent again, with the same Message-IDs.
+        warn!(cause = %e, "sent, but could not mark the e-mails sent");
+        failed.append(&mut sent);
     }
-    Delivery::Sent
+    (sent.into_iter().map(|e| e.txn).collect(), failed)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn builds_a_message_with_the_stable_id() {
-        let entry = OutboxEntry {
-            txn: tpc_common::TxnId::generate(),
-            to: "alice@example.com".into(),
-            subject: "Your password was changed".into(),
-            body: "hello".into(),
-            message_id: "<x@tpc.local>".into(),
-        };
-        let raw = String::from_utf8(build(&entry).unwrap().formatted()).unwrap();
-        assert!(raw.contains("Message-ID: <x@tpc.local>"), "{raw}");
-        assert!(raw.contains("To: alice@example.com"));
+/// Hands the e-mails to the SMTP server, `IN_FLIGHT` at a time; one delivery per entry, in order.
+async fn send_all(
+    transport: &AsyncSmtpTransport<Tokio1Executor>,
+    batch: &[OutboxEntry],
+) -> Vec<Delivery> {
+    let mut done: Vec<Option<Delivery>> = batch.iter().map(|_| None).collect();
+    let mut sends = tokio::task::JoinSet::new();
+    let mut next = 0;
+    loop {
+        while sends.len() < IN_FLIGHT && next < batch.len() {
+            let (transport, entry, i) = (transport.clone(), batch[next].clone(), next);
+            sends.spawn(async move { (i, Mailer::send_smtp(&transport, &entry).await) });
+            next += 1;
+        }
+        match sends.join_next().await {
+            Some(Ok((i, delivery))) => done[i] = Some(delivery),
+            // A send task panicked: its entry counts as failed below and is tried again.
+            Some(Err(e)) => error!(cause = %e, "e-mail task failed"),
+            None => break,
+        }
     }
+    done.into_iter()
+        .map(|d| d.unwrap_or_else(|| Delivery::Failed("e-mail task failed".into())))
+        .collect()
 }
 
 #[cfg(test)]

@@ -15,7 +15,8 @@ use tracing::{info, warn};
 
 use crate::engine::{self, Engine, Event};
 use crate::log::{Log, LogError, State};
-use crate::outbox::{self, Mailer, MailerError};
+use crate::mailer::{Mailer, MailerError};
+use crate::outbox;
 use crate::peers::Peers;
 use crate::runtime::Coordinator;
 use crate::service::Api;

@@ -201,6 +201,7 @@ pub async fn converge(env: &Env) {
     }
 }
 
+/// A fresh transaction id, as the coordinator would make it (participants refuse to prepare old ones).
 pub fn uuid_like() -> String {
-    "01a21c94-0000-7000-8000-000000000000".into()
+    tpc_common::TxnId::generate().to_string()
 }

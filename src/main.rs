@@ -306,7 +306,7 @@ async fn bench(
     use tpc_participants::hashing::Cost;
     let out =
         out.unwrap_or_else(|| PathBuf::from(format!("tpc-bench-{}", tpc_common::now_ms() / 1000)));
-    tpc_bench::run(tpc_bench::Config {
+    let run = tpc_bench::run(tpc_bench::Config {
         exe: std::env::current_exe()?,
         clients,
         duration,
@@ -319,7 +319,11 @@ async fn bench(
         out,
         burst,
         progress: true,
-    })
-    .await?;
+    });
+    // Dropping the run drops its cluster, whose processes are killed with it: Ctrl-C leaves none behind.
+    tokio::select! {
+        result = run => result?,
+        _ = tokio::signal::ctrl_c() => return Err("interrupted; the cluster's processes were stopped".into()),
+    };
     Ok(ExitCode::SUCCESS)
 }

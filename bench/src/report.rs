@@ -22,7 +22,7 @@ p { margin: 6px 0; }
 .warn { color: #9a3412; font-weight: 600; }
 table { border-collapse: collapse; font-variant-numeric: tabular-nums; font-size: 14px; }
 th, td { padding: 5px 8px; border-bottom: 1px solid var(--rule); text-align: right; white-space: nowrap; }
-th { background: var(--head); font-weight: 600; }
+th { background: var(--head); font-weight: 600; white-space: normal; vertical-align: bottom; }
 th:first-child, td:first-child { text-align: left; }
 td.text { text-align: left; white-space: normal; }
 tbody tr:nth-child(even) { background: #fafbfc; }
@@ -259,8 +259,8 @@ fn refusals(out: &mut String, r: &Results) {
     if let Some(b) = &r.burst {
         w!(
             out,
-            "<h2>Burst</h2>\n<p>{}</p>\n",
-            escape(&table::burst_lines(b)[0])
+            "<h2>Burst</h2>\n<p>{}.</p>\n",
+            escape(&table::burst_summary(b))
         );
         if !b.refused.is_empty() {
             w!(
@@ -295,9 +295,10 @@ fn windows(out: &mut String, r: &Results) {
         };
         w!(
             out,
-            "<details{open}><summary>{}: {} windows</summary>\n",
+            "<details{open}><summary>{}: {} window{}</summary>\n",
             table::clients(run.clients),
-            run.windows.len()
+            run.windows.len(),
+            if run.windows.len() == 1 { "" } else { "s" }
         );
         window_table(out, run, false);
         if run.per_minute.len() > 1 {

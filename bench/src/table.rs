@@ -180,19 +180,24 @@ pub fn reasons(runs: &[Run]) -> Vec<(String, u64)> {
 }
 
 pub fn burst_lines(b: &Burst) -> Vec<String> {
-    let mut lines = vec![format!(
-        "burst: {} registrations at once: {} committed, {} refused in {:.2} s (p50 {} ms, max {} ms)",
+    let mut lines = vec![format!("burst: {}", burst_summary(b))];
+    let mut refused: Vec<_> = b.refused.iter().collect();
+    refused.sort_by(|a, b| b.1.cmp(a.1));
+    lines.extend(refused.into_iter().map(|(r, n)| format!("  {n:>8}  {r}")));
+    lines
+}
+
+/// One sentence: how many were sent, committed and refused, how fast.
+pub fn burst_summary(b: &Burst) -> String {
+    format!(
+        "{} registrations at once: {} committed, {} refused in {:.2} s (p50 {} ms, max {} ms)",
         b.requests,
         b.committed,
         b.requests as u64 - b.committed,
         b.elapsed_s,
         ms(b.p50_ms),
         ms(b.max_ms)
-    )];
-    let mut refused: Vec<_> = b.refused.iter().collect();
-    refused.sort_by(|a, b| b.1.cmp(a.1));
-    lines.extend(refused.into_iter().map(|(r, n)| format!("  {n:>8}  {r}")));
-    lines
+    )
 }
 
 /// A run's windows over time, and for long runs the first minute against the last: the figures a soak

@@ -3,6 +3,7 @@
 //! Servers: `tpc up` (all three services in one process), `tpc coordinator`, `tpc participant`.
 //! Clients: `tpc user add`, `tpc passwd`, `tpc verify`, `tpc history`, `tpc txn list|show`.
 //! Teaching: `tpc demo` runs the whole story, crash and recovery included, and narrates it.
+//! Measuring: `tpc chaos` breaks it on purpose and checks every invariant; `tpc bench` measures it.
 
 mod client;
 mod demo;
@@ -152,6 +153,34 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Measure throughput, latency, CPU, memory and disk under closed-loop load, beside the floors of
+    /// this machine (bare RPC, forced writes, argon2) measured in the same run. Writes results.json
+    /// and report.html to OUT.
+    Bench {
+        /// Concurrent clients; a comma list (1,4,16,64,256) runs a sweep, each on a fresh cluster.
+        #[arg(long, value_delimiter = ',', default_value = "64")]
+        clients: Vec<usize>,
+        /// Measured time of each run, e.g. 20s or 10m.
+        #[arg(long, default_value = "20s", value_parser = parse_duration)]
+        duration: std::time::Duration,
+        /// Load before the measured time of each run.
+        #[arg(long, default_value = "3s", value_parser = parse_duration)]
+        warmup: std::time::Duration,
+        /// Users registered before each run (at least one per client).
+        #[arg(long, default_value_t = 1000)]
+        users: usize,
+        /// Participants' hashing cost. `fast` is INSECURE and measures the protocol; `owasp` measures
+        /// the secure default the product runs with.
+        #[arg(long, value_enum, default_value = "fast")]
+        argon2: Argon2Arg,
+        /// Where the clusters' data, results.json and report.html go; must be new or empty
+        /// (default: ./tpc-bench-TIME).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// After the sweep, fire N registrations at once on a fresh cluster and report how each ended.
+        #[arg(long)]
+        burst: Option<usize>,
+    },
     /// Run the whole story in a temporary directory, crash and recovery included, and narrate it.
     Demo {
         /// Keep the temporary directory (data, logs, e-mails) and print its path.
@@ -214,6 +243,15 @@ async fn main() -> ExitCode {
             users,
             out,
         } => chaos(duration, seed, clients, users, out).await,
+        Command::Bench {
+            clients,
+            duration,
+            warmup,
+            users,
+            argon2,
+            out,
+            burst,
+        } => bench(clients, duration, warmup, users, argon2, out, burst).await,
         Command::Demo { keep } => demo::run(keep).await,
     };
     match result {
@@ -281,4 +319,38 @@ async fn chaos(
     } else {
         ExitCode::from(1)
     })
+}
+
+async fn bench(
+    clients: Vec<usize>,
+    duration: std::time::Duration,
+    warmup: std::time::Duration,
+    users: usize,
+    argon2: Argon2Arg,
+    out: Option<PathBuf>,
+    burst: Option<usize>,
+) -> Result {
+    use tpc_participants::hashing::Cost;
+    let out =
+        out.unwrap_or_else(|| PathBuf::from(format!("tpc-bench-{}", tpc_common::now_ms() / 1000)));
+    let run = tpc_bench::run(tpc_bench::Config {
+        exe: std::env::current_exe()?,
+        clients,
+        duration,
+        warmup,
+        users,
+        cost: match argon2 {
+            Argon2Arg::Owasp => Cost::Owasp,
+            Argon2Arg::Fast => Cost::InsecureFast,
+        },
+        out,
+        burst,
+        progress: true,
+    });
+    // Dropping the run drops its cluster, whose processes are killed with it: Ctrl-C leaves none behind.
+    tokio::select! {
+        result = run => result?,
+        _ = tokio::signal::ctrl_c() => return Err("interrupted; the cluster's processes were stopped".into()),
+    };
+    Ok(ExitCode::SUCCESS)
 }

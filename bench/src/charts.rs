@@ -1,0 +1,457 @@
+//! The report's charts, drawn with plotters into SVG strings that the page inlines.
+//!
+//! plotters is built without a font library: it estimates text widths for layout and writes `<text>`
+//! elements, which the browser renders with its own sans-serif font. Labels may sit a few pixels off
+//! their estimated box; in exchange nothing is loaded at run time and the build stays small.
+
+use std::ops::Range;
+
+use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
+use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
+
+use crate::results::{Results, Run};
+
+/// Width and height of every chart, in CSS pixels.
+pub const SIZE: (u32, u32) = (560, 400);
+
+/// Distinguishable colours (Tableau 10), one per series.
+const PALETTE: [RGBColor; 8] = [
+    RGBColor(78, 121, 167),
+    RGBColor(242, 142, 43),
+    RGBColor(225, 87, 89),
+    RGBColor(89, 161, 79),
+    RGBColor(176, 122, 161),
+    RGBColor(118, 183, 178),
+    RGBColor(156, 117, 95),
+    RGBColor(237, 201, 72),
+];
+const GREY: RGBColor = RGBColor(120, 120, 120);
+
+pub fn color(i: usize) -> RGBColor {
+    PALETTE[i % PALETTE.len()]
+}
+
+/// One line of a chart.
+pub struct Line {
+    pub label: String,
+    pub points: Vec<(f64, f64)>,
+    pub color: RGBColor,
+    /// Bounds are dashed, measurements solid.
+    pub dashed: bool,
+    /// Dots on the measured points (sweeps have few points; a CDF has many).
+    pub markers: bool,
+}
+
+/// What a chart says around its lines.
+pub struct Frame<'a> {
+    pub title: &'a str,
+    pub x_desc: &'a str,
+    pub y_desc: &'a str,
+    pub x_fmt: &'a dyn Fn(&f64) -> String,
+    pub y_fmt: &'a dyn Fn(&f64) -> String,
+}
+
+type Error = String;
+
+fn err(e: impl std::fmt::Display) -> Error {
+    e.to_string()
+}
+
+/// Font size of labels as plotters takes it; it draws text at 1/1.24 of the size given, so this is
+/// about 12 px on the page.
+const FONT: f64 = 15.0;
+
+/// Height of one row of the legend, which sits under the chart so it never hides a line.
+const LEGEND_ROW: u32 = 20;
+
+/// Where each legend entry goes, left to right, wrapping within `width`: `(x, y)` of each entry's
+/// sample line, and the total height. Text widths are estimated (~6.6 px per character at 12 px),
+/// as plotters itself does without a font library.
+pub fn legend_layout(labels: &[&str], width: u32) -> (Vec<(i32, i32)>, u32) {
+    const SAMPLE: i32 = 28;
+    const GAP: i32 = 22;
+    let (left, right) = (64, width as i32 - 16);
+    let (mut x, mut row) = (left, 0);
+    let mut at = Vec::new();
+    for label in labels {
+        let w = SAMPLE + (label.chars().count() as f64 * 6.6).ceil() as i32;
+        if x > left && x + w > right {
+            x = left;
+            row += 1;
+        }
+        at.push((x, row * LEGEND_ROW as i32 + LEGEND_ROW as i32 / 2));
+        x += w + GAP;
+    }
+    let rows = if labels.is_empty() { 0 } else { row as u32 + 1 };
+    (at, rows * LEGEND_ROW + 6)
+}
+
+/// Draws `lines` on axes `x` × `y` (linear ranges or `.log_scale()` ones) into an SVG string.
+pub fn plot<X, Y>(frame: &Frame, x: X, y: Y, lines: &[Line]) -> Result<String, Error>
+where
+    X: AsRangedCoord<Value = f64>,
+    Y: AsRangedCoord<Value = f64>,
+    X::CoordDescType: ValueFormatter<f64>,
+    Y::CoordDescType: ValueFormatter<f64>,
+{
+    let labels: Vec<&str> = lines.iter().map(|l| l.label.as_str()).collect();
+    let (legend_at, legend_height) = legend_layout(&labels, SIZE.0);
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
+        root.fill(&WHITE).map_err(err)?;
+        let (upper, legend) = root.split_vertically(SIZE.1 - legend_height);
+        let mut chart = ChartBuilder::on(&upper)
+            .caption(frame.title, ("sans-serif", FONT * 1.4))
+            .margin(12)
+            .margin_right(22)
+            .x_label_area_size(50)
+            .y_label_area_size(70)
+            .build_cartesian_2d(x, y)
+            .map_err(err)?;
+        chart
+            .configure_mesh()
+            .x_desc(frame.x_desc)
+            .y_desc(frame.y_desc)
+            .x_label_formatter(frame.x_fmt)
+            .y_label_formatter(frame.y_fmt)
+            .axis_desc_style(("sans-serif", FONT * 1.1))
+            .label_style(("sans-serif", FONT))
+            .bold_line_style(RGBColor(228, 228, 228))
+            .light_line_style(TRANSPARENT)
+            .draw()
+            .map_err(err)?;
+        for (line, &(lx, ly)) in lines.iter().zip(&legend_at) {
+            let style = line.color.stroke_width(2);
+            let points = line.points.iter().copied();
+            if line.dashed {
+                chart.draw_series(DashedLineSeries::new(points, 7, 5, style))
+            } else {
+                chart.draw_series(LineSeries::new(points, style))
+            }
+            .map_err(err)?;
+            if line.markers {
+                chart
+                    .draw_series(
+                        line.points
+                            .iter()
+                            .map(|&p| Circle::new(p, 3, line.color.filled())),
+                    )
+                    .map_err(err)?;
+            }
+            let sample: Vec<(i32, i32)> = if line.dashed {
+                vec![(lx, ly), (lx + 7, ly)]
+            } else {
+                vec![(lx, ly), (lx + 22, ly)]
+            };
+            legend.draw(&PathElement::new(sample, style)).map_err(err)?;
+            if line.dashed {
+                legend
+                    .draw(&PathElement::new(vec![(lx + 12, ly), (lx + 22, ly)], style))
+                    .map_err(err)?;
+            }
+            let font = ("sans-serif", FONT)
+                .into_font()
+                .color(&RGBColor(50, 50, 50))
+                .pos(Pos::new(HPos::Left, VPos::Center));
+            legend
+                .draw(&Text::new(line.label.clone(), (lx + 28, ly), font))
+                .map_err(err)?;
+        }
+        root.present().map_err(err)?;
+    }
+    Ok(svg)
+}
+
+/// A log axis that holds every value in `values` with some room; `None` without a positive value.
+/// It starts at or below a power of ten, because plotters labels a log axis from the first power of
+/// ten inside it: an axis from 27 to 120 would show only "100".
+pub fn log_range(values: impl IntoIterator<Item = f64>) -> Option<Range<f64>> {
+    let positive: Vec<f64> = values
+        .into_iter()
+        .filter(|v| *v > 0.0 && v.is_finite())
+        .collect();
+    let lo = positive.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = positive.iter().copied().fold(0.0, f64::max);
+    (hi > 0.0).then(|| log_start(lo)..hi * 1.5)
+}
+
+/// A little below `lo`, and at or below the power of ten under it.
+fn log_start(lo: f64) -> f64 {
+    (lo / 1.4).min(10f64.powf(lo.log10().floor()))
+}
+
+/// A linear axis from 0 to a bit above the largest value.
+pub fn zero_range(values: impl IntoIterator<Item = f64>) -> Range<f64> {
+    let hi = values
+        .into_iter()
+        .filter(|v| v.is_finite())
+        .fold(0.0, f64::max);
+    0.0..if hi > 0.0 { hi * 1.15 } else { 1.0 }
+}
+
+/// Axis labels: whole numbers with thousands separators, small ones with the digits they need.
+fn number(v: &f64) -> String {
+    if *v >= 10.0 {
+        crate::table::rate(*v)
+    } else if *v >= 1.0 {
+        format!("{}", (v * 10.0).round() / 10.0)
+    } else {
+        format!("{}", (v * 1000.0).round() / 1000.0)
+    }
+}
+
+fn runs_by_clients(results: &Results) -> Vec<&Run> {
+    let mut runs: Vec<&Run> = results.runs.iter().collect();
+    runs.sort_by_key(|r| r.clients);
+    runs
+}
+
+fn client_axis(runs: &[&Run]) -> Option<Range<f64>> {
+    let lo = runs.iter().map(|r| r.clients).min()? as f64;
+    let hi = runs.iter().map(|r| r.clients).max()? as f64;
+    Some(log_start(lo)..hi * 1.4)
+}
+
+/// Committed changes per second against clients, under the bounds the floors imply.
+pub fn throughput(results: &Results) -> Result<Option<String>, Error> {
+    let runs = runs_by_clients(results);
+    let Some(x) = client_axis(&runs) else {
+        return Ok(None);
+    };
+    let floors = &results.floors;
+    let flat = |per_s: f64| vec![(x.start, per_s), (x.end, per_s)];
+    let lines = vec![
+        Line {
+            label: "committed/s".into(),
+            points: runs
+                .iter()
+                .map(|r| (r.clients as f64, r.committed_per_s))
+                .collect(),
+            color: color(0),
+            dashed: false,
+            markers: true,
+        },
+        Line {
+            label: format!("RPC bound (bare RPC/s ÷ {})", floors.rpcs_per_change),
+            points: runs
+                .iter()
+                .map(|r| (r.clients as f64, r.rpc_floor_per_s / floors.rpcs_per_change))
+                .collect(),
+            color: color(1),
+            dashed: true,
+            markers: true,
+        },
+        Line {
+            label: format!(
+                "argon2 bound (hashes/s ÷ {}, {})",
+                floors.hashes_per_change, results.config.argon2
+            ),
+            points: flat(floors.argon2_bound_per_s),
+            color: color(2),
+            dashed: true,
+            markers: false,
+        },
+        Line {
+            label: format!(
+                "forced-write bound (fsyncs/s ÷ {})",
+                floors.forced_writes_per_change
+            ),
+            points: flat(floors.forced_write_bound_per_s),
+            color: GREY,
+            dashed: true,
+            markers: false,
+        },
+    ];
+    let Some(y) = log_range(lines.iter().flat_map(|l| l.points.iter().map(|p| p.1))) else {
+        return Ok(None);
+    };
+    let frame = Frame {
+        title: "Throughput against the bounds",
+        x_desc: "concurrent clients (log)",
+        y_desc: "changes per second (log)",
+        x_fmt: &|v| format!("{v:.0}"),
+        y_fmt: &number,
+    };
+    plot(&frame, x.log_scale(), y.log_scale(), &lines).map(Some)
+}
+
+/// p50, p90 and p99 latency against clients.
+pub fn latency(results: &Results) -> Result<Option<String>, Error> {
+    let runs = runs_by_clients(results);
+    let Some(x) = client_axis(&runs) else {
+        return Ok(None);
+    };
+    let pick = |f: fn(&Run) -> f64| -> Vec<(f64, f64)> {
+        runs.iter().map(|r| (r.clients as f64, f(r))).collect()
+    };
+    let lines = vec![
+        Line {
+            label: "p50".into(),
+            points: pick(|r| r.p50_ms),
+            color: color(0),
+            dashed: false,
+            markers: true,
+        },
+        Line {
+            label: "p90".into(),
+            points: pick(|r| r.p90_ms),
+            color: color(5),
+            dashed: false,
+            markers: true,
+        },
+        Line {
+            label: "p99".into(),
+            points: pick(|r| r.p99_ms),
+            color: color(2),
+            dashed: false,
+            markers: true,
+        },
+    ];
+    let Some(y) = log_range(lines.iter().flat_map(|l| l.points.iter().map(|p| p.1))) else {
+        return Ok(None);
+    };
+    let frame = Frame {
+        title: "Latency of committed changes",
+        x_desc: "concurrent clients (log)",
+        y_desc: "milliseconds (log)",
+        x_fmt: &|v| format!("{v:.0}"),
+        y_fmt: &number,
+    };
+    plot(&frame, x.log_scale(), y.log_scale(), &lines).map(Some)
+}
+
+/// The latency distribution of each run.
+pub fn cdf(results: &Results) -> Result<Option<String>, Error> {
+    let lines: Vec<Line> = runs_by_clients(results)
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| !r.latency_cdf.is_empty())
+        .map(|(i, r)| Line {
+            label: crate::table::clients(r.clients),
+            points: r.latency_cdf.clone(),
+            color: color(i),
+            dashed: false,
+            markers: false,
+        })
+        .collect();
+    let Some(x) = log_range(lines.iter().flat_map(|l| l.points.iter().map(|p| p.0))) else {
+        return Ok(None);
+    };
+    let frame = Frame {
+        title: "Latency distribution (CDF)",
+        x_desc: "milliseconds (log)",
+        y_desc: "fraction of committed changes",
+        x_fmt: &number,
+        y_fmt: &|v| format!("{v:.1}"),
+    };
+    plot(&frame, x.log_scale(), 0.0..1.02, &lines).map(Some)
+}
+
+/// Windows worth a chart over time: a run long enough to have more than a few.
+pub const MIN_WINDOWS_FOR_TIME_CHARTS: usize = 4;
+
+/// Committed/s and p99 per 10-second window, one line per run: the long-run stability charts.
+pub fn over_time(results: &Results) -> Result<Vec<String>, Error> {
+    let runs = runs_by_clients(results);
+    if runs
+        .iter()
+        .all(|r| r.windows.len() < MIN_WINDOWS_FOR_TIME_CHARTS)
+    {
+        return Ok(Vec::new());
+    }
+    let series = |f: fn(&crate::results::Window) -> Option<f64>| -> Vec<Line> {
+        runs.iter()
+            .enumerate()
+            .map(|(i, r)| Line {
+                label: crate::table::clients(r.clients),
+                points: r
+                    .windows
+                    .iter()
+                    .filter_map(|w| Some((w.t_s + w.length_s / 2.0, f(w)?)))
+                    .collect(),
+                color: color(i),
+                dashed: false,
+                markers: true,
+            })
+            .collect()
+    };
+    let end = runs
+        .iter()
+        .flat_map(|r| r.windows.iter().map(|w| w.t_s + w.length_s))
+        .fold(0.0, f64::max);
+    let mut charts = Vec::new();
+    for (title, y_desc, lines) in [
+        (
+            "Throughput per 10 s window",
+            "committed changes per second",
+            series(|w| Some(w.committed_per_s)),
+        ),
+        (
+            "p99 latency per 10 s window",
+            "milliseconds",
+            series(|w| w.p99_ms),
+        ),
+    ] {
+        let y = zero_range(lines.iter().flat_map(|l| l.points.iter().map(|p| p.1)));
+        let frame = Frame {
+            title,
+            x_desc: "seconds into the measured period",
+            y_desc,
+            x_fmt: &|v| format!("{v:.0}"),
+            y_fmt: &number,
+        };
+        charts.push(plot(&frame, 0.0..end.max(1.0), y, &lines)?);
+    }
+    Ok(charts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_legend_wraps_within_the_chart() {
+        let (at, height) = legend_layout(&["a", "b"], 560);
+        assert_eq!(at.len(), 2);
+        assert_eq!(at[0].1, at[1].1, "short labels share a row");
+        assert_eq!(height, LEGEND_ROW + 6);
+        let long = "a label long enough to fill most of the width";
+        let (at, height) = legend_layout(&[long, long, long], 560);
+        assert!(at[1].1 > at[0].1 && at[2].1 > at[1].1);
+        assert_eq!(height, 3 * LEGEND_ROW + 6);
+        assert_eq!(legend_layout(&[], 560).1, 6);
+    }
+
+    #[test]
+    fn every_chart_is_an_svg_with_its_labels() {
+        let results = crate::fixtures::results(&[1, 4, 16]);
+        let svg = throughput(&results).unwrap().unwrap();
+        assert!(svg.contains("<svg"), "{svg}");
+        assert!(svg.contains("concurrent clients (log)"));
+        assert!(svg.contains("RPC bound"));
+        assert!(latency(&results).unwrap().unwrap().contains("p99"));
+        assert!(cdf(&results).unwrap().unwrap().contains("16 clients"));
+        assert!(
+            over_time(&results).unwrap().is_empty(),
+            "two windows are not a trend"
+        );
+    }
+
+    #[test]
+    fn one_client_count_still_makes_a_chart() {
+        let results = crate::fixtures::results(&[2]);
+        assert!(throughput(&results).unwrap().is_some());
+    }
+
+    #[test]
+    fn ranges_leave_room_and_skip_zeros() {
+        let r = log_range([0.0, 10.0, 100.0]).unwrap();
+        assert!(r.start < 10.0 && r.end > 100.0);
+        let r = log_range([27.0, 120.0]).unwrap();
+        assert_eq!(r.start, 10.0, "down to a power of ten, where labels start");
+        assert_eq!(log_range([0.0]), None);
+        assert_eq!(zero_range([]), 0.0..1.0);
+    }
+}

@@ -1,0 +1,209 @@
+//! `tpc bench`: how fast tpc commits password changes on this machine, and how far that is from what
+//! the machine could do at best.
+//!
+//! A run starts a real cluster (three processes on loopback, as `tpc_harness` runs them for the tests,
+//! without fault proxies), registers users, then drives closed-loop clients that change their own
+//! users' passwords, and measures after a warm-up: committed changes per second, their latency, the
+//! refusals by reason, the services' CPU per change, memory and disk per change. Beside each result
+//! stand the floors measured in the same invocation before any load (bare RPC round trips, forced
+//! writes, argon2 hashes), so a figure reads as a fraction of a bound.
+//!
+//! Layout, one concept per file:
+//! - `machine`: what the machine is (cores, CPU, memory, kernel);
+//! - `floors`: the floors, and the bounds they imply per change;
+//! - `users`: the users, their owners and their registration;
+//! - `outcome`: what an answer means to a client; `recorder`: where the clients count it;
+//! - `load`: the closed-loop clients and the clock around them;
+//! - `latency`: percentiles, CDF and windows over hdrhistograms;
+//! - `measure`: `/proc` readings (CPU, memory) and disk usage;
+//! - `sweep`: one run at one client count on a fresh cluster;
+//! - `burst`: many registrations at once, to see how overload is refused;
+//! - `results`: what `results.json` holds; `table`: the terminal's rendering of it;
+//! - `charts` and `report`: the self-contained `report.html`.
+
+mod burst;
+mod charts;
+#[cfg(test)]
+mod fixtures;
+mod floors;
+mod latency;
+mod load;
+mod machine;
+mod measure;
+mod outcome;
+mod recorder;
+mod report;
+pub mod results;
+mod sweep;
+mod table;
+mod users;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tpc_harness::Service;
+use tpc_participants::hashing::Cost;
+use tpc_participants::history::DEFAULT_DEPTH;
+
+pub use machine::Machine;
+use results::{ConfigRecord, Floors, Results};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The `tpc` binary to run as coordinator and participants.
+    pub exe: PathBuf,
+    /// One run per client count, in this order.
+    pub clients: Vec<usize>,
+    /// Measured period of each run.
+    pub duration: Duration,
+    /// Load before the measured period of each run: connections, caches and queues settle.
+    pub warmup: Duration,
+    /// Users registered before each run (raised to the client count if fewer).
+    pub users: usize,
+    /// The participants' argon2 cost; `InsecureFast` measures the protocol, `Owasp` the product.
+    pub cost: Cost,
+    /// Where each run's cluster, `results.json` and `report.html` go; must be new or empty.
+    pub out: PathBuf,
+    /// After the sweep, fire this many registrations at once on a fresh cluster.
+    pub burst: Option<usize>,
+    /// Draw progress bars on stderr (only where it is a terminal).
+    pub progress: bool,
+}
+
+impl Config {
+    fn owasp(&self) -> bool {
+        self.cost == Cost::Owasp
+    }
+
+    fn cost_name(&self) -> &'static str {
+        if self.owasp() { "owasp" } else { "fast" }
+    }
+}
+
+/// How long the forced-write and argon2 floors are measured.
+const FLOOR_TIME: Duration = Duration::from_secs(2);
+
+/// Runs the whole benchmark, printing as it goes; writes `results.json` and `report.html` to `out`.
+pub async fn run(config: Config) -> Result<Results, BoxError> {
+    if config.clients.is_empty() || config.clients.contains(&0) {
+        return Err("--clients needs one or more counts above zero".into());
+    }
+    // A run's data directory must start empty: old data would answer this run's request ids.
+    if std::fs::read_dir(&config.out).is_ok_and(|mut dir| dir.next().is_some()) {
+        return Err(format!(
+            "{} is not empty: choose another output directory",
+            config.out.display()
+        )
+        .into());
+    }
+    std::fs::create_dir_all(&config.out)?;
+    let machine = Machine::read();
+    let record = ConfigRecord {
+        clients: config.clients.clone(),
+        duration_s: config.duration.as_secs_f64(),
+        warmup_s: config.warmup.as_secs_f64(),
+        users: config.users,
+        argon2: config.cost_name().into(),
+        burst: config.burst,
+        clients_per_channel: load::CLIENTS_PER_CHANNEL,
+        request_timeout_s: load::REQUEST_TIMEOUT.as_secs_f64(),
+        tpc_version: env!("CARGO_PKG_VERSION").into(),
+    };
+    print!("{}", table::header(&machine, &record, &config.out));
+
+    println!("floors (measured now, nothing else running):");
+    let forced_writes_per_s = floors::forced_writes_per_s(
+        &config.out.join("floor-forced-writes"),
+        floors::GROUPED_WRITERS,
+        FLOOR_TIME,
+    )
+    .await?;
+    let forced_writes_1_per_s =
+        floors::forced_writes_per_s(&config.out.join("floor-forced-writes-1"), 1, FLOOR_TIME)
+            .await?;
+    let argon2_hashes_per_s = floors::argon2_hashes_per_s(config.cost, FLOOR_TIME).await?;
+    let hashes_per_change = floors::hashes_per_change(DEFAULT_DEPTH);
+    let mut floors = Floors {
+        rpc_per_s: Default::default(),
+        forced_writes_per_s,
+        forced_writes_1_per_s,
+        argon2_hashes_per_s,
+        rpcs_per_change: floors::RPCS_PER_CHANGE,
+        forced_writes_per_change: floors::FORCED_WRITES_PER_CHANGE,
+        hashes_per_change,
+        forced_write_bound_per_s: floors::bound(
+            forced_writes_per_s,
+            floors::FORCED_WRITES_PER_CHANGE,
+        ),
+        argon2_bound_per_s: floors::bound(argon2_hashes_per_s, hashes_per_change),
+    };
+    print!("{}", table::floors(&floors, config.cost_name()));
+
+    let mut runs = Vec::new();
+    for (i, &clients) in config.clients.iter().enumerate() {
+        let bar = progress_bar(&config, clients, i + 1);
+        let dir = config.out.join(format!("run-{clients}-clients"));
+        let run = sweep::run_at(&config, &floors, clients, &dir, &bar).await;
+        bar.finish_and_clear();
+        let run = run?;
+        floors.rpc_per_s.insert(clients, run.rpc_floor_per_s);
+        println!("{}", table::run_line(&run));
+        runs.push(run);
+    }
+
+    let burst = match config.burst {
+        Some(requests) if requests > 0 => {
+            println!("burst: {requests} registrations at once on a fresh cluster…");
+            let mut cluster = sweep::start_cluster(&config, &config.out.join("burst")).await?;
+            let channels = load::channels(&cluster.url(Service::Coordinator), requests).await?;
+            let burst = burst::fire(&channels, requests).await;
+            drop(channels);
+            cluster.shutdown().await?;
+            Some(burst)
+        }
+        _ => None,
+    };
+
+    let results = Results {
+        machine,
+        config: record,
+        floors,
+        runs,
+        burst,
+    };
+    println!();
+    print!("{}", table::render(&results));
+    let json = config.out.join("results.json");
+    std::fs::write(&json, serde_json::to_vec_pretty(&results)?)?;
+    let html = config.out.join("report.html");
+    std::fs::write(&html, report_html(&results))?;
+    println!("results: {}", json.display());
+    println!("report:  {}", html.display());
+    Ok(results)
+}
+
+/// The HTML report of saved results (what `run` writes as `report.html`).
+pub fn report_html(results: &Results) -> String {
+    report::html(results)
+}
+
+fn progress_bar(config: &Config, clients: usize, nth: usize) -> indicatif::ProgressBar {
+    if !config.progress {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new((config.warmup + config.duration).as_secs());
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{spinner} {prefix} [{bar:30}] {pos}/{len}s  {msg}")
+    {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_prefix(format!(
+        "run {nth}/{}: {clients} clients",
+        config.clients.len()
+    ));
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}

@@ -1,0 +1,342 @@
+//! The terminal's rendering of the results: the header, the floors, one line per finished run, and the
+//! final table. Pure functions of the results, so what is printed is what `results.json` says.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::path::Path;
+
+use crate::Machine;
+use crate::results::{Burst, ConfigRecord, Floors, Results, Run};
+use crate::sweep::rss_triple;
+
+/// "1 client", "16 clients".
+pub fn clients(n: usize) -> String {
+    if n == 1 {
+        "1 client".into()
+    } else {
+        format!("{n} clients")
+    }
+}
+
+/// A rate with thousands separators, and a decimal only when it is small.
+pub fn rate(per_s: f64) -> String {
+    if !per_s.is_finite() {
+        return "∞".into();
+    }
+    if per_s < 10.0 {
+        return format!("{per_s:.1}");
+    }
+    let digits = format!("{:.0}", per_s);
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Milliseconds with about three significant digits.
+pub fn ms(ms: f64) -> String {
+    match ms {
+        m if m < 1.0 => format!("{m:.3}"),
+        m if m < 10.0 => format!("{m:.2}"),
+        m if m < 100.0 => format!("{m:.1}"),
+        m => format!("{m:.0}"),
+    }
+}
+
+/// A fraction as a percentage, with a decimal below 10%.
+pub fn percent(fraction: f64) -> String {
+    let p = fraction * 100.0;
+    if p < 10.0 {
+        format!("{p:.1}%")
+    } else {
+        format!("{p:.0}%")
+    }
+}
+
+pub fn header(machine: &Machine, config: &ConfigRecord, out: &Path) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "tpc bench {}", config.tpc_version);
+    let _ = writeln!(s, "machine: {}", machine.describe());
+    let cost = if config.argon2 == "owasp" {
+        "owasp (the product's secure default)"
+    } else {
+        "fast (INSECURE: measures the protocol, not the hashing)"
+    };
+    let _ = writeln!(s, "argon2:  {cost}");
+    let _ = writeln!(
+        s,
+        "load:    clients {}; {} users; {} s warm-up + {} s measured per run; a fresh cluster per run",
+        config
+            .clients
+            .iter()
+            .map(usize::to_string)
+            .collect::<Vec<_>>()
+            .join(","),
+        config.users,
+        config.warmup_s,
+        config.duration_s
+    );
+    let _ = writeln!(s, "output:  {}", out.display());
+    s
+}
+
+pub fn floors(f: &Floors, cost: &str) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "  {:<27} {:>9}/s  → bound {}/s ({} per change)",
+        format!("forced writes, {} writers", crate::floors::GROUPED_WRITERS),
+        rate(f.forced_writes_per_s),
+        rate(f.forced_write_bound_per_s),
+        f.forced_writes_per_change
+    );
+    let _ = writeln!(
+        s,
+        "  {:<27} {:>9}/s",
+        "forced writes, 1 writer",
+        rate(f.forced_writes_1_per_s)
+    );
+    let _ = writeln!(
+        s,
+        "  {:<27} {:>9}/s  → bound {}/s ({} per change)",
+        format!("argon2 hashes ({cost})"),
+        rate(f.argon2_hashes_per_s),
+        rate(f.argon2_bound_per_s),
+        f.hashes_per_change
+    );
+    let _ = writeln!(
+        s,
+        "  bare RPC round trips: measured per run ({} per change)",
+        f.rpcs_per_change
+    );
+    s
+}
+
+/// Printed as each run finishes.
+pub fn run_line(run: &Run) -> String {
+    format!(
+        "  {}: {} committed/s, p99 {} ms; RPC floor {}/s",
+        clients(run.clients),
+        rate(run.committed_per_s),
+        ms(run.p99_ms),
+        rate(run.rpc_floor_per_s)
+    )
+}
+
+const COLUMNS: [&str; 11] = [
+    "clients",
+    "committed/s",
+    "refused/s",
+    "p50 ms",
+    "p90 ms",
+    "p99 ms",
+    "max ms",
+    "CPU ms/change",
+    "RSS c/p/h MiB",
+    "% RPC bound",
+    "% argon2 bound",
+];
+
+/// One row per run, as text cells (shared with the HTML table).
+pub fn rows(runs: &[Run]) -> Vec<[String; 11]> {
+    runs.iter()
+        .map(|r| {
+            [
+                r.clients.to_string(),
+                rate(r.committed_per_s),
+                rate(r.refused_per_s),
+                ms(r.p50_ms),
+                ms(r.p90_ms),
+                ms(r.p99_ms),
+                ms(r.max_ms),
+                r.cpu_s_per_1000.map_or("?".into(), |c| format!("{c:.2}")),
+                rss_triple(&r.rss_mib),
+                percent(r.of_rpc_bound),
+                percent(r.of_argon2_bound),
+            ]
+        })
+        .collect()
+}
+
+pub fn columns() -> [&'static str; 11] {
+    COLUMNS
+}
+
+/// Refusal reasons summed over the runs, most frequent first.
+pub fn reasons(runs: &[Run]) -> Vec<(String, u64)> {
+    let mut total: BTreeMap<&str, u64> = BTreeMap::new();
+    for run in runs {
+        for (reason, n) in &run.refused {
+            *total.entry(reason).or_default() += n;
+        }
+    }
+    let mut sorted: Vec<(String, u64)> = total.into_iter().map(|(r, n)| (r.into(), n)).collect();
+    sorted.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    sorted
+}
+
+pub fn burst_lines(b: &Burst) -> Vec<String> {
+    let mut lines = vec![format!("burst: {}", burst_summary(b))];
+    let mut refused: Vec<_> = b.refused.iter().collect();
+    refused.sort_by(|a, b| b.1.cmp(a.1));
+    lines.extend(refused.into_iter().map(|(r, n)| format!("  {n:>8}  {r}")));
+    lines
+}
+
+/// One sentence: how many were sent, committed and refused, how fast.
+pub fn burst_summary(b: &Burst) -> String {
+    format!(
+        "{} registrations at once: {} committed, {} refused in {:.2} s (p50 {} ms, max {} ms)",
+        b.requests,
+        b.committed,
+        b.requests as u64 - b.committed,
+        b.elapsed_s,
+        ms(b.p50_ms),
+        ms(b.max_ms)
+    )
+}
+
+/// A run's windows over time, and for long runs the first minute against the last: the figures a soak
+/// test is judged by (throughput holding up, p99 in every window, memory flat).
+pub fn windows(run: &Run) -> String {
+    let mut s = format!("{}, per 10 s window:\n", clients(run.clients));
+    let _ = writeln!(
+        s,
+        "  {:>6}  {:>11}  {:>8}  {:>14}",
+        "from s", "committed/s", "p99 ms", "RSS c/p/h MiB"
+    );
+    for w in &run.windows {
+        let _ = writeln!(
+            s,
+            "  {:>6.0}  {:>11}  {:>8}  {:>14}",
+            w.t_s,
+            rate(w.committed_per_s),
+            w.p99_ms.map_or("-".into(), ms),
+            rss_triple(&w.rss_mib)
+        );
+    }
+    if let [first, .., last] = run.per_minute.as_slice() {
+        let _ = writeln!(
+            s,
+            "  last minute / first minute: {:.2} ({}/s against {}/s)",
+            crate::floors::fraction(last.committed_per_s, first.committed_per_s),
+            rate(last.committed_per_s),
+            rate(first.committed_per_s)
+        );
+    }
+    s
+}
+
+/// The final table, the refusal reasons and the burst.
+pub fn render(results: &Results) -> String {
+    let rows = rows(&results.runs);
+    let widths: Vec<usize> = COLUMNS
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            rows.iter()
+                .map(|r| r[i].chars().count())
+                .chain([c.chars().count()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: &[&str]| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:>w$}"))
+            .collect();
+        padded.join("  ").trim_end().to_owned() + "\n"
+    };
+    let mut s = line(&COLUMNS);
+    let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
+    s += &line(&rule.iter().map(String::as_str).collect::<Vec<_>>());
+    for row in &rows {
+        s += &line(&row.iter().map(String::as_str).collect::<Vec<_>>());
+    }
+    for run in results.runs.iter().filter(|r| r.windows.len() > 1) {
+        s += "\n";
+        s += &windows(run);
+    }
+    let reasons = reasons(&results.runs);
+    if reasons.is_empty() {
+        s += "\nrefused: none\n";
+    } else {
+        s += "\nrefused, by reason (all runs):\n";
+        for (reason, n) in reasons {
+            let _ = writeln!(s, "  {n:>8}  {reason}");
+        }
+    }
+    if let Some(burst) = &results.burst {
+        s += "\n";
+        for l in burst_lines(burst) {
+            s += &l;
+            s += "\n";
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_read_well() {
+        assert_eq!(rate(1234567.4), "1,234,567");
+        assert_eq!(rate(999.6), "1,000");
+        assert_eq!(rate(512.0), "512");
+        assert_eq!(rate(3.26), "3.3");
+        assert_eq!(ms(0.4821), "0.482");
+        assert_eq!(ms(4.821), "4.82");
+        assert_eq!(ms(48.21), "48.2");
+        assert_eq!(ms(482.1), "482");
+        assert_eq!(percent(0.0271), "2.7%");
+        assert_eq!(percent(0.456), "46%");
+    }
+
+    #[test]
+    fn reasons_add_up_across_runs_most_frequent_first() {
+        let mut a = crate::fixtures::run(1);
+        a.refused = BTreeMap::from([("conflict".into(), 2), ("deadline".into(), 5)]);
+        let mut b = crate::fixtures::run(4);
+        b.refused = BTreeMap::from([("conflict".into(), 4)]);
+        assert_eq!(
+            reasons(&[a, b]),
+            [("conflict".to_owned(), 6), ("deadline".to_owned(), 5)]
+        );
+    }
+
+    #[test]
+    fn the_table_has_a_row_per_run_under_aligned_headers() {
+        let results = crate::fixtures::results(&[1, 16]);
+        let text = render(&results);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].trim_start().starts_with("clients"));
+        assert!(lines[2].trim_start().starts_with("1 "));
+        assert!(lines[3].trim_start().starts_with("16 "));
+        assert!(lines[3].contains("50%"), "{}", lines[3]);
+        assert!(text.contains("refused: none"));
+        assert!(text.contains("16 clients, per 10 s window:"));
+    }
+
+    #[test]
+    fn long_runs_compare_the_last_minute_with_the_first() {
+        let mut run = crate::fixtures::run(4);
+        let mut minute = run.windows[0].clone();
+        run.per_minute = vec![minute.clone()];
+        assert!(!windows(&run).contains("last minute"));
+        minute.committed_per_s = 360.0;
+        run.per_minute.push(minute);
+        assert!(
+            windows(&run).contains("last minute / first minute: 0.90 (360/s against 400/s)"),
+            "{}",
+            windows(&run)
+        );
+    }
+}

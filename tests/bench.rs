@@ -1,0 +1,59 @@
+//! `tpc bench` end to end: a short real run on real processes writes results and a report. It checks
+//! what the command produces, never how fast anything is.
+
+use std::process::Command;
+
+#[test]
+fn a_short_bench_writes_results_and_a_report() {
+    let dir = tempfile::Builder::new()
+        .prefix("tpc-bench-test-")
+        .tempdir()
+        .unwrap();
+    let out = dir.path().join("out");
+    let run = Command::new(env!("CARGO_BIN_EXE_tpc"))
+        .args([
+            "bench",
+            "--clients",
+            "2",
+            "--duration",
+            "3s",
+            "--warmup",
+            "1s",
+        ])
+        .args(["--users", "8", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "tpc bench failed: {}\nstdout:\n{stdout}\nstderr:\n{}",
+        run.status,
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(stdout.contains("committed/s"), "{stdout}");
+
+    let results: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
+    let floors = &results["floors"];
+    for floor in [
+        "forced_writes_per_s",
+        "forced_writes_1_per_s",
+        "argon2_hashes_per_s",
+    ] {
+        assert!(floors[floor].as_f64().unwrap() > 0.0, "{floor}: {floors}");
+    }
+    assert!(floors["rpc_per_s"]["2"].as_f64().unwrap() > 0.0, "{floors}");
+    let runs = results["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 1);
+    let run = &runs[0];
+    assert_eq!(run["clients"], 2);
+    assert_eq!(run["strategy"], "2pc");
+    assert!(run["committed_per_s"].as_f64().unwrap() > 0.0, "{run}");
+    assert!(run["rpc_floor_per_s"].as_f64().unwrap() > 0.0, "{run}");
+    assert!(!run["windows"].as_array().unwrap().is_empty(), "{run}");
+    assert!(results["machine"]["cores"].as_u64().unwrap() > 0);
+
+    let report = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(report.contains("<svg"));
+}

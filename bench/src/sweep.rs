@@ -33,6 +33,8 @@ pub async fn start_cluster(config: &Config, dir: &Path) -> Result<Cluster, BoxEr
         owasp_cost: config.owasp(),
         narrate: false,
         direct_links: true,
+        // The product's default: the last 100 changes per user.
+        history_keep: None,
     })
     .await
 }

@@ -20,7 +20,7 @@ use tracing::{Instrument, info_span};
 
 use crate::engine::{Event, Vote};
 use crate::history::{Histories, entries};
-use crate::node::{Node, Reply};
+use crate::node::{Node, Reply, detached};
 use crate::password::{Account, Passwords};
 use crate::resource::Resource;
 
@@ -49,25 +49,24 @@ impl<R: Resource> Participant for ParticipantApi<R> {
         request: Request<PrepareRequest>,
     ) -> Result<Response<PrepareResponse>, Status> {
         let span = txn_span(&request, "Prepare", R::NAME, &request.get_ref().txn_id);
-        prepare_one(&self.0, request.into_inner())
-            .instrument(span)
-            .await
-            .map(Response::new)
+        let node = self.0.clone();
+        let work = async move { prepare_one(&node, request.into_inner()).await };
+        detached(work.instrument(span)).await.map(Response::new)
     }
 
     async fn commit(&self, request: Request<CommitRequest>) -> Result<Response<Ack>, Status> {
         let span = txn_span(&request, "Commit", R::NAME, &request.get_ref().txn_id);
-        decide(&self.0, &request.get_ref().txn_id, Decide::Commit)
-            .instrument(span)
-            .await?;
+        let node = self.0.clone();
+        let work = async move { decide(&node, &request.get_ref().txn_id, Decide::Commit).await };
+        detached(work.instrument(span)).await?;
         Ok(Response::new(Ack {}))
     }
 
     async fn abort(&self, request: Request<AbortRequest>) -> Result<Response<Ack>, Status> {
         let span = txn_span(&request, "Abort", R::NAME, &request.get_ref().txn_id);
-        decide(&self.0, &request.get_ref().txn_id, Decide::Abort)
-            .instrument(span)
-            .await?;
+        let node = self.0.clone();
+        let work = async move { decide(&node, &request.get_ref().txn_id, Decide::Abort).await };
+        detached(work.instrument(span)).await?;
         Ok(Response::new(Ack {}))
     }
 
@@ -133,7 +132,7 @@ async fn prepare_one<R: Resource>(
         user: op.user().clone(),
         at: now_ms(),
     };
-    match node.drive(event, Some(op)).await? {
+    match node.clone().step(event, Some(op)).await? {
         Reply::Vote(Vote::Yes(change)) => Ok(PrepareResponse {
             vote: prepare_response::Vote::Yes.into(),
             reason: String::new(),
@@ -161,7 +160,7 @@ async fn decide<R: Resource>(node: &Arc<Node<R>>, txn: &str, how: Decide) -> Res
         Decide::Commit => Event::CommitRequested { txn },
         Decide::Abort => Event::AbortRequested { txn, at: now_ms() },
     };
-    node.drive(event, None).await.map(drop)
+    node.clone().step(event, None).await.map(drop)
 }
 
 async fn decide_batch<R: Resource>(
@@ -194,8 +193,9 @@ fn check_batch(len: usize) -> Result<(), Status> {
     Ok(())
 }
 
-/// Runs `work` for every item at once (each transaction proceeds on its own, as with single calls)
-/// and returns the results in the items' order.
+/// Runs `work` for every item at once, each in a task of its own (a transaction proceeds on its own,
+/// as with single calls, and runs to its end even if the batch's caller goes away), and returns the
+/// results in the items' order.
 async fn each<R, T, O, F, Fut>(
     node: &Arc<Node<R>>,
     items: Vec<T>,
@@ -208,19 +208,18 @@ where
     F: Fn(Arc<Node<R>>, T) -> Fut,
     Fut: Future<Output = O> + Send + 'static,
 {
-    let mut running = tokio::task::JoinSet::new();
-    let count = items.len();
-    for (i, item) in items.into_iter().enumerate() {
-        let done = work(node.clone(), item);
-        running.spawn(async move { (i, done.await) });
+    let running: Vec<_> = items
+        .into_iter()
+        .map(|item| tokio::spawn(work(node.clone(), item)))
+        .collect();
+    let mut results = Vec::with_capacity(running.len());
+    for done in running {
+        results.push(
+            done.await
+                .map_err(|e| Status::internal(format!("batch item failed: {e}")))?,
+        );
     }
-    let mut results: Vec<Option<O>> = (0..count).map(|_| None).collect();
-    while let Some(done) = running.join_next().await {
-        let (i, result) = done.map_err(|e| Status::internal(format!("batch item failed: {e}")))?;
-        results[i] = Some(result);
-    }
-    // Every index was filled: each spawned task reports its own.
-    Ok(results.into_iter().flatten().collect())
+    Ok(results)
 }
 
 fn ok() -> BatchStatus {

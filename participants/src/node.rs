@@ -103,21 +103,24 @@ impl<R: Resource> Node<R> {
         event: Event<R::Change>,
         op: Option<Operation>,
     ) -> Result<Reply<R::Change>, Status> {
-        let node = self.clone();
-        let work = async move {
-            // A Prepare takes the user's lock only once its hashing can start: while it waits for a
-            // slot, the user stays free, and an Abort that arrives meanwhile leaves a tombstone, so the
-            // Prepare then votes no without doing any work.
-            let slot = match &event {
-                Event::PrepareRequested { .. } => Some(node.hashing_slot().await?),
-                _ => None,
-            };
-            node.run(event, op.as_ref(), slot).await
-        }
-        .in_current_span();
-        tokio::spawn(work)
-            .await
-            .map_err(|e| Status::internal(format!("participant task failed: {e}")))?
+        detached(self.clone().step(event, op).in_current_span()).await
+    }
+
+    /// The work of [`Node::drive`], in the caller's task: for a caller that runs it in a task of its
+    /// own already (each transaction of a batch).
+    pub async fn step(
+        self: Arc<Self>,
+        event: Event<R::Change>,
+        op: Option<Operation>,
+    ) -> Result<Reply<R::Change>, Status> {
+        // A Prepare takes the user's lock only once its hashing can start: while it waits for a slot,
+        // the user stays free, and an Abort that arrives meanwhile leaves a tombstone, so the Prepare
+        // then votes no without doing any work.
+        let slot = match &event {
+            Event::PrepareRequested { .. } => Some(self.hashing_slot().await?),
+            _ => None,
+        };
+        self.run(event, op.as_ref(), slot).await
     }
 
     async fn run(
@@ -327,6 +330,15 @@ impl<R: Resource> Node<R> {
             }
         }
     }
+}
+
+/// Runs `work` in a task of its own, which a cancelled caller does not stop.
+pub async fn detached<T: Send + 'static>(
+    work: impl Future<Output = Result<T, Status>> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::spawn(work)
+        .await
+        .map_err(|e| Status::internal(format!("participant task failed: {e}")))?
 }
 
 /// Runs `work` on the blocking pool, holding `slot` until it is done.

@@ -43,7 +43,7 @@ pub fn classify(answer: Result<tonic::Response<TransactionResult>, tonic::Status
                 Outcome::Committed
             } else {
                 Outcome::Refused {
-                    reason: result.reason,
+                    reason: kind_of(&result.reason),
                     unknown: false,
                     pushback: None,
                 }
@@ -54,7 +54,7 @@ pub fn classify(answer: Result<tonic::Response<TransactionResult>, tonic::Status
                 .then(|| pushback(status.metadata()))
                 .flatten();
             Outcome::Refused {
-                reason: format!("{:?}: {}", status.code(), status.message()),
+                reason: kind_of(&format!("{:?}: {}", status.code(), status.message())),
                 // Only these leave the outcome open; any other status means the coordinator refused
                 // the request before starting a transaction.
                 unknown: matches!(
@@ -69,6 +69,25 @@ pub fn classify(answer: Result<tonic::Response<TransactionResult>, tonic::Status
             }
         }
     }
+}
+
+/// A reason with its numbers replaced by `N` ("overloaded, retry in N ms"), so refusals of one kind
+/// are counted together however long each was asked to wait.
+fn kind_of(reason: &str) -> String {
+    let mut kind = String::with_capacity(reason.len());
+    let mut in_number = false;
+    for c in reason.chars() {
+        if c.is_ascii_digit() {
+            if !in_number {
+                kind.push('N');
+            }
+            in_number = true;
+        } else {
+            kind.push(c);
+            in_number = false;
+        }
+    }
+    kind
 }
 
 fn pushback(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
@@ -125,7 +144,7 @@ mod tests {
         assert_eq!(
             classify(Err(status)),
             Outcome::Refused {
-                reason: "ResourceExhausted: overloaded, retry in 20 ms".into(),
+                reason: "ResourceExhausted: overloaded, retry in N ms".into(),
                 unknown: false,
                 pushback: Some(Duration::from_millis(20)),
             }

@@ -5,7 +5,6 @@
 //! Teaching: `tpc demo` runs the whole story, crash and recovery included, and narrates it.
 //! Measuring: `tpc chaos` breaks it on purpose and checks every invariant; `tpc bench` measures it.
 
-mod allocator;
 mod client;
 mod demo;
 mod servers;
@@ -190,18 +189,8 @@ enum Command {
     },
 }
 
-fn main() -> ExitCode {
-    allocator::tune();
-    match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime.block_on(run()),
-        Err(e) => {
-            eprintln!("tpc: cannot start the runtime: {e}");
-            ExitCode::from(2)
-        }
-    }
-}
-
-async fn run() -> ExitCode {
+#[tokio::main]
+async fn main() -> ExitCode {
     let cli = Cli::parse();
     let format = match cli.log_format {
         LogFormatArg::Text => LogFormat::Text,

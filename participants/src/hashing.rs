@@ -1,9 +1,11 @@
 //! argon2id password hashing. Every call here is CPU-heavy (≈34 ms at OWASP cost) and must run on the
 //! blocking pool: callers use `tokio::task::spawn_blocking`, never an async worker.
 
+use std::sync::Mutex;
+
 use argon2::password_hash::rand_core::OsRng;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::{Algorithm, Argon2, Params, Version};
+use argon2::password_hash::{Output, ParamsString, PasswordHash, SaltString};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use tpc_common::Password;
 
 /// The argon2id cost.
@@ -19,6 +21,27 @@ pub enum Cost {
 #[derive(Clone)]
 pub struct Hasher {
     argon2: Argon2<'static>,
+    params: Params,
+}
+
+/// argon2's working memory, reused. A hash at OWASP cost needs 19 MiB; allocated per call (as
+/// `Argon2::hash_password_into` does), every hash paid to fault in and zero fresh pages, and glibc kept
+/// the freed blocks in its arenas: participants grew to 1–3 GiB. Here a buffer is taken for one call and
+/// put back, so the pool holds one buffer per hash that ever ran at once (the hashing slots bound that).
+static MEMORY: Mutex<Vec<Vec<Block>>> = Mutex::new(Vec::new());
+
+fn with_memory<T>(blocks: usize, work: impl FnOnce(&mut [Block]) -> T) -> T {
+    let take = || MEMORY.lock().unwrap_or_else(|p| p.into_inner()).pop();
+    let mut memory = take().unwrap_or_default();
+    if memory.len() < blocks {
+        memory.resize(blocks, Block::default());
+    }
+    let done = work(&mut memory);
+    MEMORY
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(memory);
+    done
 }
 
 impl Hasher {
@@ -30,29 +53,67 @@ impl Hasher {
         // Both parameter sets are within argon2's limits.
         let params = Params::new(m, t, 1, None).expect("valid argon2 parameters");
         Self {
-            argon2: Argon2::new(Algorithm::Argon2id, Version::V0x13, params),
+            argon2: Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone()),
+            params,
         }
     }
 
     /// A PHC string (`$argon2id$v=19$m=…$salt$hash`) with a fresh random salt.
     pub fn hash(&self, password: &Password) -> Result<String, String> {
+        let failed = |e: &dyn std::fmt::Display| format!("hashing failed: {e}");
         let salt = SaltString::generate(&mut OsRng);
-        self.argon2
-            .hash_password(password.expose(), &salt)
-            .map(|h| h.to_string())
-            .map_err(|e| format!("hashing failed: {e}"))
+        let mut raw_salt = [0u8; 64];
+        let salt_bytes = salt.decode_b64(&mut raw_salt).map_err(|e| failed(&e))?;
+        let mut out = [0u8; Params::DEFAULT_OUTPUT_LEN];
+        with_memory(self.params.block_count(), |memory| {
+            self.argon2.hash_password_into_with_memory(
+                password.expose(),
+                salt_bytes,
+                &mut out,
+                memory,
+            )
+        })
+        .map_err(|e| failed(&e))?;
+        let phc = PasswordHash {
+            algorithm: argon2::ARGON2ID_IDENT,
+            version: Some(Version::V0x13.into()),
+            params: ParamsString::try_from(&self.params).map_err(|e| failed(&e))?,
+            salt: Some(salt.as_salt()),
+            hash: Some(Output::new(&out).map_err(|e| failed(&e))?),
+        };
+        Ok(phc.to_string())
     }
 
     /// Whether `password` matches the PHC string. The parameters come from the string, so hashes made
-    /// at another cost still verify.
+    /// at another cost still verify. The comparison is constant-time (`Output`'s equality).
     pub fn verify(&self, password: &Password, phc: &str) -> bool {
-        PasswordHash::new(phc)
-            .map(|parsed| {
-                self.argon2
-                    .verify_password(password.expose(), &parsed)
-                    .is_ok()
-            })
-            .unwrap_or(false)
+        let Ok(parsed) = PasswordHash::new(phc) else {
+            return false;
+        };
+        let (Some(salt), Some(expected)) = (parsed.salt, parsed.hash) else {
+            return false;
+        };
+        let (Ok(algorithm), Ok(params)) = (
+            Algorithm::try_from(parsed.algorithm),
+            Params::try_from(&parsed),
+        ) else {
+            return false;
+        };
+        let version = match parsed.version.map(Version::try_from) {
+            None => Version::default(),
+            Some(Ok(version)) => version,
+            Some(Err(_)) => return false,
+        };
+        let mut raw_salt = [0u8; 64];
+        let Ok(salt_bytes) = salt.decode_b64(&mut raw_salt) else {
+            return false;
+        };
+        let mut out = vec![0u8; expected.len()];
+        let argon2 = Argon2::new(algorithm, version, params.clone());
+        let hashed = with_memory(params.block_count(), |memory| {
+            argon2.hash_password_into_with_memory(password.expose(), salt_bytes, &mut out, memory)
+        });
+        hashed.is_ok() && Output::new(&out).is_ok_and(|out| out == expected)
     }
 }
 
@@ -72,6 +133,40 @@ mod tests {
         assert!(!hasher.verify(&other, &phc));
         assert!(!hasher.verify(&pw, "garbage"));
         assert_ne!(phc, hasher.hash(&pw).unwrap(), "salted");
+    }
+
+    #[test]
+    fn agrees_with_argon2s_own_hasher_both_ways() {
+        use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+        let pw = Password::new("password", "correct horse".into()).unwrap();
+        let hasher = Hasher::new(Cost::InsecureFast);
+        let ours = hasher.hash(&pw).unwrap();
+        let parsed = PasswordHash::new(&ours).unwrap();
+        assert!(
+            hasher
+                .argon2
+                .verify_password(b"correct horse", &parsed)
+                .is_ok()
+        );
+        let salt = SaltString::generate(&mut OsRng);
+        let theirs = hasher
+            .argon2
+            .hash_password(b"correct horse", &salt)
+            .unwrap()
+            .to_string();
+        assert!(hasher.verify(&pw, &theirs));
+        // A hash made at another cost verifies with that cost's parameters.
+        let other = Argon2::new(
+            Algorithm::Argon2id,
+            Version::V0x13,
+            Params::new(16, 2, 1, None).unwrap(),
+        )
+        .hash_password(b"correct horse", &salt)
+        .unwrap()
+        .to_string();
+        assert!(hasher.verify(&pw, &other));
+        let wrong = Password::new("password", "correct horsf".into()).unwrap();
+        assert!(!hasher.verify(&wrong, &other));
     }
 
     #[test]

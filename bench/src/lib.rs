@@ -91,15 +91,7 @@ pub async fn run(config: Config) -> Result<Results, BoxError> {
     if config.clients.is_empty() || config.clients.contains(&0) {
         return Err("--clients needs one or more counts above zero".into());
     }
-    // A run's data directory must start empty: old data would answer this run's request ids.
-    if std::fs::read_dir(&config.out).is_ok_and(|mut dir| dir.next().is_some()) {
-        return Err(format!(
-            "{} is not empty: choose another output directory",
-            config.out.display()
-        )
-        .into());
-    }
-    std::fs::create_dir_all(&config.out)?;
+    tpc_harness::fresh_output_dir(&config.out)?;
     let machine = Machine::read();
     let record = ConfigRecord {
         clients: config.clients.clone(),

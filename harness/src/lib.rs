@@ -8,8 +8,10 @@ pub mod checker;
 mod cluster;
 pub mod history;
 mod mail_server;
+mod output;
 mod proxy;
 
 pub use cluster::{Cluster, ClusterOptions, LINKS, Service};
 pub use mail_server::{Mail, MailServer};
+pub use output::fresh_output_dir;
 pub use proxy::{FaultProxy, LinkFaults};

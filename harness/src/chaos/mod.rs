@@ -66,15 +66,7 @@ pub struct Report {
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 pub async fn run(config: ChaosConfig) -> Result<Report, BoxError> {
-    // Old data would answer this run's request ids from the last run's log.
-    if std::fs::read_dir(&config.out).is_ok_and(|mut dir| dir.next().is_some()) {
-        return Err(format!(
-            "{} is not empty: choose another output directory",
-            config.out.display()
-        )
-        .into());
-    }
-    std::fs::create_dir_all(&config.out)?;
+    crate::fresh_output_dir(&config.out)?;
     let started = Instant::now();
     let mail = MailServer::start().await?;
     let cluster = Cluster::start(ClusterOptions {

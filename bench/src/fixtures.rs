@@ -53,6 +53,13 @@ pub fn run(clients: usize) -> Run {
             (1.5 * clients as f64, 0.5),
             (9.0 * clients as f64, 1.0),
         ],
+        mail_delay: Some(crate::mail_delay::MailDelay {
+            count: 100,
+            missing: 0,
+            p50_ms: 40.0,
+            p99_ms: 120.0,
+            max_ms: 300.0,
+        }),
     }
 }
 

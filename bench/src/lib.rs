@@ -15,7 +15,7 @@
 //! - `outcome`: what an answer means to a client; `recorder`: where the clients count it;
 //! - `load`: the closed-loop clients and the clock around them;
 //! - `latency`: percentiles, CDF and windows over hdrhistograms;
-//! - `measure`: `/proc` readings (CPU, memory) and disk usage;
+//! - `measure`: `/proc` readings (CPU, memory) and disk usage; `mail_delay`: how soon e-mails follow;
 //! - `sweep`: one run at one client count on a fresh cluster;
 //! - `burst`: many registrations at once, to see how overload is refused;
 //! - `results`: what `results.json` holds; `table`: the terminal's rendering of it;
@@ -29,6 +29,7 @@ mod floors;
 mod latency;
 mod load;
 mod machine;
+mod mail_delay;
 mod measure;
 mod outcome;
 mod recorder;

@@ -103,6 +103,10 @@ pub struct Run {
     pub per_minute: Vec<Window>,
     /// `[latency ms, fraction of committed changes at or below it]`, ascending.
     pub latency_cdf: Vec<(f64, f64)>,
+    /// How long after their transaction began the e-mails of the load were on disk (an upper bound of
+    /// the delay after the commit).
+    #[serde(default)]
+    pub mail_delay: Option<crate::mail_delay::MailDelay>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -12,7 +12,7 @@ use crate::latency::{self, Tally};
 use crate::load::{self, LoadOutcome};
 use crate::recorder::WINDOW;
 use crate::results::{Floors, Run};
-use crate::{Config, floors, measure, users};
+use crate::{Config, floors, mail_delay, measure, users};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -60,6 +60,7 @@ pub async fn run_at(
     bar.set_message(format!("registering {} users", names.len()));
     users::register(&channels, &names).await?;
 
+    let load_began = tpc_common::now_ms();
     let pids: load::Pids = Service::ALL
         .iter()
         .filter_map(|&s| Some((s, cluster.pid(s)?)))
@@ -74,6 +75,10 @@ pub async fn run_at(
     )
     .await;
     drop(channels);
+    let mail_dir = cluster.data_dir(Service::Coordinator).join("mail");
+    let expected = outcome.recorded.committed_ever;
+    bar.set_message("waiting for the e-mails");
+    let delays = wait_for_mail(&mail_dir, load_began, expected).await?;
     bar.set_message("stopping the cluster");
     cluster.shutdown().await?;
 
@@ -85,7 +90,7 @@ pub async fn run_at(
     let mail = measure::disk_bytes(&cluster.data_dir(Service::Coordinator).join("mail"))?;
     // Registrations are committed transactions too, and their records and e-mails are on disk.
     let committed_total = outcome.recorded.committed_ever + names.len() as u64;
-    Ok(summarize(
+    let mut run = summarize(
         clients,
         names.len(),
         outcome,
@@ -96,8 +101,25 @@ pub async fn run_at(
             mail_bytes: mail,
             committed_total,
         },
-    ))
+    );
+    run.mail_delay = Some(mail_delay::summarize(delays, expected));
+    Ok(run)
 }
+
+/// The delays of the load's e-mails, once all `expected` are written or after `MAIL_WAIT`.
+async fn wait_for_mail(dir: &Path, since_ms: u64, expected: u64) -> std::io::Result<Vec<u64>> {
+    let deadline = tokio::time::Instant::now() + MAIL_WAIT;
+    loop {
+        let delays = mail_delay::delays_ms(dir, since_ms)?;
+        if delays.len() as u64 >= expected || tokio::time::Instant::now() >= deadline {
+            return Ok(delays);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// How long a run waits after the load for the outbox to write the last e-mails.
+const MAIL_WAIT: Duration = Duration::from_secs(10);
 
 /// The data directories at the end of a run.
 pub struct Disk {
@@ -196,6 +218,7 @@ pub fn summarize(
             .map(Tally::summary)
             .collect(),
         latency_cdf: latency::cdf(&all),
+        mail_delay: None,
     }
 }
 

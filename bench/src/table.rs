@@ -263,6 +263,20 @@ pub fn render(results: &Results) -> String {
         s += "\n";
         s += &windows(run);
     }
+    for run in &results.runs {
+        if let Some(d) = &run.mail_delay {
+            let _ = writeln!(
+                s,
+                "\n{}: e-mails on disk after their change began: p50 {}, p99 {}, max {} ms ({} e-mails, {} not yet sent at the end)",
+                clients(run.clients),
+                ms(d.p50_ms),
+                ms(d.p99_ms),
+                ms(d.max_ms),
+                d.count,
+                d.missing
+            );
+        }
+    }
     let reasons = reasons(&results.runs);
     if reasons.is_empty() {
         s += "\nrefused: none\n";
@@ -322,6 +336,12 @@ mod tests {
         assert!(lines[3].trim_start().starts_with("16 "));
         assert!(lines[3].contains("50%"), "{}", lines[3]);
         assert!(text.contains("refused: none"));
+        assert!(
+            text.contains(
+                "e-mails on disk after their change began: p50 40.0, p99 120, max 300 ms"
+            ),
+            "{text}"
+        );
         assert!(text.contains("16 clients, per 10 s window:"));
     }
 

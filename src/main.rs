@@ -63,6 +63,26 @@ pub struct HistoryLimits {
     history_keep: usize,
 }
 
+/// How the coordinator makes the change atomic (or does not): see docs/strategies.md.
+#[derive(Clone, Copy, ValueEnum, Default)]
+pub enum StrategyArg {
+    /// Two-phase commit: all or nothing, the e-mail only after the commit is durable.
+    #[default]
+    #[value(name = "2pc")]
+    TwoPc,
+    /// Local commits step by step (password, then history), compensated when a step fails.
+    Saga,
+}
+
+impl From<StrategyArg> for tpc_common::Strategy {
+    fn from(s: StrategyArg) -> Self {
+        match s {
+            StrategyArg::TwoPc => Self::TwoPc,
+            StrategyArg::Saga => Self::Saga,
+        }
+    }
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 pub enum RoleArg {
     Password,
@@ -82,6 +102,8 @@ enum Command {
         smtp: Option<String>,
         #[arg(long, value_enum, default_value = "owasp")]
         argon2: Argon2Arg,
+        #[arg(long, value_enum, default_value = "2pc")]
+        strategy: StrategyArg,
         #[command(flatten)]
         tuning: Tuning,
     },
@@ -99,6 +121,9 @@ enum Command {
         history: String,
         #[arg(long)]
         smtp: Option<String>,
+        /// How changes are made atomic; a data directory keeps the strategy it was first run with.
+        #[arg(long, value_enum, default_value = "2pc")]
+        strategy: StrategyArg,
         #[command(flatten)]
         tuning: Tuning,
     },
@@ -202,10 +227,11 @@ async fn main() -> ExitCode {
             port,
             smtp,
             argon2,
+            strategy,
             tuning,
         } => {
             telemetry::init(format);
-            servers::up(data_dir, port, smtp, argon2, tuning).await
+            servers::up(data_dir, port, smtp, argon2, strategy.into(), tuning).await
         }
         Command::Coordinator {
             listen,
@@ -213,10 +239,12 @@ async fn main() -> ExitCode {
             password,
             history,
             smtp,
+            strategy,
             tuning,
         } => {
             telemetry::init(format);
-            servers::coordinator(listen, data_dir, password, history, smtp, tuning).await
+            let strategy = strategy.into();
+            servers::coordinator(listen, data_dir, password, history, smtp, strategy, tuning).await
         }
         Command::Participant {
             role,

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tpc_common::Strategy;
 use tpc_coordinator::server as coord;
 use tpc_participants::hashing::Cost;
 use tpc_participants::server::{self as part, Role};
@@ -39,12 +40,14 @@ pub async fn coordinator(
     password: String,
     history: String,
     smtp: Option<String>,
+    strategy: Strategy,
     tuning: Tuning,
 ) -> Result {
     fail_points()?;
     let listener = bind(&listen).await?;
     let mut config = coord::Config::new(data_dir, password, history);
     config.smtp = smtp;
+    config.strategy = strategy;
     config.cache_mib = tuning.cache_mib;
     coord::run(config, listener, tpc_common::shutdown::signal()).await?;
     Ok(ExitCode::SUCCESS)
@@ -80,6 +83,7 @@ pub async fn up(
     port: u16,
     smtp: Option<String>,
     argon2: Argon2Arg,
+    strategy: Strategy,
     tuning: Tuning,
 ) -> Result {
     fail_points()?;
@@ -100,6 +104,7 @@ pub async fn up(
     };
     let mut coord_config = coord::Config::new(data_dir.clone(), url(1), url(2));
     coord_config.smtp = smtp.clone();
+    coord_config.strategy = strategy;
     coord_config.cache_mib = tuning.cache_mib;
     let mut pass_config = part::Config::new(Role::Password, data_dir.clone(), url(0));
     pass_config.cost = cost(argon2);

@@ -35,6 +35,7 @@ pub async fn start_cluster(config: &Config, dir: &Path) -> Result<Cluster, BoxEr
         direct_links: true,
         // The product's default: the last 100 changes per user.
         history_keep: None,
+        strategy: tpc_common::Strategy::TwoPc,
     })
     .await
 }

@@ -46,6 +46,26 @@ pub const FAIL_POINTS: &[(&str, &str, &str)] = &[
         "marking fails: the e-mail is resent",
     ),
     (
+        "saga.after_start_forced",
+        "saga logged, no step sent: recovery compensates both steps, each an empty compensation the participants record",
+        "the forced write fails after landing: the process stops",
+    ),
+    (
+        "saga.after_apply",
+        "a step applied (the first time the password step, `1*off->crash` the history step), the next not sent or the completion not forced: recovery compensates the applied steps",
+        "the step's answer is lost: it counts as unknown and is compensated",
+    ),
+    (
+        "saga.after_completed_forced",
+        "every step applied and the completion forced, client not told: the e-mail is sent at recovery; a retry returns COMMITTED",
+        "the forced write fails after landing: the process stops",
+    ),
+    (
+        "saga.before_compensate",
+        "a compensation about to be sent: recovery compensates the saga again (idempotent)",
+        "the compensation is lost: it is resent",
+    ),
+    (
         "part.before_prepare_forced",
         "checks done, PREPARED not forced: the participant never voted; the coordinator's deadline aborts",
         "the forced write fails: the process stops",

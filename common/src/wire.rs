@@ -1,7 +1,7 @@
 //! Conversions between the `tpc.v1` wire types and the domain types, in one place, so the engines never
 //! see protobuf and every service validates input the same way.
 
-use tpc_proto::v1::{self, prepare_request};
+use tpc_proto::v1::{self, apply_request, prepare_request};
 
 use crate::UserId;
 use crate::{Email, InvalidInput, Operation, Password};
@@ -21,6 +21,27 @@ impl TryFrom<Option<prepare_request::Operation>> for Operation {
                 current: Password::new("current_password", u.current_password)?,
                 new: Password::new("new_password", u.new_password)?,
             }),
+        }
+    }
+}
+
+/// An `Apply` carries the same operation as a `Prepare`.
+impl TryFrom<Option<apply_request::Operation>> for Operation {
+    type Error = InvalidInput;
+
+    fn try_from(op: Option<apply_request::Operation>) -> Result<Self, Self::Error> {
+        Operation::try_from(op.map(|op| match op {
+            apply_request::Operation::Register(r) => prepare_request::Operation::Register(r),
+            apply_request::Operation::Update(u) => prepare_request::Operation::Update(u),
+        }))
+    }
+}
+
+impl From<&Operation> for apply_request::Operation {
+    fn from(op: &Operation) -> Self {
+        match prepare_request::Operation::from(op) {
+            prepare_request::Operation::Register(r) => apply_request::Operation::Register(r),
+            prepare_request::Operation::Update(u) => apply_request::Operation::Update(u),
         }
     }
 }
@@ -85,7 +106,7 @@ mod tests {
             Err(InvalidInput::MalformedEmail)
         );
         assert_eq!(
-            Operation::try_from(None),
+            Operation::try_from(None::<prepare_request::Operation>),
             Err(InvalidInput::MissingOperation)
         );
     }

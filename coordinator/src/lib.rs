@@ -6,6 +6,8 @@
 //! - `mailer`: where e-mail goes (SMTP with lettre, or `.eml` files); `outbox`: the dispatcher that
 //!   delivers the outbox through it, at least once.
 //! - `peers`: gRPC clients of the two participants.
+//! - `saga`: the saga strategy (for the comparison), engine and runtime; `runner`: whichever strategy
+//!   runs, behind one handle.
 //! - `runtime`: executes the engine's commands; `service` the gRPC API; `server` wiring.
 
 pub mod batcher;
@@ -15,6 +17,8 @@ pub mod log;
 pub mod mailer;
 pub mod outbox;
 pub mod peers;
+pub mod runner;
 pub mod runtime;
+pub mod saga;
 pub mod server;
 pub mod service;

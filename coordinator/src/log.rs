@@ -8,12 +8,14 @@
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use tpc_common::{Email, GroupCommit, OperationKind, TxnId, UserId};
+use tpc_common::{Email, GroupCommit, OperationKind, Strategy, TxnId, UserId};
 
 use crate::engine::{AbortNote, CommitRecord};
 
 const TXN: &[u8] = b"t/";
 const OUTBOX: &[u8] = b"o/";
+/// Which strategy wrote this log.
+const STRATEGY: &[u8] = b"strategy";
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
@@ -27,16 +29,24 @@ pub enum LogError {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum State {
-    /// COMMIT forced; not every participant has acknowledged.
+    /// COMMIT forced; not every participant has acknowledged (events: published, not yet delivered to
+    /// every consumer).
     Committing,
-    /// END written: every participant acknowledged.
+    /// END written: every participant acknowledged (saga: every step applied).
     Committed,
     Aborted,
+    /// Saga: started (forced before its first step); steps running.
+    Running,
+    /// Saga: a step failed; the steps done are being compensated.
+    Compensating,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TxnRecord {
     pub txn: TxnId,
+    /// The strategy that ran it (records written before strategies existed are two-phase commits).
+    #[serde(default)]
+    pub strategy: Strategy,
     pub request_id: String,
     pub kind: OperationKind,
     pub user: UserId,
@@ -88,26 +98,63 @@ impl Log {
         Ok(Self { db, forcer })
     }
 
+    /// The strategy that wrote this log; `None` for a new log (or one from before strategies, which
+    /// only two-phase commit wrote: see `set_strategy`).
+    pub fn strategy(&self) -> Result<Option<Strategy>, LogError> {
+        match self.db.get(STRATEGY)? {
+            Some(raw) => Ok(Some(decode(&raw)?)),
+            None if self.db.scan_prefix(TXN).next().is_some() => Ok(Some(Strategy::TwoPc)),
+            None => Ok(None),
+        }
+    }
+
+    /// Records the strategy of a new log (forced with the first forced write).
+    pub fn set_strategy(&self, strategy: Strategy) -> Result<(), LogError> {
+        self.db.insert(STRATEGY, encode(&strategy))?;
+        self.db.flush()?;
+        Ok(())
+    }
+
     /// The commit point: the COMMIT record and its e-mail, in one batch, on disk when this returns.
     pub async fn force_commit(
         &self,
         record: &CommitRecord,
         mail: &OutboxEntry,
     ) -> Result<(), LogError> {
+        self.force_decision(
+            Strategy::TwoPc,
+            State::Committing,
+            record,
+            mail,
+            sled::Batch::default(),
+        )
+        .await
+    }
+
+    /// A decision and its e-mail in one forced batch, with `extra` writes (the events strategy's
+    /// deliveries): the commit point of every strategy.
+    pub async fn force_decision(
+        &self,
+        strategy: Strategy,
+        state: State,
+        record: &CommitRecord,
+        mail: &OutboxEntry,
+        mut batch: sled::Batch,
+    ) -> Result<(), LogError> {
         let txn = TxnRecord {
             txn: record.txn,
+            strategy,
             request_id: record.request_id.clone(),
             kind: record.kind,
             user: record.user.clone(),
             email: Some(record.email.clone()),
-            state: State::Committing,
+            state,
             reason: String::new(),
             started_at: record.started_at,
             decided_at: record.decided_at,
             email_sent: false,
             email_error: None,
         };
-        let mut batch = sled::Batch::default();
         batch.insert(key(TXN, record.txn), encode(&txn));
         batch.insert(key(OUTBOX, record.txn), encode(mail));
         self.db.apply_batch(batch)?;
@@ -116,21 +163,46 @@ impl Log {
     }
 
     pub fn note_abort(&self, note: &AbortNote) -> Result<(), LogError> {
-        let record = TxnRecord {
-            txn: note.txn,
-            request_id: note.request_id.clone(),
-            kind: note.kind,
-            user: note.user.clone(),
-            email: None,
-            state: State::Aborted,
-            reason: note.reason.clone(),
-            started_at: note.started_at,
-            decided_at: note.decided_at,
-            email_sent: false,
-            email_error: None,
-        };
-        self.db.insert(key(TXN, note.txn), encode(&record))?;
+        self.insert(&abort_record(Strategy::TwoPc, State::Aborted, note))
+    }
+
+    /// Writes `record` as it is, unforced.
+    pub fn insert(&self, record: &TxnRecord) -> Result<(), LogError> {
+        self.db.insert(key(TXN, record.txn), encode(record))?;
         Ok(())
+    }
+
+    /// Writes `record` and forces it.
+    pub async fn force(&self, record: &TxnRecord) -> Result<(), LogError> {
+        self.insert(record)?;
+        self.forcer.force().await?;
+        Ok(())
+    }
+
+    /// Sets a record's state, unforced.
+    pub fn set_state(&self, txn: TxnId, state: State) -> Result<(), LogError> {
+        self.update(txn, |r| r.state = state)
+    }
+
+    /// Removes keys, unforced.
+    pub fn remove_keys(&self, keys: impl IntoIterator<Item = Vec<u8>>) -> Result<(), LogError> {
+        let mut batch = sled::Batch::default();
+        for k in keys {
+            batch.remove(k);
+        }
+        self.db.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Every key and value under `prefix`, in key order.
+    pub fn scan(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, LogError> {
+        self.db
+            .scan_prefix(prefix)
+            .map(|item| {
+                let (k, v) = item?;
+                Ok((k.to_vec(), v.to_vec()))
+            })
+            .collect()
     }
 
     /// END: every participant acknowledged. Unforced: if lost, recovery resends `Commit`, which the
@@ -276,7 +348,7 @@ impl Log {
             let finished = match record.state {
                 State::Committed => record.email_sent || record.email_error.is_some(),
                 State::Aborted => true,
-                State::Committing => false,
+                State::Committing | State::Running | State::Compensating => false,
             };
             if finished && record.decided_at < cutoff {
                 self.db.remove(&k)?;
@@ -304,7 +376,25 @@ impl TxnRecord {
     }
 }
 
-fn key(prefix: &[u8], txn: TxnId) -> Vec<u8> {
+/// The record of a transaction that did not commit (or, for a saga, is being compensated).
+pub fn abort_record(strategy: Strategy, state: State, note: &AbortNote) -> TxnRecord {
+    TxnRecord {
+        txn: note.txn,
+        strategy,
+        request_id: note.request_id.clone(),
+        kind: note.kind,
+        user: note.user.clone(),
+        email: None,
+        state,
+        reason: note.reason.clone(),
+        started_at: note.started_at,
+        decided_at: note.decided_at,
+        email_sent: false,
+        email_error: None,
+    }
+}
+
+pub fn key(prefix: &[u8], txn: TxnId) -> Vec<u8> {
     [prefix, txn.as_bytes()].concat()
 }
 

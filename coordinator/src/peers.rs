@@ -6,14 +6,18 @@
 
 use std::time::Duration;
 
-use tonic::transport::Endpoint;
-use tpc_common::{Email, Operation, TxnId};
+use tonic::transport::{Channel, Endpoint};
+use tpc_common::{Email, Operation, Strategy, TxnId, UserId};
 use tpc_proto::MAX_BATCH;
 use tpc_proto::v1::participant_client::ParticipantClient;
-use tpc_proto::v1::{BatchStatus, PrepareBatchRequest, PrepareRequest, TxnBatch, prepare_response};
+use tpc_proto::v1::{
+    ApplyRequest, BatchStatus, CompensateRequest, PrepareBatchRequest, PrepareRequest, TxnBatch,
+    apply_response, prepare_response,
+};
 
 use crate::batcher::Batcher;
 use crate::engine::{Participant, Vote};
+use crate::saga::StepResult;
 
 /// Batched calls of each kind in flight to one participant. More than one, so a slow batch (argon2 at
 /// full cost) does not hold up the next; few, so that under load each call carries many transactions.
@@ -21,6 +25,8 @@ const IN_FLIGHT: usize = 4;
 
 #[derive(Clone)]
 struct Link {
+    /// For the saga and events strategies' unary calls.
+    client: ParticipantClient<Channel>,
     prepare: Batcher<PrepareRequest, Vote>,
     commit: Batcher<String, ()>,
     abort: Batcher<String, ()>,
@@ -67,6 +73,68 @@ impl Peers {
 
     pub async fn abort(&self, to: Participant, txn: TxnId) -> Result<(), String> {
         self.link(to).abort.send(txn.to_string()).await
+    }
+
+    /// A saga step or an events delivery: one `Apply`, as those strategies are usually built (unary,
+    /// unbatched).
+    pub async fn apply(
+        &self,
+        to: Participant,
+        txn: TxnId,
+        strategy: Strategy,
+        op: &Operation,
+    ) -> Result<StepResult, tonic::Status> {
+        let request = ApplyRequest {
+            txn_id: txn.to_string(),
+            strategy: wire_strategy(strategy).into(),
+            operation: Some(op.into()),
+        };
+        let answer = self
+            .link(to)
+            .client
+            .clone()
+            .apply(request)
+            .await?
+            .into_inner();
+        Ok(match answer.outcome() {
+            apply_response::Outcome::Applied => StepResult::Applied {
+                detail: answer.email,
+            },
+            apply_response::Outcome::Refused => StepResult::Refused {
+                reason: answer.reason,
+            },
+            apply_response::Outcome::Unspecified => StepResult::Unknown {
+                error: "participant sent no outcome".into(),
+            },
+        })
+    }
+
+    pub async fn compensate(
+        &self,
+        to: Participant,
+        txn: TxnId,
+        user: &UserId,
+    ) -> Result<(), String> {
+        let request = CompensateRequest {
+            txn_id: txn.to_string(),
+            strategy: tpc_proto::v1::Strategy::Saga.into(),
+            user_id: user.to_string(),
+        };
+        self.link(to)
+            .client
+            .clone()
+            .compensate(request)
+            .await
+            .map(drop)
+            .map_err(describe)
+    }
+}
+
+fn wire_strategy(strategy: Strategy) -> tpc_proto::v1::Strategy {
+    match strategy {
+        Strategy::Saga => tpc_proto::v1::Strategy::Saga,
+        Strategy::Events => tpc_proto::v1::Strategy::Events,
+        Strategy::TwoPc => tpc_proto::v1::Strategy::Unspecified,
     }
 }
 
@@ -129,10 +197,12 @@ fn link(url: &str, timeout: Duration) -> Result<Link, String> {
             }
         })
     };
+    let (commit, abort) = (decide(true), decide(false));
     Ok(Link {
+        client,
         prepare,
-        commit: decide(true),
-        abort: decide(false),
+        commit,
+        abort,
     })
 }
 

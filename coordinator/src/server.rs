@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tpc_common::{Backoff, now_ms};
+use tpc_common::{Backoff, Strategy, now_ms};
 use tpc_proto::MAX_MESSAGE_BYTES;
 use tpc_proto::v1::password_service_server::PasswordServiceServer;
 use tpc_proto::v1::transaction_manager_server::TransactionManagerServer;
@@ -18,7 +18,9 @@ use crate::log::{Log, LogError, State};
 use crate::mailer::{Mailer, MailerError};
 use crate::outbox;
 use crate::peers::Peers;
+use crate::runner::Runner;
 use crate::runtime::Coordinator;
+use crate::saga::{self, Saga};
 use crate::service::Api;
 
 #[derive(Debug, Clone)]
@@ -33,6 +35,8 @@ pub struct Config {
     pub retention: Duration,
     /// The log's page cache, in MiB.
     pub cache_mib: u64,
+    /// Two-phase commit, or one of the strategies it is compared with.
+    pub strategy: Strategy,
 }
 
 impl Config {
@@ -45,6 +49,7 @@ impl Config {
             engine: engine::Config::default(),
             retention: Duration::from_secs(24 * 3600),
             cache_mib: tpc_common::DEFAULT_CACHE_MIB,
+            strategy: Strategy::TwoPc,
         }
     }
 }
@@ -59,6 +64,8 @@ pub enum ServeError {
     Peer(String),
     #[error(transparent)]
     Transport(#[from] tonic::transport::Error),
+    #[error("strategy: {0}")]
+    Strategy(String),
 }
 
 /// Recovers from the log, then serves on `listener` until `shutdown` completes.
@@ -82,20 +89,18 @@ pub async fn run(
     )
     .map_err(ServeError::Peer)?;
 
-    // Recovery: every COMMIT without END is driven to completion; every unsent e-mail is dispatched.
-    let mut engine = Engine::new(config.engine);
-    let records: Vec<_> = log
-        .records()?
-        .into_iter()
-        .filter_map(|r| r.commit_record().map(|c| (c, r.state == State::Committed)))
-        .collect();
-    let unfinished = records.iter().filter(|(_, ended)| !ended).count();
-    if unfinished > 0 {
-        info!(target: "tpc::protocol", unfinished, "recovery: resending Commit for transactions committed before the crash");
-    }
-    let recovered = engine.handle(Event::Recovered { records }, now_ms());
+    check_strategy(&log, config.strategy)?;
     let (outbox, fresh_mail) = tokio::sync::mpsc::unbounded_channel();
-    let coordinator = Coordinator::start(engine, recovered, log.clone(), peers, outbox);
+    let coordinator = match config.strategy {
+        Strategy::TwoPc => Runner::TwoPc(start_two_phase_commit(&config, &log, peers, outbox)?),
+        Strategy::Saga => Runner::Saga(Saga::start(
+            saga::Engine::new(saga::Config::default()),
+            log.clone(),
+            peers,
+            outbox,
+        )?),
+        Strategy::Events => return Err(ServeError::Strategy("events is not available yet".into())),
+    };
 
     info!(mailer = %mailer.describe(), "e-mail outbox");
     let dispatcher = tokio::spawn(outbox::dispatch_forever(
@@ -131,12 +136,51 @@ pub async fn run(
     Ok(served?)
 }
 
+/// Recovery of two-phase commit: every COMMIT without END is driven to completion.
+fn start_two_phase_commit(
+    config: &Config,
+    log: &Arc<Log>,
+    peers: Peers,
+    outbox: tokio::sync::mpsc::UnboundedSender<crate::log::OutboxEntry>,
+) -> Result<Coordinator, ServeError> {
+    let mut engine = Engine::new(config.engine);
+    let records: Vec<_> = log
+        .records()?
+        .into_iter()
+        .filter_map(|r| r.commit_record().map(|c| (c, r.state == State::Committed)))
+        .collect();
+    let unfinished = records.iter().filter(|(_, ended)| !ended).count();
+    if unfinished > 0 {
+        info!(target: "tpc::protocol", unfinished, "recovery: resending Commit for transactions committed before the crash");
+    }
+    let recovered = engine.handle(Event::Recovered { records }, now_ms());
+    Ok(Coordinator::start(
+        engine,
+        recovered,
+        log.clone(),
+        peers,
+        outbox,
+    ))
+}
+
+/// A data directory keeps the strategy it was first run with: one strategy's records must never be
+/// read as another's (a saga's start is not a COMMIT).
+fn check_strategy(log: &Log, strategy: Strategy) -> Result<(), ServeError> {
+    match log.strategy()? {
+        Some(recorded) if recorded != strategy => Err(ServeError::Strategy(format!(
+            "the data directory was written by the {recorded} strategy; run it with --strategy {recorded}, or use another --data-dir"
+        ))),
+        Some(_) => Ok(()),
+        None => Ok(log.set_strategy(strategy)?),
+    }
+}
+
 /// Deletes finished transactions older than `retention`, once a minute.
 ///
 /// Each pass reads the log from its oldest key in slices, each on the blocking pool: at full load the
 /// log holds hundreds of thousands of records, and decoding them all on an async worker stalled prepares
 /// and commits past their deadlines at every pass.
-async fn collect_garbage(log: Arc<Log>, coordinator: Coordinator, retention: Duration) {
+async fn collect_garbage(log: Arc<Log>, coordinator: Runner, retention: Duration) {
     let mut every = tokio::time::interval(Duration::from_secs(60));
     loop {
         every.tick().await;
@@ -160,10 +204,7 @@ async fn collect_garbage(log: Arc<Log>, coordinator: Coordinator, retention: Dur
                 }
             };
             for r in slice.collected {
-                coordinator.notify(Event::Forgotten {
-                    txn: r.txn,
-                    request_id: r.request_id,
-                });
+                coordinator.forgotten(r.txn, r.request_id);
             }
             match slice.resume_after {
                 Some(last) => from = Some(last),

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
-use tpc_common::{Email, Operation, Password, TxnId, UserId, wire::timestamp};
+use tpc_common::{Email, Operation, Password, Strategy, TxnId, UserId, wire::timestamp};
 use tpc_proto::v1::password_service_server::PasswordService;
 use tpc_proto::v1::transaction_manager_server::TransactionManager;
 use tpc_proto::v1::{
@@ -16,10 +16,11 @@ use tracing::{Instrument, debug, info, info_span};
 
 use crate::engine::{Active, Decision, Participant, Refusal};
 use crate::log::{Log, State, TxnRecord};
-use crate::runtime::{Coordinator, Stopped};
+use crate::runner::Runner;
+use crate::runtime::Stopped;
 
 pub struct Api {
-    pub coordinator: Coordinator,
+    pub coordinator: Runner,
     pub log: Arc<Log>,
 }
 
@@ -214,6 +215,7 @@ fn from_active(a: &Active) -> Transaction {
         acked_by: Vec::new(),
         email_sent: false,
         email_error: String::new(),
+        strategy: Strategy::TwoPc.as_str().into(),
     }
 }
 
@@ -222,6 +224,8 @@ fn from_record(r: &TxnRecord, active: &[Active]) -> Transaction {
         State::Committing => transaction::State::Committing,
         State::Committed => transaction::State::Committed,
         State::Aborted => transaction::State::Aborted,
+        State::Running => transaction::State::Active,
+        State::Compensating => transaction::State::Compensating,
     };
     let acked_by = match r.state {
         State::Committed => Participant::ALL
@@ -233,7 +237,7 @@ fn from_record(r: &TxnRecord, active: &[Active]) -> Transaction {
             .find(|a| a.txn == r.txn)
             .map(|a| a.acked.iter().map(|p| p.name().to_owned()).collect())
             .unwrap_or_default(),
-        State::Aborted => Vec::new(),
+        State::Aborted | State::Running | State::Compensating => Vec::new(),
     };
     Transaction {
         txn_id: r.txn.to_string(),
@@ -247,5 +251,6 @@ fn from_record(r: &TxnRecord, active: &[Active]) -> Transaction {
         acked_by,
         email_sent: r.email_sent,
         email_error: r.email_error.clone().unwrap_or_default(),
+        strategy: r.strategy.as_str().into(),
     }
 }

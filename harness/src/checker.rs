@@ -15,6 +15,8 @@ pub enum TxnState {
     Committing,
     Committed,
     Aborted,
+    /// Saga: undoing the steps done (ends as `Aborted`).
+    Compensating,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -347,7 +349,10 @@ pub fn check(o: &Observed) -> Vec<Violation> {
         }
     }
     for t in &o.transactions {
-        if matches!(t.state, TxnState::Active | TxnState::Committing) {
+        if matches!(
+            t.state,
+            TxnState::Active | TxnState::Committing | TxnState::Compensating
+        ) {
             out.push(violation(
                 "termination",
                 format!("coordinator still has {} in state {:?}", t.txn, t.state),

@@ -64,6 +64,8 @@ pub struct ClusterOptions {
     pub direct_links: bool,
     /// `--history-keep` of the history participant (default: the participant's own).
     pub history_keep: Option<usize>,
+    /// The coordinator's `--strategy` (default: two-phase commit).
+    pub strategy: tpc_common::Strategy,
 }
 
 /// The network links between the processes, each through a [`FaultProxy`]: the coordinator calls each
@@ -214,6 +216,9 @@ impl Cluster {
         args.extend(["--listen".into(), listen, "--data-dir".into(), data_dir]);
         if let (Service::Coordinator, Some(smtp)) = (service, &self.options.smtp) {
             args.extend(["--smtp".into(), smtp.clone()]);
+        }
+        if service == Service::Coordinator {
+            args.extend(["--strategy".into(), self.options.strategy.as_str().into()]);
         }
         if let (Service::History, Some(keep)) = (service, self.options.history_keep) {
             args.extend(["--history-keep".into(), keep.to_string()]);
@@ -391,6 +396,16 @@ impl Cluster {
             .into_inner())
     }
 
+    /// A client of `service`'s participant protocol (`Apply`, `Compensate`, `Prepare`…), for tests that
+    /// play the coordinator.
+    pub async fn participant(
+        &self,
+        service: Service,
+    ) -> Result<ParticipantClient<Channel>, BoxError> {
+        let channel = Channel::from_shared(self.url(service))?.connect().await?;
+        Ok(ParticipantClient::new(channel))
+    }
+
     /// Every transaction the coordinator knows, newest first.
     pub async fn list_transactions(&self) -> Result<Vec<Transaction>, BoxError> {
         let request = ListTransactionsRequest {
@@ -407,7 +422,7 @@ impl Cluster {
     }
 
     /// What is still in flight, if anything: a participant in doubt or holding a lock, a transaction
-    /// active or committing.
+    /// active, committing or compensating.
     pub async fn in_flight(&self) -> Result<Option<String>, BoxError> {
         for service in [Service::Password, Service::History] {
             let status = self.participant_status(service).await?;
@@ -423,7 +438,9 @@ impl Cluster {
         for t in self.list_transactions().await? {
             if matches!(
                 t.state(),
-                transaction::State::Active | transaction::State::Committing
+                transaction::State::Active
+                    | transaction::State::Committing
+                    | transaction::State::Compensating
             ) {
                 return Ok(Some(format!(
                     "coordinator: {} is {}",

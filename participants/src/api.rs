@@ -5,19 +5,21 @@
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
-use tpc_common::{Operation, Password, TxnId, UserId, now_ms, telemetry, wire};
+use tpc_common::{Operation, Password, Strategy, TxnId, UserId, now_ms, telemetry, wire};
 use tpc_proto::MAX_BATCH;
 use tpc_proto::v1::history_reader_server::HistoryReader;
 use tpc_proto::v1::participant_server::Participant;
 use tpc_proto::v1::password_reader_server::PasswordReader;
 use tpc_proto::v1::{
-    AbortRequest, Ack, BatchResults, BatchStatus, CommitRequest, GetHistoryRequest, GetUserRequest,
-    History, ParticipantStatus, PrepareBatchRequest, PrepareBatchResponse, PrepareRequest,
-    PrepareResponse, PrepareResult, StatusRequest, TxnBatch, User, VerifyPasswordRequest,
-    VerifyPasswordResponse, history, prepare_response,
+    AbortRequest, Ack, ApplyRequest, ApplyResponse, BatchResults, BatchStatus, CommitRequest,
+    CompensateRequest, GetHistoryRequest, GetUserRequest, History, ParticipantStatus,
+    PrepareBatchRequest, PrepareBatchResponse, PrepareRequest, PrepareResponse, PrepareResult,
+    StatusRequest, TxnBatch, User, VerifyPasswordRequest, VerifyPasswordResponse, apply_response,
+    history, prepare_response,
 };
 use tracing::{Instrument, info_span};
 
+use crate::barrier::Applied;
 use crate::engine::{Event, Vote};
 use crate::history::{Histories, entries};
 use crate::node::{Node, Reply, detached};
@@ -108,6 +110,47 @@ impl<R: Resource> Participant for ParticipantApi<R> {
         decide_batch(&self.0, request.into_inner(), Decide::Abort).await
     }
 
+    async fn apply(
+        &self,
+        request: Request<ApplyRequest>,
+    ) -> Result<Response<ApplyResponse>, Status> {
+        let span = txn_span(&request, "Apply", R::NAME, &request.get_ref().txn_id);
+        let node = self.0.clone();
+        let work = async move {
+            let req = request.into_inner();
+            let txn = TxnId::parse(&req.txn_id)?;
+            let strategy = local_strategy(req.strategy)?;
+            let op = Operation::try_from(req.operation)?;
+            node.apply_local(txn, strategy, op).await
+        };
+        let (outcome, reason, email) = match detached(work.instrument(span)).await? {
+            Applied::Yes(detail) => (apply_response::Outcome::Applied, String::new(), detail),
+            Applied::No(reason) => (apply_response::Outcome::Refused, reason, String::new()),
+        };
+        Ok(Response::new(ApplyResponse {
+            outcome: outcome.into(),
+            reason,
+            email,
+        }))
+    }
+
+    async fn compensate(
+        &self,
+        request: Request<CompensateRequest>,
+    ) -> Result<Response<Ack>, Status> {
+        let span = txn_span(&request, "Compensate", R::NAME, &request.get_ref().txn_id);
+        let node = self.0.clone();
+        let work = async move {
+            let req = request.into_inner();
+            let txn = TxnId::parse(&req.txn_id)?;
+            let strategy = local_strategy(req.strategy)?;
+            let user = UserId::parse(&req.user_id)?;
+            node.compensate_local(txn, strategy, user).await
+        };
+        detached(work.instrument(span)).await?;
+        Ok(Response::new(Ack {}))
+    }
+
     async fn status(
         &self,
         _: Request<StatusRequest>,
@@ -117,6 +160,17 @@ impl<R: Resource> Participant for ParticipantApi<R> {
             in_doubt: in_doubt.iter().map(TxnId::to_string).collect(),
             locked_users: locked as u32,
         }))
+    }
+}
+
+/// The strategy of an `Apply` or `Compensate`: saga or events (two-phase commit prepares instead).
+fn local_strategy(wire: i32) -> Result<Strategy, Status> {
+    match tpc_proto::v1::Strategy::try_from(wire) {
+        Ok(tpc_proto::v1::Strategy::Saga) => Ok(Strategy::Saga),
+        Ok(tpc_proto::v1::Strategy::Events) => Ok(Strategy::Events),
+        _ => Err(Status::invalid_argument(
+            "strategy must be SAGA or EVENTS (two-phase commit uses Prepare)",
+        )),
     }
 }
 

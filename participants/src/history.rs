@@ -21,7 +21,7 @@ pub struct Entry {
 }
 
 /// What a new password is checked against: the user's most recent hashes (newest first).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Recent {
     pub hashes: Vec<String>,
     /// The sequence number of the next entry; also how many changes the user ever had.
@@ -34,6 +34,17 @@ pub struct HistoryChange {
     pub user: UserId,
     pub kind: OperationKind,
     pub hash: String,
+}
+
+/// What undoes one applied history change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryUndo {
+    /// The user's record before (`None`: the change registered the user).
+    pub previous: Option<Recent>,
+    /// The sequence number of the entry the change added.
+    pub seq: u64,
+    /// The entry that fell out of the kept window, with its sequence number.
+    pub dropped: Option<(u64, Entry)>,
 }
 
 /// How many recent passwords are refused unless configured otherwise.
@@ -52,6 +63,7 @@ pub struct Histories {
 
 impl Resource for Histories {
     type Change = HistoryChange;
+    type Undo = HistoryUndo;
     const NAME: &'static str = "history";
 
     fn validate(
@@ -87,8 +99,9 @@ impl Resource for Histories {
         change: &HistoryChange,
         at: u64,
         batch: &mut sled::Batch,
-    ) -> Result<(), StoreError> {
-        let mut recent: Recent = data.get(&change.user)?.unwrap_or_default();
+    ) -> Result<HistoryUndo, StoreError> {
+        let previous: Option<Recent> = data.get(&change.user)?;
+        let mut recent = previous.clone().unwrap_or_default();
         recent.hashes.insert(0, change.hash.clone());
         recent.hashes.truncate(self.depth);
         let seq = recent.next;
@@ -104,10 +117,39 @@ impl Resource for Histories {
             },
         );
         let keep = self.keep.max(self.depth) as u64;
+        let mut dropped = None;
         if let Some(old) = seq.checked_sub(keep) {
+            dropped = data.item(&change.user, old)?.map(|entry| (old, entry));
             Data::drop_item(batch, &change.user, old);
         }
-        Ok(())
+        Ok(HistoryUndo {
+            previous,
+            seq,
+            dropped,
+        })
+    }
+
+    fn compensate(
+        &self,
+        data: &Data,
+        _txn: TxnId,
+        user: &UserId,
+        undo: &HistoryUndo,
+        batch: &mut sled::Batch,
+    ) -> Result<bool, StoreError> {
+        match data.get::<Recent>(user)? {
+            Some(current) if current.next == undo.seq + 1 => {}
+            _ => return Ok(false),
+        }
+        match &undo.previous {
+            Some(previous) => Data::put(batch, user, previous),
+            None => Data::remove(batch, user),
+        }
+        Data::drop_item(batch, user, undo.seq);
+        if let Some((seq, entry)) = &undo.dropped {
+            Data::append(batch, user, *seq, entry);
+        }
+        Ok(true)
     }
 }
 

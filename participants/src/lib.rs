@@ -1,5 +1,6 @@
 //! The password and history participants of tpc's two-phase commit.
 //!
+//! - `barrier`: the saga and events operations' idempotence and ordering rules, pure.
 //! - `engine`: the participant protocol as a pure state machine (shared by both participants).
 //! - `store`: the durable sled log: PREPARED and COMMITTED records beside the data they guard.
 //! - `resource`: what a participant manages; `password` and `history` are the two resources.
@@ -7,6 +8,7 @@
 //! - `node`: the runtime that executes the engine's commands; `api` the gRPC services; `server` wiring.
 
 pub mod api;
+pub mod barrier;
 pub mod engine;
 pub mod hashing;
 pub mod history;

@@ -22,6 +22,8 @@ use crate::engine::{Command, Config, Decision, Engine, Event, Refusal, Vote};
 use crate::resource::Resource;
 use crate::store::{Data, Store, StoreError};
 
+mod local;
+
 /// How a request driven through the engine was answered.
 #[derive(Debug)]
 pub enum Reply<C> {
@@ -42,6 +44,8 @@ pub struct Node<R: Resource> {
     hashing: Arc<Semaphore>,
     coordinator: TransactionManagerClient<Channel>,
     read_wait: Duration,
+    /// Serialize the saga and events operations of a user (`local.rs`).
+    user_stripes: Vec<tokio::sync::Mutex<()>>,
 }
 
 impl<R: Resource> Node<R> {
@@ -75,6 +79,9 @@ impl<R: Resource> Node<R> {
             hashing: Arc::new(Semaphore::new(hashing_slots())),
             coordinator: TransactionManagerClient::new(coordinator),
             read_wait,
+            user_stripes: (0..local::USER_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
         }))
     }
 
@@ -392,6 +399,7 @@ mod tests {
 
     impl Resource for Arc<Gate> {
         type Change = String;
+        type Undo = ();
         const NAME: &'static str = "gate";
 
         fn validate(&self, _: &Data, op: &Operation) -> Result<Result<String, String>, StoreError> {
@@ -411,6 +419,17 @@ mod tests {
             _: &mut sled::Batch,
         ) -> Result<(), StoreError> {
             Ok(())
+        }
+
+        fn compensate(
+            &self,
+            _: &Data,
+            _: TxnId,
+            _: &UserId,
+            _: &(),
+            _: &mut sled::Batch,
+        ) -> Result<bool, StoreError> {
+            Ok(true)
         }
     }
 

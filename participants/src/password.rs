@@ -34,6 +34,8 @@ pub struct Passwords {
 
 impl Resource for Passwords {
     type Change = PasswordChange;
+    /// The account the change replaced (`None`: the change registered the user).
+    type Undo = Option<Account>;
     const NAME: &'static str = "password";
 
     fn validate(
@@ -66,12 +68,13 @@ impl Resource for Passwords {
 
     fn apply(
         &self,
-        _data: &Data,
+        data: &Data,
         txn: TxnId,
         change: &PasswordChange,
         at: u64,
         batch: &mut sled::Batch,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Option<Account>, StoreError> {
+        let previous = data.get(&change.user)?;
         let account = Account {
             email: change.email.clone(),
             hash: change.hash.clone(),
@@ -79,7 +82,26 @@ impl Resource for Passwords {
             changed_at: at,
         };
         Data::put(batch, &change.user, &account);
-        Ok(())
+        Ok(previous)
+    }
+
+    fn compensate(
+        &self,
+        data: &Data,
+        txn: TxnId,
+        user: &UserId,
+        undo: &Option<Account>,
+        batch: &mut sled::Batch,
+    ) -> Result<bool, StoreError> {
+        match data.get::<Account>(user)? {
+            Some(current) if current.version == txn => {}
+            _ => return Ok(false),
+        }
+        match undo {
+            Some(previous) => Data::put(batch, user, previous),
+            None => Data::remove(batch, user),
+        }
+        Ok(true)
     }
 
     fn vote_detail(change: &PasswordChange) -> String {

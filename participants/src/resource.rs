@@ -6,13 +6,17 @@ use std::fmt::Debug;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tpc_common::{Operation, TxnId};
+use tpc_common::{Operation, TxnId, UserId};
 
 use crate::store::{Data, StoreError};
 
 pub trait Resource: Send + Sync + 'static {
     /// The prepared change, as written in the PREPARED record: hashes, never a plaintext.
     type Change: Clone + Debug + Serialize + DeserializeOwned + Send + Sync + 'static;
+
+    /// What a saga needs to undo an applied change (what the change replaced). Stored in the
+    /// participant's own store only.
+    type Undo: Clone + Debug + Serialize + DeserializeOwned + Send + Sync + 'static;
 
     /// `"password"` or `"history"`, for logs.
     const NAME: &'static str;
@@ -26,7 +30,8 @@ pub trait Resource: Send + Sync + 'static {
         op: &Operation,
     ) -> Result<Result<Self::Change, String>, StoreError>;
 
-    /// Adds the writes that apply `change` to `batch`.
+    /// Adds the writes that apply `change` to `batch`; returns what undoes them (two-phase commit
+    /// never needs it; a saga's compensation does).
     fn apply(
         &self,
         data: &Data,
@@ -34,7 +39,19 @@ pub trait Resource: Send + Sync + 'static {
         change: &Self::Change,
         at: u64,
         batch: &mut sled::Batch,
-    ) -> Result<(), StoreError>;
+    ) -> Result<Self::Undo, StoreError>;
+
+    /// Adds the writes that undo `txn`'s applied change to `batch`. Runs under the user's lock, after
+    /// nothing else changed the user (a saga changes one user one step at a time); if something did,
+    /// it leaves the newer state alone and says so with `false`.
+    fn compensate(
+        &self,
+        data: &Data,
+        txn: TxnId,
+        user: &UserId,
+        undo: &Self::Undo,
+        batch: &mut sled::Batch,
+    ) -> Result<bool, StoreError>;
 
     /// What the yes-vote tells the coordinator (the password participant: the user's e-mail address).
     fn vote_detail(_change: &Self::Change) -> String {

@@ -1,7 +1,7 @@
 //! The participant's durable state in one sled database: the transaction log (PREPARED and COMMITTED
 //! records, keys `t/<txn>`) beside the data it guards: one record per user (keys `d/<user>`) and, for a
 //! resource that keeps a list per user, one key per item (`l/<user>\0<seq>`, so appending writes one
-//! small key instead of rewriting the list). A commit writes the new data and the COMMITTED record in
+//! small key instead of rewriting the list), and the saga barrier (`b/<txn>`, see `barrier.rs`). A commit writes the new data and the COMMITTED record in
 //! one atomic batch, so they can never disagree after a crash.
 
 use std::marker::PhantomData;
@@ -11,9 +11,12 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tpc_common::{GroupCommit, TxnId, UserId};
 
+use crate::barrier::Barrier;
+
 const TXN: &[u8] = b"t/";
 const DATA: &[u8] = b"d/";
 const LIST: &[u8] = b"l/";
+const BARRIER: &[u8] = b"b/";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -53,6 +56,21 @@ impl Data {
 
     pub fn put<T: Serialize>(batch: &mut sled::Batch, user: &UserId, value: &T) {
         batch.insert(data_key(user), encode(value));
+    }
+
+    /// Deletes `user`'s record (a compensated registration).
+    pub fn remove(batch: &mut sled::Batch, user: &UserId) {
+        batch.remove(data_key(user));
+    }
+
+    /// Item `seq` of `user`'s list.
+    pub fn item<T: DeserializeOwned>(
+        &self,
+        user: &UserId,
+        seq: u64,
+    ) -> Result<Option<T>, StoreError> {
+        let key = list_key(user, seq);
+        self.db.get(&key)?.map(|raw| decode(&key, &raw)).transpose()
     }
 
     /// Adds item `seq` to the end of `user`'s list.
@@ -158,6 +176,39 @@ impl<C: Serialize + DeserializeOwned> Store<C> {
         Ok(())
     }
 
+    /// What this participant recorded for a saga or events transaction (see `barrier.rs`).
+    pub fn barrier<U: DeserializeOwned>(
+        &self,
+        txn: TxnId,
+    ) -> Result<Option<Barrier<U>>, StoreError> {
+        let key = barrier_key(txn);
+        self.db.get(&key)?.map(|raw| decode(&key, &raw)).transpose()
+    }
+
+    /// Applies `data_writes` and records `barrier`, atomically, and returns once both are on disk: a
+    /// saga step is answered only when durable, like a vote.
+    pub async fn force_barrier<U: Serialize>(
+        &self,
+        txn: TxnId,
+        barrier: &Barrier<U>,
+        mut data_writes: sled::Batch,
+    ) -> Result<(), StoreError> {
+        data_writes.insert(barrier_key(txn), encode(barrier));
+        self.db.apply_batch(data_writes)?;
+        self.forcer.force().await?;
+        Ok(())
+    }
+
+    /// Records a refusal, unforced: it changed nothing, and a lost one only lets a retry check again.
+    pub fn note_barrier<U: Serialize>(
+        &self,
+        txn: TxnId,
+        barrier: &Barrier<U>,
+    ) -> Result<(), StoreError> {
+        self.db.insert(barrier_key(txn), encode(barrier))?;
+        Ok(())
+    }
+
     /// Deletes a transaction's record (an aborted PREPARED one, or an old COMMITTED one). Not forced: a
     /// PREPARED record that comes back after a crash is asked about and resolves as aborted.
     pub fn remove(&self, txn: TxnId) -> Result<(), StoreError> {
@@ -168,6 +219,10 @@ impl<C: Serialize + DeserializeOwned> Store<C> {
 
 fn txn_key(txn: TxnId) -> Vec<u8> {
     [TXN, txn.as_bytes()].concat()
+}
+
+fn barrier_key(txn: TxnId) -> Vec<u8> {
+    [BARRIER, txn.as_bytes()].concat()
 }
 
 fn data_key(user: &UserId) -> Vec<u8> {

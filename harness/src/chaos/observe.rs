@@ -23,6 +23,7 @@ async fn transactions(cluster: &Cluster) -> Result<Vec<CoordinatorTxn>, BoxError
                 transaction::State::Committing => TxnState::Committing,
                 transaction::State::Committed => TxnState::Committed,
                 transaction::State::Aborted => TxnState::Aborted,
+                transaction::State::Compensating => TxnState::Compensating,
                 transaction::State::Active | transaction::State::Unspecified => TxnState::Active,
             },
             txn: t.txn_id,

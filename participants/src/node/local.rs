@@ -1,0 +1,160 @@
+//! The saga and events operations of a participant: `Apply` (a local transaction, in effect at once)
+//! and `Compensate` (its undo), guarded by the barrier (`barrier.rs`). Two-phase commit never comes
+//! here.
+
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use tonic::Status;
+use tpc_common::{Operation, Strategy, TxnId, UserId, now_ms};
+use tracing::{info, warn};
+
+use super::{Node, fatal};
+use crate::barrier::{self, Applied, ApplyStep, Barrier, CompensateStep};
+use crate::resource::Resource;
+
+/// How many locks the users are spread over: a user's `Apply`s and `Compensate`s run one at a time;
+/// two users sharing a stripe only wait for each other briefly.
+pub(super) const USER_STRIPES: usize = 64;
+
+impl<R: Resource> Node<R> {
+    /// `Apply`: checks `op` (argon2 work) and applies it at once, durably; or answers from the barrier.
+    pub async fn apply_local(
+        self: &Arc<Self>,
+        txn: TxnId,
+        strategy: Strategy,
+        op: Operation,
+    ) -> Result<Applied, Status> {
+        if let Some(answer) = self.answered_apply(txn, strategy)? {
+            return Ok(answer);
+        }
+        let _user = self.user_stripe(op.user()).lock().await;
+        // Again under the lock: a Compensate of this transaction may have just been recorded.
+        if let Some(answer) = self.answered_apply(txn, strategy)? {
+            return Ok(answer);
+        }
+        if self.engine().is_locked(op.user()) {
+            return Err(Status::unavailable(
+                "conflict: a two-phase-commit transaction holds this user; retry",
+            ));
+        }
+        let user = op.user().clone();
+        let (resource, data) = (self.resource.clone(), self.data.clone());
+        let outcome = self
+            .hash_work(move || resource.validate(&data, &op))
+            .await?
+            .unwrap_or_else(|e| fatal(e));
+        let change = match outcome {
+            Ok(change) => change,
+            Err(reason) => {
+                let refused = Barrier::<R::Undo>::Refused {
+                    strategy,
+                    reason: reason.clone(),
+                };
+                if let Err(e) = self.store.note_barrier(txn, &refused) {
+                    fatal(e)
+                }
+                info!(target: "tpc::protocol", participant = R::NAME, %txn, %strategy, "{}: refuses ({reason}); changes nothing", R::NAME);
+                return Ok(Applied::No(reason));
+            }
+        };
+        let at = now_ms();
+        let mut batch = sled::Batch::default();
+        let undo = self
+            .resource
+            .apply(&self.data, txn, &change, at, &mut batch)
+            .unwrap_or_else(|e| fatal(e));
+        let detail = R::vote_detail(&change);
+        let applied = Barrier::Applied {
+            strategy,
+            user,
+            undo,
+            detail: detail.clone(),
+            at,
+        };
+        if let Err(e) = self.store.force_barrier(txn, &applied, batch).await {
+            fatal(e)
+        }
+        info!(target: "tpc::protocol", participant = R::NAME, %txn, %strategy, "{}: applied and forced (in effect now)", R::NAME);
+        Ok(Applied::Yes(detail))
+    }
+
+    fn answered_apply(&self, txn: TxnId, strategy: Strategy) -> Result<Option<Applied>, Status> {
+        let recorded = self
+            .store
+            .barrier::<R::Undo>(txn)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        match barrier::on_apply(recorded.as_ref(), strategy) {
+            ApplyStep::Answer(answer) => Ok(Some(answer)),
+            ApplyStep::Run => Ok(None),
+            ApplyStep::WrongStrategy(other) => Err(wrong_strategy(txn, other)),
+        }
+    }
+
+    /// `Compensate`: undoes `txn`'s applied change, or records that there was none to undo.
+    pub async fn compensate_local(
+        self: &Arc<Self>,
+        txn: TxnId,
+        strategy: Strategy,
+        user: UserId,
+    ) -> Result<(), Status> {
+        if strategy != Strategy::Saga {
+            return Err(Status::failed_precondition(format!(
+                "only a saga compensates, not {strategy}"
+            )));
+        }
+        let _user = self.user_stripe(&user).lock().await;
+        let recorded = self
+            .store
+            .barrier::<R::Undo>(txn)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let at = now_ms();
+        let (record, batch) = match barrier::on_compensate(recorded.as_ref(), strategy) {
+            CompensateStep::Ack => return Ok(()),
+            CompensateStep::WrongStrategy(other) => return Err(wrong_strategy(txn, other)),
+            CompensateStep::RecordEmpty => {
+                info!(target: "tpc::protocol", participant = R::NAME, %txn, "{}: compensation of a step never applied here: recorded, so a late Apply does nothing", R::NAME);
+                let record = Barrier::<R::Undo>::Compensated {
+                    strategy,
+                    user,
+                    undone: false,
+                    at,
+                };
+                (record, sled::Batch::default())
+            }
+            CompensateStep::Undo { user, undo } => {
+                let mut batch = sled::Batch::default();
+                let undone = self
+                    .resource
+                    .compensate(&self.data, txn, &user, &undo, &mut batch)
+                    .unwrap_or_else(|e| fatal(e));
+                if undone {
+                    info!(target: "tpc::protocol", participant = R::NAME, %txn, "{}: compensated (previous state restored)", R::NAME);
+                } else {
+                    warn!(participant = R::NAME, %txn, "a newer change of the user is in effect; compensation leaves it alone");
+                }
+                let record = Barrier::Compensated {
+                    strategy,
+                    user,
+                    undone,
+                    at,
+                };
+                (record, batch)
+            }
+        };
+        if let Err(e) = self.store.force_barrier(txn, &record, batch).await {
+            fatal(e)
+        }
+        Ok(())
+    }
+
+    fn user_stripe(&self, user: &UserId) -> &tokio::sync::Mutex<()> {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        user.hash(&mut hasher);
+        &self.user_stripes[hasher.finish() as usize % self.user_stripes.len()]
+    }
+}
+
+fn wrong_strategy(txn: TxnId, recorded: Strategy) -> Status {
+    Status::failed_precondition(format!("{txn} belongs to the {recorded} strategy"))
+}

@@ -184,27 +184,6 @@ impl Log {
         self.update(txn, |r| r.state = state)
     }
 
-    /// Removes keys, unforced.
-    pub fn remove_keys(&self, keys: impl IntoIterator<Item = Vec<u8>>) -> Result<(), LogError> {
-        let mut batch = sled::Batch::default();
-        for k in keys {
-            batch.remove(k);
-        }
-        self.db.apply_batch(batch)?;
-        Ok(())
-    }
-
-    /// Every key and value under `prefix`, in key order.
-    pub fn scan(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, LogError> {
-        self.db
-            .scan_prefix(prefix)
-            .map(|item| {
-                let (k, v) = item?;
-                Ok((k.to_vec(), v.to_vec()))
-            })
-            .collect()
-    }
-
     /// END: every participant acknowledged. Unforced: if lost, recovery resends `Commit`, which the
     /// participants acknowledge again.
     pub fn end(&self, txn: TxnId) -> Result<(), LogError> {

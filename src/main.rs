@@ -63,7 +63,7 @@ pub struct HistoryLimits {
     history_keep: usize,
 }
 
-/// How the coordinator makes the change atomic (or does not): see docs/strategies.md.
+/// How the coordinator makes the change atomic: see docs/strategies.md.
 #[derive(Clone, Copy, ValueEnum, Default)]
 pub enum StrategyArg {
     /// Two-phase commit: all or nothing, the e-mail only after the commit is durable.
@@ -182,6 +182,9 @@ enum Command {
     /// this machine (bare RPC, forced writes, argon2) measured in the same run. Writes results.json
     /// and report.html to OUT.
     Bench {
+        /// Strategies to measure side by side, each at every client count (a comma list).
+        #[arg(long, value_enum, value_delimiter = ',', default_value = "2pc")]
+        strategies: Vec<StrategyArg>,
         /// Concurrent clients; a comma list (1,4,16,64,256) runs a sweep, each on a fresh cluster.
         #[arg(long, value_delimiter = ',', default_value = "64")]
         clients: Vec<usize>,
@@ -272,6 +275,7 @@ async fn main() -> ExitCode {
             out,
         } => chaos(duration, seed, clients, users, out).await,
         Command::Bench {
+            strategies,
             clients,
             duration,
             warmup,
@@ -279,7 +283,13 @@ async fn main() -> ExitCode {
             argon2,
             out,
             burst,
-        } => bench(clients, duration, warmup, users, argon2, out, burst).await,
+        } => {
+            let strategies = strategies.into_iter().map(Into::into).collect();
+            bench(
+                strategies, clients, duration, warmup, users, argon2, out, burst,
+            )
+            .await
+        }
         Command::Demo { keep } => demo::run(keep).await,
     };
     match result {
@@ -349,7 +359,9 @@ async fn chaos(
     })
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn bench(
+    strategies: Vec<tpc_common::Strategy>,
     clients: Vec<usize>,
     duration: std::time::Duration,
     warmup: std::time::Duration,
@@ -363,6 +375,7 @@ async fn bench(
         out.unwrap_or_else(|| PathBuf::from(format!("tpc-bench-{}", tpc_common::now_ms() / 1000)));
     let run = tpc_bench::run(tpc_bench::Config {
         exe: std::env::current_exe()?,
+        strategies,
         clients,
         duration,
         warmup,

@@ -13,6 +13,8 @@ fn a_short_bench_writes_results_and_a_report() {
     let run = Command::new(env!("CARGO_BIN_EXE_tpc"))
         .args([
             "bench",
+            "--strategies",
+            "2pc,saga",
             "--clients",
             "2",
             "--duration",
@@ -45,13 +47,28 @@ fn a_short_bench_writes_results_and_a_report() {
     }
     assert!(floors["rpc_per_s"]["2"].as_f64().unwrap() > 0.0, "{floors}");
     let runs = results["runs"].as_array().unwrap();
-    assert_eq!(runs.len(), 1);
-    let run = &runs[0];
-    assert_eq!(run["clients"], 2);
-    assert_eq!(run["strategy"], "2pc");
-    assert!(run["committed_per_s"].as_f64().unwrap() > 0.0, "{run}");
-    assert!(run["rpc_floor_per_s"].as_f64().unwrap() > 0.0, "{run}");
-    assert!(!run["windows"].as_array().unwrap().is_empty(), "{run}");
+    assert_eq!(runs.len(), 2);
+    for (run, strategy) in runs.iter().zip(["2pc", "saga"]) {
+        assert_eq!(run["clients"], 2);
+        assert_eq!(run["strategy"], strategy);
+        assert!(run["committed_per_s"].as_f64().unwrap() > 0.0, "{run}");
+        assert!(run["rpc_floor_per_s"].as_f64().unwrap() > 0.0, "{run}");
+        assert!(!run["windows"].as_array().unwrap().is_empty(), "{run}");
+        // Without faults or refusals, neither strategy leaves anything wrong at rest.
+        let anomalies = &run["anomalies"];
+        for kind in [
+            "divergent_users",
+            "wrong_emails",
+            "missing_emails",
+            "unreadable_users",
+        ] {
+            assert_eq!(anomalies[kind], 0, "{strategy}: {anomalies}");
+        }
+    }
+    assert!(
+        stdout.contains("saga, 2 clients: anomalies at rest"),
+        "{stdout}"
+    );
     assert!(results["machine"]["cores"].as_u64().unwrap() > 0);
 
     let report = std::fs::read_to_string(out.join("report.html")).unwrap();

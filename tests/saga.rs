@@ -79,7 +79,10 @@ async fn a_refused_history_step_compensates_the_password_and_sends_no_email() ->
     assert!(reused.reason.contains("used recently"), "{reused:?}");
     converge(&env).await;
     assert_eq!(env.version("alice").await?, registered.txn_id);
-    assert_eq!(env.history("alice").await?, std::slice::from_ref(&registered.txn_id));
+    assert_eq!(
+        env.history("alice").await?,
+        std::slice::from_ref(&registered.txn_id)
+    );
     assert!(env.verify("alice", "pw-0").await?);
     assert_eq!(
         env.mails_settle(1).await.len(),
@@ -135,7 +138,10 @@ async fn the_barrier_answers_duplicates_records_empty_compensations_and_stops_ha
         .into_inner();
     assert_eq!(answer.outcome(), apply_response::Outcome::Refused);
     assert!(answer.reason.contains("compensated"), "{answer:?}");
-    assert_eq!(env.history("alice").await?, std::slice::from_ref(&registered.txn_id));
+    assert_eq!(
+        env.history("alice").await?,
+        std::slice::from_ref(&registered.txn_id)
+    );
 
     // One strategy never takes another's transaction; two-phase commit has no Apply.
     let events = history

@@ -208,6 +208,26 @@ fn runs_by_clients(results: &Results) -> Vec<&Run> {
     runs
 }
 
+/// The strategies of the runs, in the order they ran.
+fn strategies(results: &Results) -> Vec<&str> {
+    let mut seen: Vec<&str> = Vec::new();
+    for r in &results.runs {
+        if !seen.contains(&r.strategy.as_str()) {
+            seen.push(&r.strategy);
+        }
+    }
+    seen
+}
+
+/// A line's label: `what`, after the strategy's name when several strategies ran.
+fn labelled(results: &Results, strategy: &str, what: &str) -> String {
+    if strategies(results).len() > 1 {
+        format!("{strategy} {what}")
+    } else {
+        what.to_owned()
+    }
+}
+
 fn client_axis(runs: &[&Run]) -> Option<Range<f64>> {
     let lo = runs.iter().map(|r| r.clients).min()? as f64;
     let hi = runs.iter().map(|r| r.clients).max()? as f64;
@@ -222,21 +242,28 @@ pub fn throughput(results: &Results) -> Result<Option<String>, Error> {
     };
     let floors = &results.floors;
     let flat = |per_s: f64| vec![(x.start, per_s), (x.end, per_s)];
-    let lines = vec![
-        Line {
-            label: "committed/s".into(),
+    let first = strategies(results).first().map(|s| s.to_string());
+    let mut lines: Vec<Line> = strategies(results)
+        .into_iter()
+        .enumerate()
+        .map(|(i, strategy)| Line {
+            label: labelled(results, strategy, "committed/s"),
             points: runs
                 .iter()
+                .filter(|r| r.strategy == strategy)
                 .map(|r| (r.clients as f64, r.committed_per_s))
                 .collect(),
-            color: color(0),
+            color: color(if i == 0 { 0 } else { i + 2 }),
             dashed: false,
             markers: true,
-        },
+        })
+        .collect();
+    lines.extend([
         Line {
             label: format!("RPC bound (bare RPC/s ÷ {})", floors.rpcs_per_change),
             points: runs
                 .iter()
+                .filter(|r| Some(&r.strategy) == first.as_ref())
                 .map(|r| (r.clients as f64, r.rpc_floor_per_s / floors.rpcs_per_change))
                 .collect(),
             color: color(1),
@@ -263,7 +290,7 @@ pub fn throughput(results: &Results) -> Result<Option<String>, Error> {
             dashed: true,
             markers: false,
         },
-    ];
+    ]);
     let Some(y) = log_range(lines.iter().flat_map(|l| l.points.iter().map(|p| p.1))) else {
         return Ok(None);
     };
@@ -283,32 +310,30 @@ pub fn latency(results: &Results) -> Result<Option<String>, Error> {
     let Some(x) = client_axis(&runs) else {
         return Ok(None);
     };
-    let pick = |f: fn(&Run) -> f64| -> Vec<(f64, f64)> {
-        runs.iter().map(|r| (r.clients as f64, f(r))).collect()
+    let pick = |strategy: &str, f: fn(&Run) -> f64| -> Vec<(f64, f64)> {
+        runs.iter()
+            .filter(|r| r.strategy == strategy)
+            .map(|r| (r.clients as f64, f(r)))
+            .collect()
     };
-    let lines = vec![
-        Line {
-            label: "p50".into(),
-            points: pick(|r| r.p50_ms),
-            color: color(0),
-            dashed: false,
-            markers: true,
-        },
-        Line {
-            label: "p90".into(),
-            points: pick(|r| r.p90_ms),
-            color: color(5),
-            dashed: false,
-            markers: true,
-        },
-        Line {
-            label: "p99".into(),
-            points: pick(|r| r.p99_ms),
-            color: color(2),
-            dashed: false,
-            markers: true,
-        },
+    let quantiles: [(&str, fn(&Run) -> f64, usize); 3] = [
+        ("p50", |r| r.p50_ms, 0),
+        ("p90", |r| r.p90_ms, 5),
+        ("p99", |r| r.p99_ms, 2),
     ];
+    let mut lines = Vec::new();
+    for (i, strategy) in strategies(results).into_iter().enumerate() {
+        for (name, f, c) in quantiles {
+            lines.push(Line {
+                label: labelled(results, strategy, name),
+                points: pick(strategy, f),
+                color: color(c),
+                // One style per strategy, one colour per quantile.
+                dashed: i % 2 == 1,
+                markers: true,
+            });
+        }
+    }
     let Some(y) = log_range(lines.iter().flat_map(|l| l.points.iter().map(|p| p.1))) else {
         return Ok(None);
     };
@@ -329,7 +354,7 @@ pub fn cdf(results: &Results) -> Result<Option<String>, Error> {
         .enumerate()
         .filter(|(_, r)| !r.latency_cdf.is_empty())
         .map(|(i, r)| Line {
-            label: crate::table::clients(r.clients),
+            label: labelled(results, &r.strategy, &crate::table::clients(r.clients)),
             points: r.latency_cdf.clone(),
             color: color(i),
             dashed: false,
@@ -365,7 +390,7 @@ pub fn over_time(results: &Results) -> Result<Vec<String>, Error> {
         runs.iter()
             .enumerate()
             .map(|(i, r)| Line {
-                label: crate::table::clients(r.clients),
+                label: labelled(results, &r.strategy, &crate::table::clients(r.clients)),
                 points: r
                     .windows
                     .iter()

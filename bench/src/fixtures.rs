@@ -53,6 +53,7 @@ pub fn run(clients: usize) -> Run {
             (1.5 * clients as f64, 0.5),
             (9.0 * clients as f64, 1.0),
         ],
+        anomalies: Some(crate::anomalies::Anomalies::default()),
         mail_delay: Some(crate::mail_delay::MailDelay {
             count: 100,
             missing: 0,

@@ -16,11 +16,13 @@
 //! - `load`: the closed-loop clients and the clock around them;
 //! - `latency`: percentiles, CDF and windows over hdrhistograms;
 //! - `measure`: `/proc` readings (CPU, memory) and disk usage; `mail_delay`: how soon e-mails follow;
+//! - `anomalies`: what a strategy left wrong at rest (divergent users, wrong and missing e-mails);
 //! - `sweep`: one run at one client count on a fresh cluster;
 //! - `burst`: many registrations at once, to see how overload is refused;
 //! - `results`: what `results.json` holds; `table`: the terminal's rendering of it;
 //! - `charts` and `report`: the self-contained `report.html`.
 
+mod anomalies;
 mod burst;
 mod charts;
 #[cfg(test)]
@@ -42,6 +44,7 @@ mod users;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use tpc_common::Strategy;
 use tpc_harness::Service;
 use tpc_participants::hashing::Cost;
 use tpc_participants::history::DEFAULT_DEPTH;
@@ -56,6 +59,8 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub struct Config {
     /// The `tpc` binary to run as coordinator and participants.
     pub exe: PathBuf,
+    /// The strategies to run, each at every client count, in this order.
+    pub strategies: Vec<Strategy>,
     /// One run per client count, in this order.
     pub clients: Vec<usize>,
     /// Measured period of each run.
@@ -91,6 +96,9 @@ const FLOOR_TIME: Duration = Duration::from_secs(2);
 pub async fn run(config: Config) -> Result<Results, BoxError> {
     if config.clients.is_empty() || config.clients.contains(&0) {
         return Err("--clients needs one or more counts above zero".into());
+    }
+    if config.strategies.is_empty() {
+        return Err("--strategies needs one or more strategies".into());
     }
     tpc_harness::fresh_output_dir(&config.out)?;
     let machine = Machine::read();
@@ -136,10 +144,15 @@ pub async fn run(config: Config) -> Result<Results, BoxError> {
     print!("{}", table::floors(&floors, config.cost_name()));
 
     let mut runs = Vec::new();
-    for (i, &clients) in config.clients.iter().enumerate() {
-        let bar = progress_bar(&config, clients, i + 1);
-        let dir = config.out.join(format!("run-{clients}-clients"));
-        let run = sweep::run_at(&config, &floors, clients, &dir, &bar).await;
+    let plan: Vec<(Strategy, usize)> = config
+        .strategies
+        .iter()
+        .flat_map(|&s| config.clients.iter().map(move |&c| (s, c)))
+        .collect();
+    for (i, &(strategy, clients)) in plan.iter().enumerate() {
+        let bar = progress_bar(&config, strategy, clients, i + 1, plan.len());
+        let dir = config.out.join(format!("run-{strategy}-{clients}-clients"));
+        let run = sweep::run_at(&config, &floors, strategy, clients, &dir, &bar).await;
         bar.finish_and_clear();
         let run = run?;
         floors.rpc_per_s.insert(clients, run.rpc_floor_per_s);
@@ -150,7 +163,9 @@ pub async fn run(config: Config) -> Result<Results, BoxError> {
     let burst = match config.burst {
         Some(requests) if requests > 0 => {
             println!("burst: {requests} registrations at once on a fresh cluster…");
-            let mut cluster = sweep::start_cluster(&config, &config.out.join("burst")).await?;
+            let strategy = config.strategies[0];
+            let mut cluster =
+                sweep::start_cluster(&config, &config.out.join("burst"), strategy).await?;
             let channels = load::channels(&cluster.url(Service::Coordinator), requests).await?;
             let burst = burst::fire(&channels, requests).await;
             drop(channels);
@@ -183,7 +198,13 @@ pub fn report_html(results: &Results) -> String {
     report::html(results)
 }
 
-fn progress_bar(config: &Config, clients: usize, nth: usize) -> indicatif::ProgressBar {
+fn progress_bar(
+    config: &Config,
+    strategy: Strategy,
+    clients: usize,
+    nth: usize,
+    of: usize,
+) -> indicatif::ProgressBar {
     if !config.progress {
         return indicatif::ProgressBar::hidden();
     }
@@ -193,10 +214,7 @@ fn progress_bar(config: &Config, clients: usize, nth: usize) -> indicatif::Progr
     {
         bar.set_style(style.progress_chars("=> "));
     }
-    bar.set_prefix(format!(
-        "run {nth}/{}: {clients} clients",
-        config.clients.len()
-    ));
+    bar.set_prefix(format!("run {nth}/{of}: {strategy}, {clients} clients"));
     bar.enable_steady_tick(Duration::from_millis(200));
     bar
 }

@@ -57,7 +57,7 @@ pub struct Floors {
 /// One load run against a fresh cluster.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Run {
-    /// How the change is made atomic (only two-phase commit, so far).
+    /// How the change is made atomic: "2pc", "saga" (or, later, "events").
     pub strategy: String,
     pub clients: usize,
     /// Faults injected during the run (none: this is a benchmark, not `tpc chaos`).
@@ -107,6 +107,9 @@ pub struct Run {
     /// the delay after the commit).
     #[serde(default)]
     pub mail_delay: Option<crate::mail_delay::MailDelay>,
+    /// What the strategy left wrong at rest, counted after the load.
+    #[serde(default)]
+    pub anomalies: Option<crate::anomalies::Anomalies>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -12,7 +12,8 @@ use crate::latency::{self, Tally};
 use crate::load::{self, LoadOutcome};
 use crate::recorder::WINDOW;
 use crate::results::{Floors, Run};
-use crate::{Config, floors, mail_delay, measure, users};
+use crate::{Config, anomalies, floors, mail_delay, measure, users};
+use tpc_common::Strategy;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -24,7 +25,11 @@ const WINDOWS_PER_MINUTE: usize = (60 / WINDOW.as_secs()) as usize;
 
 /// A cluster as the product runs by default (info logs, e-mail as `.eml` files), but with direct
 /// links: no fault proxy between the processes.
-pub async fn start_cluster(config: &Config, dir: &Path) -> Result<Cluster, BoxError> {
+pub async fn start_cluster(
+    config: &Config,
+    dir: &Path,
+    strategy: Strategy,
+) -> Result<Cluster, BoxError> {
     Cluster::start(ClusterOptions {
         exe: config.exe.clone(),
         dir: dir.to_path_buf(),
@@ -35,7 +40,7 @@ pub async fn start_cluster(config: &Config, dir: &Path) -> Result<Cluster, BoxEr
         direct_links: true,
         // The product's default: the last 100 changes per user.
         history_keep: None,
-        strategy: tpc_common::Strategy::TwoPc,
+        strategy,
     })
     .await
 }
@@ -44,13 +49,14 @@ pub async fn start_cluster(config: &Config, dir: &Path) -> Result<Cluster, BoxEr
 pub async fn run_at(
     config: &Config,
     floors: &Floors,
+    strategy: Strategy,
     clients: usize,
     dir: &Path,
     bar: &indicatif::ProgressBar,
 ) -> Result<Run, BoxError> {
     bar.set_message("starting the cluster");
     // Dropped on an early return, the cluster kills its processes.
-    let mut cluster = start_cluster(config, dir).await?;
+    let mut cluster = start_cluster(config, dir, strategy).await?;
     let channels = load::channels(&cluster.url(Service::Coordinator), clients).await?;
     bar.set_message("measuring the RPC floor");
     let rpc_floor = floors::rpc_per_s(&channels, clients, RPC_FLOOR_TIME).await;
@@ -80,6 +86,10 @@ pub async fn run_at(
     let expected = outcome.recorded.committed_ever;
     bar.set_message("waiting for the e-mails");
     let delays = wait_for_mail(&mail_dir, load_began, expected).await?;
+    bar.set_message("counting anomalies at rest");
+    // Quiet first: a saga still compensating is not an anomaly at rest yet.
+    let _ = cluster.quiesce(QUIESCE_WAIT).await;
+    let anomalies = anomalies::count(&cluster, &names, &mail_dir).await?;
     bar.set_message("stopping the cluster");
     cluster.shutdown().await?;
 
@@ -104,6 +114,8 @@ pub async fn run_at(
         },
     );
     run.mail_delay = Some(mail_delay::summarize(delays, expected));
+    run.strategy = strategy.as_str().into();
+    run.anomalies = Some(anomalies);
     Ok(run)
 }
 
@@ -118,6 +130,9 @@ async fn wait_for_mail(dir: &Path, since_ms: u64, expected: u64) -> std::io::Res
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// How long a run waits for the cluster to go quiet before counting anomalies.
+const QUIESCE_WAIT: Duration = Duration::from_secs(10);
 
 /// How long a run waits after the load for the outbox to write the last e-mails.
 const MAIL_WAIT: Duration = Duration::from_secs(10);
@@ -220,6 +235,7 @@ pub fn summarize(
             .collect(),
         latency_cdf: latency::cdf(&all),
         mail_delay: None,
+        anomalies: None,
     }
 }
 

@@ -119,7 +119,8 @@ pub fn floors(f: &Floors, cost: &str) -> String {
 /// Printed as each run finishes.
 pub fn run_line(run: &Run) -> String {
     format!(
-        "  {}: {} committed/s, p99 {} ms; RPC floor {}/s",
+        "  {}, {}: {} committed/s, p99 {} ms; RPC floor {}/s",
+        run.strategy,
         clients(run.clients),
         rate(run.committed_per_s),
         ms(run.p99_ms),
@@ -127,7 +128,8 @@ pub fn run_line(run: &Run) -> String {
     )
 }
 
-const COLUMNS: [&str; 11] = [
+const COLUMNS: [&str; 12] = [
+    "strategy",
     "clients",
     "committed/s",
     "refused/s",
@@ -142,10 +144,11 @@ const COLUMNS: [&str; 11] = [
 ];
 
 /// One row per run, as text cells (shared with the HTML table).
-pub fn rows(runs: &[Run]) -> Vec<[String; 11]> {
+pub fn rows(runs: &[Run]) -> Vec<[String; 12]> {
     runs.iter()
         .map(|r| {
             [
+                r.strategy.clone(),
                 r.clients.to_string(),
                 rate(r.committed_per_s),
                 rate(r.refused_per_s),
@@ -162,7 +165,7 @@ pub fn rows(runs: &[Run]) -> Vec<[String; 11]> {
         .collect()
 }
 
-pub fn columns() -> [&'static str; 11] {
+pub fn columns() -> [&'static str; 12] {
     COLUMNS
 }
 
@@ -277,6 +280,20 @@ pub fn render(results: &Results) -> String {
             );
         }
     }
+    for run in &results.runs {
+        if let Some(a) = &run.anomalies {
+            let _ = writeln!(
+                s,
+                "\n{}, {}: anomalies at rest: {} divergent users, {} wrong e-mails, {} missing e-mails, {} unreadable users",
+                run.strategy,
+                clients(run.clients),
+                a.divergent_users,
+                a.wrong_emails,
+                a.missing_emails,
+                a.unreadable_users
+            );
+        }
+    }
     let reasons = reasons(&results.runs);
     if reasons.is_empty() {
         s += "\nrefused: none\n";
@@ -331,9 +348,10 @@ mod tests {
         let results = crate::fixtures::results(&[1, 16]);
         let text = render(&results);
         let lines: Vec<&str> = text.lines().collect();
-        assert!(lines[0].trim_start().starts_with("clients"));
-        assert!(lines[2].trim_start().starts_with("1 "));
-        assert!(lines[3].trim_start().starts_with("16 "));
+        assert!(lines[0].trim_start().starts_with("strategy  clients"));
+        assert!(lines[2].trim_start().starts_with("2pc        1 "));
+        assert!(lines[3].trim_start().starts_with("2pc       16 "));
+        assert!(text.contains("2pc, 16 clients: anomalies at rest: 0 divergent users"));
         assert!(lines[3].contains("50%"), "{}", lines[3]);
         assert!(text.contains("refused: none"));
         assert!(

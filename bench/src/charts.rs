@@ -316,7 +316,8 @@ pub fn latency(results: &Results) -> Result<Option<String>, Error> {
             .map(|r| (r.clients as f64, f(r)))
             .collect()
     };
-    let quantiles: [(&str, fn(&Run) -> f64, usize); 3] = [
+    type Quantile = (&'static str, fn(&Run) -> f64, usize);
+    let quantiles: [Quantile; 3] = [
         ("p50", |r| r.p50_ms, 0),
         ("p90", |r| r.p90_ms, 5),
         ("p99", |r| r.p99_ms, 2),

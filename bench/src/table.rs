@@ -206,7 +206,11 @@ pub fn burst_summary(b: &Burst) -> String {
 /// A run's windows over time, and for long runs the first minute against the last: the figures a soak
 /// test is judged by (throughput holding up, p99 in every window, memory flat).
 pub fn windows(run: &Run) -> String {
-    let mut s = format!("{}, per 10 s window:\n", clients(run.clients));
+    let mut s = format!(
+        "{}, {}, per 10 s window:\n",
+        run.strategy,
+        clients(run.clients)
+    );
     let _ = writeln!(
         s,
         "  {:>6}  {:>11}  {:>8}  {:>14}",
@@ -270,7 +274,8 @@ pub fn render(results: &Results) -> String {
         if let Some(d) = &run.mail_delay {
             let _ = writeln!(
                 s,
-                "\n{}: e-mails on disk after their change began: p50 {}, p99 {}, max {} ms ({} e-mails, {} not yet sent at the end)",
+                "\n{}, {}: e-mails on disk after their change began: p50 {}, p99 {}, max {} ms ({} e-mails, {} not yet sent at the end)",
+                run.strategy,
                 clients(run.clients),
                 ms(d.p50_ms),
                 ms(d.p99_ms),
@@ -360,7 +365,7 @@ mod tests {
             ),
             "{text}"
         );
-        assert!(text.contains("16 clients, per 10 s window:"));
+        assert!(text.contains("2pc, 16 clients, per 10 s window:"));
     }
 
     #[test]

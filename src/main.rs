@@ -72,6 +72,8 @@ pub enum StrategyArg {
     TwoPc,
     /// Local commits step by step (password, then history), compensated when a step fails.
     Saga,
+    /// Publish the change once, durably; each consumer applies it on its own (no atomicity).
+    Events,
 }
 
 impl From<StrategyArg> for tpc_common::Strategy {
@@ -79,6 +81,7 @@ impl From<StrategyArg> for tpc_common::Strategy {
         match s {
             StrategyArg::TwoPc => Self::TwoPc,
             StrategyArg::Saga => Self::Saga,
+            StrategyArg::Events => Self::Events,
         }
     }
 }

@@ -6,13 +6,14 @@
 //! - `mailer`: where e-mail goes (SMTP with lettre, or `.eml` files); `outbox`: the dispatcher that
 //!   delivers the outbox through it, at least once.
 //! - `peers`: gRPC clients of the two participants.
-//! - `saga`: the saga strategy (for the comparison), engine and runtime; `runner`: whichever strategy
-//!   runs, behind one handle.
+//! - `saga` and `events`: the strategies two-phase commit is compared with; `runner`: whichever
+//!   strategy runs, behind one handle.
 //! - `runtime`: executes the engine's commands; `service` the gRPC API; `server` wiring.
 
 pub mod batcher;
 pub mod email;
 pub mod engine;
+pub mod events;
 pub mod log;
 pub mod mailer;
 pub mod outbox;

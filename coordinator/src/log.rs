@@ -14,6 +14,8 @@ use crate::engine::{AbortNote, CommitRecord};
 
 const TXN: &[u8] = b"t/";
 const OUTBOX: &[u8] = b"o/";
+/// The events strategy's deliveries waiting for a consumer: `e/<participant>/<txn>` → sealed operation.
+const DELIVERY: &[u8] = b"e/";
 /// Which strategy wrote this log.
 const STRATEGY: &[u8] = b"strategy";
 
@@ -174,7 +176,17 @@ impl Log {
 
     /// Writes `record` and forces it.
     pub async fn force(&self, record: &TxnRecord) -> Result<(), LogError> {
-        self.insert(record)?;
+        self.force_with(record, sled::Batch::default()).await
+    }
+
+    /// Writes `record` with `batch`, atomically, and forces them.
+    pub async fn force_with(
+        &self,
+        record: &TxnRecord,
+        mut batch: sled::Batch,
+    ) -> Result<(), LogError> {
+        batch.insert(key(TXN, record.txn), encode(record));
+        self.db.apply_batch(batch)?;
         self.forcer.force().await?;
         Ok(())
     }
@@ -182,6 +194,68 @@ impl Log {
     /// Sets a record's state, unforced.
     pub fn set_state(&self, txn: TxnId, state: State) -> Result<(), LogError> {
         self.update(txn, |r| r.state = state)
+    }
+
+    /// Events: the deliveries still waiting for consumer `to`, oldest first.
+    pub fn deliveries(&self, to: &str) -> Result<Vec<(TxnId, Vec<u8>)>, LogError> {
+        let prefix = delivery_prefix(to);
+        self.db
+            .scan_prefix(&prefix)
+            .map(|item| {
+                let (k, v) = item?;
+                let txn = TxnId::from_bytes(&k[prefix.len()..]).ok_or_else(|| {
+                    LogError::Corrupt("a delivery key without a transaction".into())
+                })?;
+                Ok((txn, v.to_vec()))
+            })
+            .collect()
+    }
+
+    /// Events: consumer `to` has `txn` (applied or refused for good). Unforced: a delivery that comes
+    /// back after a crash is delivered again, and consumers are idempotent. Returns whether every one of
+    /// `consumers` has it.
+    pub fn delivered(&self, to: &str, txn: TxnId, consumers: &[&str]) -> Result<bool, LogError> {
+        self.db.remove(delivery_key(to, txn))?;
+        for other in consumers {
+            if self.db.contains_key(delivery_key(other, txn))? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Events: the e-mail consumer found the address: the e-mail joins the outbox and the delivery
+    /// leaves, in one batch (unforced: if both are lost, the delivery comes back and is done again).
+    pub fn queue_mail(&self, from: &str, mail: &OutboxEntry, to: &Email) -> Result<(), LogError> {
+        let mut record_bytes = None;
+        if let Some(raw) = self.db.get(key(TXN, mail.txn))? {
+            let mut record: TxnRecord = decode(&raw)?;
+            record.email = Some(to.clone());
+            record_bytes = Some(encode(&record));
+        }
+        let mut batch = sled::Batch::default();
+        if let Some(bytes) = record_bytes {
+            batch.insert(key(TXN, mail.txn), bytes);
+        }
+        batch.insert(key(OUTBOX, mail.txn), encode(mail));
+        batch.remove(delivery_key(from, mail.txn));
+        self.db.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Events: the e-mail can never be sent (the user never existed): keep why, for the listing.
+    pub fn note_mail_error(&self, txn: TxnId, reason: &str) -> Result<(), LogError> {
+        self.update(txn, |r| r.email_error = Some(reason.to_owned()))
+    }
+
+    /// Adds why a consumer refused to a record's reason, unforced.
+    pub fn note_refusal(&self, txn: TxnId, reason: &str) -> Result<(), LogError> {
+        self.update(txn, |r| {
+            if !r.reason.is_empty() {
+                r.reason.push_str("; ");
+            }
+            r.reason.push_str(reason);
+        })
     }
 
     /// END: every participant acknowledged. Unforced: if lost, recovery resends `Commit`, which the
@@ -371,6 +445,14 @@ pub fn abort_record(strategy: Strategy, state: State, note: &AbortNote) -> TxnRe
         email_sent: false,
         email_error: None,
     }
+}
+
+fn delivery_prefix(to: &str) -> Vec<u8> {
+    [DELIVERY, to.as_bytes(), b"/"].concat()
+}
+
+pub fn delivery_key(to: &str, txn: TxnId) -> Vec<u8> {
+    [delivery_prefix(to).as_slice(), txn.as_bytes()].concat()
 }
 
 pub fn key(prefix: &[u8], txn: TxnId) -> Vec<u8> {

@@ -10,9 +10,10 @@ use tonic::transport::{Channel, Endpoint};
 use tpc_common::{Email, Operation, Strategy, TxnId, UserId};
 use tpc_proto::MAX_BATCH;
 use tpc_proto::v1::participant_client::ParticipantClient;
+use tpc_proto::v1::password_reader_client::PasswordReaderClient;
 use tpc_proto::v1::{
-    ApplyRequest, BatchStatus, CompensateRequest, PrepareBatchRequest, PrepareRequest, TxnBatch,
-    apply_response, prepare_response,
+    ApplyRequest, BatchStatus, CompensateRequest, GetUserRequest, PrepareBatchRequest,
+    PrepareRequest, TxnBatch, apply_response, prepare_response,
 };
 
 use crate::batcher::Batcher;
@@ -27,6 +28,8 @@ const IN_FLIGHT: usize = 4;
 struct Link {
     /// For the saga and events strategies' unary calls.
     client: ParticipantClient<Channel>,
+    /// The password participant's read API (the events strategy looks up e-mail addresses).
+    reader: PasswordReaderClient<Channel>,
     prepare: Batcher<PrepareRequest, Vote>,
     commit: Batcher<String, ()>,
     abort: Batcher<String, ()>,
@@ -130,6 +133,22 @@ impl Peers {
     }
 }
 
+impl Peers {
+    /// The user's e-mail address, as the password participant has it (`None`: unknown user).
+    pub async fn email_of(&self, user: &UserId) -> Result<Option<Email>, String> {
+        let request = GetUserRequest {
+            user_id: user.to_string(),
+        };
+        match self.password.reader.clone().get_user(request).await {
+            Ok(found) => Email::parse(&found.into_inner().email)
+                .map(Some)
+                .map_err(|e| e.to_string()),
+            Err(status) if status.code() == tonic::Code::NotFound => Ok(None),
+            Err(status) => Err(describe(status)),
+        }
+    }
+}
+
 fn wire_strategy(strategy: Strategy) -> tpc_proto::v1::Strategy {
     match strategy {
         Strategy::Saga => tpc_proto::v1::Strategy::Saga,
@@ -150,6 +169,7 @@ fn link(url: &str, timeout: Duration) -> Result<Link, String> {
         .keep_alive_while_idle(true)
         .tcp_nodelay(true)
         .connect_lazy();
+    let reader = PasswordReaderClient::new(channel.clone());
     let client = ParticipantClient::new(channel).max_decoding_message_size(usize::MAX);
     let prepare = {
         let client = client.clone();
@@ -200,6 +220,7 @@ fn link(url: &str, timeout: Duration) -> Result<Link, String> {
     let (commit, abort) = (decide(true), decide(false));
     Ok(Link {
         client,
+        reader,
         prepare,
         commit,
         abort,

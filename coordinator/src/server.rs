@@ -14,6 +14,7 @@ use tpc_proto::v1::transaction_manager_server::TransactionManagerServer;
 use tracing::{info, warn};
 
 use crate::engine::{self, Engine, Event};
+use crate::events::{Events, Sealer};
 use crate::log::{Log, LogError, State};
 use crate::mailer::{Mailer, MailerError};
 use crate::outbox;
@@ -99,7 +100,11 @@ pub async fn run(
             peers,
             outbox,
         )?),
-        Strategy::Events => return Err(ServeError::Strategy("events is not available yet".into())),
+        Strategy::Events => {
+            let sealer = Sealer::open_or_create(&config.data_dir.join("events.key"))
+                .map_err(|e| ServeError::Strategy(e.to_string()))?;
+            Runner::Events(Events::start(log.clone(), peers, sealer, outbox)?)
+        }
     };
 
     info!(mailer = %mailer.describe(), "e-mail outbox");

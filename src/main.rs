@@ -180,6 +180,9 @@ enum Command {
         /// (default: ./tpc-chaos-SEED-TIME).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// The coordinator's strategy; a saga's and events' anomalies are counted, not failed on.
+        #[arg(long, value_enum, default_value = "2pc")]
+        strategy: StrategyArg,
     },
     /// Measure throughput, latency, CPU, memory and disk under closed-loop load, beside the floors of
     /// this machine (bare RPC, forced writes, argon2) measured in the same run. Writes results.json
@@ -276,7 +279,8 @@ async fn main() -> ExitCode {
             clients,
             users,
             out,
-        } => chaos(duration, seed, clients, users, out).await,
+            strategy,
+        } => chaos(duration, seed, clients, users, out, strategy.into()).await,
         Command::Bench {
             strategies,
             clients,
@@ -328,6 +332,7 @@ async fn chaos(
     clients: usize,
     users: usize,
     out: Option<PathBuf>,
+    strategy: tpc_common::Strategy,
 ) -> Result {
     use tpc_harness::chaos::{self, ChaosConfig};
     let seed = seed.unwrap_or_else(tpc_common::now_ms);
@@ -335,7 +340,7 @@ async fn chaos(
         PathBuf::from(format!("tpc-chaos-{seed}-{}", tpc_common::now_ms() / 1000))
     });
     println!(
-        "tpc chaos: {} s of faults, seed {seed}, {clients} clients, {users} users; output in {}",
+        "tpc chaos: {strategy}, {} s of faults, seed {seed}, {clients} clients, {users} users; output in {}",
         duration.as_secs(),
         out.display()
     );
@@ -347,6 +352,7 @@ async fn chaos(
         users: users.max(1),
         out: out.clone(),
         progress: true,
+        strategy,
     })
     .await?;
     print!("{}", report.render());

@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::Serialize;
+use tpc_common::Strategy;
 
 use super::history::{Call, Completion, Op};
 
@@ -66,6 +67,10 @@ pub struct Violation {
     pub detail: String,
     /// Indexes of the operations involved in the history.
     pub ops: Vec<usize>,
+    /// The anomaly this is where a strategy allows it (a saga, events), e.g. `torn_reads`; `None` for
+    /// what no strategy may do (lose acknowledged data, stay stuck, leak a password).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub anomaly: Option<&'static str>,
 }
 
 fn violation(invariant: &'static str, detail: String, ops: Vec<usize>) -> Violation {
@@ -73,7 +78,58 @@ fn violation(invariant: &'static str, detail: String, ops: Vec<usize>) -> Violat
         invariant,
         detail,
         ops,
+        anomaly: None,
     }
+}
+
+impl Violation {
+    fn counted_as(mut self, anomaly: &'static str) -> Self {
+        self.anomaly = Some(anomaly);
+        self
+    }
+}
+
+/// What the checker concluded for one strategy: the violations, and the anomalies the strategy
+/// allows, counted by kind instead.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Verdict {
+    pub violations: Vec<Violation>,
+    pub anomalies: BTreeMap<&'static str, usize>,
+}
+
+/// The anomalies each strategy allows by design (DESIGN §5). Two-phase commit allows none. A saga lets
+/// readers see a step before the next (torn reads) and a step that is later compensated (dirty reads),
+/// but must be consistent at rest once every compensation is done. Events allow everything short of
+/// losing a published change or getting stuck: divergence at rest, changes accepted that never took
+/// effect, e-mails for them.
+pub fn allowed(strategy: Strategy) -> &'static [&'static str] {
+    match strategy {
+        Strategy::TwoPc => &[],
+        Strategy::Saga => &["torn_reads", "dirty_reads"],
+        Strategy::Events => &[
+            "torn_reads",
+            "dirty_reads",
+            "divergent_users",
+            "not_in_effect",
+            "broken_chains",
+            "wrong_emails",
+            "missing_emails",
+        ],
+    }
+}
+
+/// [`check`], with what `strategy` allows counted instead of failing.
+pub fn judge(o: &Observed, strategy: Strategy) -> Verdict {
+    let mut verdict = Verdict::default();
+    for v in check(o) {
+        match v.anomaly {
+            Some(kind) if allowed(strategy).contains(&kind) => {
+                *verdict.anomalies.entry(kind).or_default() += 1
+            }
+            _ => verdict.violations.push(v),
+        }
+    }
+    verdict
 }
 
 /// The `Message-ID` tpc gives a transaction's e-mail.
@@ -124,22 +180,25 @@ pub fn check(o: &Observed) -> Vec<Violation> {
                 .collect()
         };
         if state.version.as_deref() != state.history.first().map(String::as_str) {
-            out.push(violation(
-                "atomic visibility",
-                format!(
-                    "{user}: password version {:?} but newest history entry {:?}",
-                    state.version,
-                    state.history.first()
-                ),
-                ops_of(
-                    &state
-                        .history
-                        .iter()
-                        .take(1)
-                        .map(String::as_str)
-                        .collect::<Vec<_>>(),
-                ),
-            ));
+            out.push(
+                violation(
+                    "atomic visibility",
+                    format!(
+                        "{user}: password version {:?} but newest history entry {:?}",
+                        state.version,
+                        state.history.first()
+                    ),
+                    ops_of(
+                        &state
+                            .history
+                            .iter()
+                            .take(1)
+                            .map(String::as_str)
+                            .collect::<Vec<_>>(),
+                    ),
+                )
+                .counted_as("divergent_users"),
+            );
         }
         for txn in &state.history {
             if !committed.contains(txn.as_str()) {
@@ -162,16 +221,19 @@ pub fn check(o: &Observed) -> Vec<Violation> {
             .is_some_and(|u| u.history.contains(&t.txn));
         let unreadable = o.users.get(&t.user).is_some_and(|u| u.unreadable.is_some());
         if !applied && !unreadable {
-            out.push(violation(
-                "agreement",
-                format!(
-                    "{}: {} committed by the coordinator but missing at the participants",
-                    t.user, t.txn
-                ),
-                op_of_txn(&t.txn)
-                    .map(|op| vec![op.index])
-                    .unwrap_or_default(),
-            ));
+            out.push(
+                violation(
+                    "agreement",
+                    format!(
+                        "{}: {} committed by the coordinator but missing at the participants",
+                        t.user, t.txn
+                    ),
+                    op_of_txn(&t.txn)
+                        .map(|op| vec![op.index])
+                        .unwrap_or_default(),
+                )
+                .counted_as("not_in_effect"),
+            );
         }
     }
 
@@ -204,11 +266,14 @@ pub fn check(o: &Observed) -> Vec<Violation> {
                     }
                     recent.push(*new);
                 }
-                (call, last) => out.push(violation(
-                    "validity",
-                    format!("{user}: {txn} ({call:?}) committed after password {last:?}"),
-                    vec![op.index],
-                )),
+                (call, last) => out.push(
+                    violation(
+                        "validity",
+                        format!("{user}: {txn} ({call:?}) committed after password {last:?}"),
+                        vec![op.index],
+                    )
+                    .counted_as("broken_chains"),
+                ),
             }
         }
     }
@@ -268,15 +333,28 @@ pub fn check(o: &Observed) -> Vec<Violation> {
         };
         match &op.completion {
             Some(Completion::Ok { txn }) => {
-                if !committed.contains(txn.as_str()) || !in_any_history.contains(txn.as_str()) {
+                if !committed.contains(txn.as_str()) {
                     out.push(violation(
                         "durability",
                         format!(
-                            "{}: {txn} was COMMITTED to the client but is not committed now",
+                            "{}: {txn} was COMMITTED to the client but the coordinator lost it",
                             op.user
                         ),
                         vec![op.index],
                     ));
+                } else if !in_any_history.contains(txn.as_str()) {
+                    // Committed, yet not applied: events' consumers may refuse what was accepted.
+                    out.push(
+                        violation(
+                            "durability",
+                            format!(
+                                "{}: {txn} was COMMITTED to the client but is not in effect",
+                                op.user
+                            ),
+                            vec![op.index],
+                        )
+                        .counted_as("not_in_effect"),
+                    );
                 }
             }
             Some(Completion::Fail { txn, reason }) => {
@@ -295,11 +373,14 @@ pub fn check(o: &Observed) -> Vec<Violation> {
                 for t in coordinator() {
                     let is_committed = committed.contains(t.txn.as_str());
                     if is_committed != in_any_history.contains(t.txn.as_str()) {
-                        out.push(violation(
-                            "all-or-nothing",
-                            format!("{}: unknown outcome {} is half done", op.user, t.txn),
-                            vec![op.index],
-                        ));
+                        out.push(
+                            violation(
+                                "all-or-nothing",
+                                format!("{}: unknown outcome {} is half done", op.user, t.txn),
+                                vec![op.index],
+                            )
+                            .counted_as("not_in_effect"),
+                        );
                     }
                 }
             }
@@ -310,11 +391,14 @@ pub fn check(o: &Observed) -> Vec<Violation> {
             }) => {
                 for seen in [first_version, newest_history, second_version] {
                     if !seen.is_empty() && !committed.contains(seen.as_str()) {
-                        out.push(violation(
-                            "no effect of abort",
-                            format!("{}: a read saw {seen}, which never committed", op.user),
-                            vec![op.index],
-                        ));
+                        out.push(
+                            violation(
+                                "no effect of abort",
+                                format!("{}: a read saw {seen}, which never committed", op.user),
+                                vec![op.index],
+                            )
+                            .counted_as("dirty_reads"),
+                        );
                     }
                 }
                 if first_version == second_version && newest_history != first_version {
@@ -325,7 +409,7 @@ pub fn check(o: &Observed) -> Vec<Violation> {
                             op.user
                         ),
                         vec![op.index],
-                    ));
+                    ).counted_as("torn_reads"));
                 }
             }
             Some(Completion::ReadFailed { .. }) | None => {}
@@ -368,21 +452,47 @@ pub fn check(o: &Observed) -> Vec<Violation> {
     let received: HashSet<&str> = o.mail_ids.iter().map(String::as_str).collect();
     for txn in &committed {
         if !received.contains(message_id(txn).as_str()) {
-            out.push(violation(
-                "e-mail",
-                format!("no e-mail for committed {txn}"),
-                op_of_txn(txn).map(|op| vec![op.index]).unwrap_or_default(),
-            ));
+            out.push(
+                violation(
+                    "e-mail",
+                    format!("no e-mail for committed {txn}"),
+                    op_of_txn(txn).map(|op| vec![op.index]).unwrap_or_default(),
+                )
+                .counted_as("missing_emails"),
+            );
         }
     }
     let expected: HashSet<String> = committed.iter().map(|t| message_id(t)).collect();
     for id in &received {
         if !expected.contains(*id) {
-            out.push(violation(
-                "e-mail",
-                format!("e-mail {id} for a transaction that did not commit"),
-                vec![],
-            ));
+            out.push(
+                violation(
+                    "e-mail",
+                    format!("e-mail {id} for a transaction that did not commit"),
+                    vec![],
+                )
+                .counted_as("wrong_emails"),
+            );
+        }
+    }
+
+    // An e-mail announcing a change that is not in effect (committed, yet applied nowhere).
+    for id in &received {
+        let Some(txn) = id
+            .strip_prefix('<')
+            .and_then(|s| s.strip_suffix("@tpc.local>"))
+        else {
+            continue;
+        };
+        if committed.contains(txn) && !in_any_history.contains(txn) {
+            out.push(
+                violation(
+                    "e-mail",
+                    format!("e-mail {id} for a change that is not in effect"),
+                    op_of_txn(txn).map(|op| vec![op.index]).unwrap_or_default(),
+                )
+                .counted_as("wrong_emails"),
+            );
         }
     }
 
@@ -543,6 +653,45 @@ mod tests {
             second_version: "t2".into(),
         });
         assert_eq!(check(&o)[0].ops, [4]);
+    }
+
+    #[test]
+    fn each_strategy_counts_what_it_allows_and_fails_on_the_rest() {
+        let mut torn = clean();
+        torn.ops[4].completion = Some(Completion::Read {
+            first_version: "t2".into(),
+            newest_history: "t1".into(),
+            second_version: "t2".into(),
+        });
+        assert_eq!(judge(&torn, Strategy::TwoPc).violations.len(), 1);
+        let saga = judge(&torn, Strategy::Saga);
+        assert!(saga.violations.is_empty(), "{saga:?}");
+        assert_eq!(saga.anomalies, BTreeMap::from([("torn_reads", 1)]));
+
+        // Divergent at rest: a saga left half-done fails; events count it.
+        let mut divergent = clean();
+        divergent.users.get_mut("u").unwrap().version = Some("t2".into());
+        assert!(!judge(&divergent, Strategy::Saga).violations.is_empty());
+        let events = judge(&divergent, Strategy::Events);
+        assert!(events.violations.is_empty(), "{events:?}");
+        assert_eq!(events.anomalies["divergent_users"], 1);
+
+        // A published change the coordinator lost is lost data, whatever the strategy.
+        let mut lost = clean();
+        lost.transactions.retain(|t| t.txn != "t2");
+        let verdict = judge(&lost, Strategy::Events);
+        assert!(
+            verdict
+                .violations
+                .iter()
+                .any(|v| v.invariant == "durability"),
+            "{verdict:?}"
+        );
+
+        // Stuck is stuck.
+        let mut stuck = clean();
+        stuck.participants[0].locked_users = 1;
+        assert!(!judge(&stuck, Strategy::Events).violations.is_empty());
     }
 
     #[test]

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::sync::Mutex;
 use tonic::transport::Channel;
+use tpc_common::Strategy;
 
 use super::checker::{self, Violation};
 use super::history::Completion;
@@ -42,11 +43,15 @@ pub struct ChaosConfig {
     pub out: PathBuf,
     /// Draw a progress bar on stderr (only where it is a terminal).
     pub progress: bool,
+    /// The coordinator's strategy. Two-phase commit must keep every invariant; a saga and events are
+    /// judged on what they allow (`checker::allowed`), and their anomalies counted.
+    pub strategy: Strategy,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub seed: u64,
+    pub strategy: Strategy,
     pub duration_s: f64,
     pub faults: FaultLog,
     /// Operations by outcome (`ok`, `fail`, `info`, `read`, `read failed`).
@@ -61,6 +66,8 @@ pub struct Report {
     /// What was still in flight when the wait for quiescence gave up (the checker then reports it).
     pub unquiet: Option<String>,
     pub violations: Vec<Violation>,
+    /// What the strategy allows, counted by kind (always empty for two-phase commit).
+    pub anomalies: BTreeMap<&'static str, usize>,
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -76,6 +83,7 @@ pub async fn run(config: ChaosConfig) -> Result<Report, BoxError> {
         rust_log: Some("info".into()),
         // The checker follows each user's chain of passwords from the registration on.
         history_keep: Some(CHECKED_HISTORY),
+        strategy: config.strategy,
         ..ClusterOptions::default()
     })
     .await?;
@@ -97,6 +105,7 @@ pub async fn run(config: ChaosConfig) -> Result<Report, BoxError> {
         work: work.clone(),
         rng: fastrand::Rng::with_seed(config.seed),
         log: FaultLog::default(),
+        strategy: config.strategy,
     };
     let bar = progress_bar(&config);
     let stopper = {
@@ -161,7 +170,7 @@ pub async fn run(config: ChaosConfig) -> Result<Report, BoxError> {
     observed.ops = work.history.snapshot();
     cluster.shutdown().await?;
     observed.plaintext = observe::find_plaintext(&config.out, &mail, &work.passwords.all())?;
-    let violations = checker::check(&observed);
+    let verdict = checker::judge(&observed, config.strategy);
 
     let mut operations: BTreeMap<&'static str, usize> = BTreeMap::new();
     let mut abort_reasons: BTreeMap<String, usize> = BTreeMap::new();
@@ -192,6 +201,7 @@ pub async fn run(config: ChaosConfig) -> Result<Report, BoxError> {
     let distinct: std::collections::HashSet<&String> = observed.mail_ids.iter().collect();
     let report = Report {
         seed: config.seed,
+        strategy: config.strategy,
         duration_s: started.elapsed().as_secs_f64(),
         faults,
         operations,
@@ -201,7 +211,8 @@ pub async fn run(config: ChaosConfig) -> Result<Report, BoxError> {
         duplicate_mails: observed.mail_ids.len() - distinct.len(),
         quiescence_ms: quiescence.as_millis() as u64,
         unquiet,
-        violations,
+        violations: verdict.violations,
+        anomalies: verdict.anomalies,
     };
     std::fs::write(
         config.out.join("report.json"),
@@ -238,8 +249,8 @@ impl Report {
             out.push('\n');
         };
         line(format!(
-            "tpc chaos: seed {}, {:.0} s",
-            self.seed, self.duration_s
+            "tpc chaos: {}, seed {}, {:.0} s",
+            self.strategy, self.seed, self.duration_s
         ));
         line(String::new());
         line("faults injected".into());
@@ -295,6 +306,18 @@ impl Report {
             line(format!("  gave up waiting; still in flight: {what}"));
         }
         line(String::new());
+        if self.strategy != Strategy::TwoPc {
+            let allowed = checker::allowed(self.strategy);
+            line(format!(
+                "anomalies {} allows (counted, not violations): {}",
+                self.strategy,
+                allowed
+                    .iter()
+                    .map(|k| format!("{k} {}", self.anomalies.get(k).unwrap_or(&0)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
         if self.violations.is_empty() {
             line("violations: none".into());
         } else {

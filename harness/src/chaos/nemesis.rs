@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+use tpc_common::Strategy;
 
 use tokio::sync::Mutex;
 use tpc_common::fault::FAIL_POINTS;
@@ -39,6 +40,8 @@ pub struct Nemesis {
     pub work: Arc<Workload>,
     pub rng: fastrand::Rng,
     pub log: FaultLog,
+    /// Which fail points exist depends on the strategy the coordinator runs.
+    pub strategy: Strategy,
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -86,10 +89,13 @@ impl Nemesis {
     /// Restarts a process with one fail point armed to crash once, waits for a transaction to hit it.
     async fn crash_at_fail_point(&mut self) -> Result<(), BoxError> {
         let service = self.any_service();
-        let prefix = if service == Service::Coordinator {
-            ["coord.", "outbox."]
-        } else {
-            ["part.", "part."]
+        let prefix = match (service, self.strategy) {
+            (Service::Coordinator, Strategy::TwoPc) => ["coord.", "outbox."],
+            (Service::Coordinator, Strategy::Saga) => ["saga.", "outbox."],
+            (Service::Coordinator, Strategy::Events) => ["outbox.", "outbox."],
+            (_, Strategy::TwoPc) => ["part.", "part."],
+            // The participants' fail points are in two-phase commit's steps only.
+            (_, Strategy::Saga | Strategy::Events) => return self.kill().await,
         };
         let points: Vec<&str> = FAIL_POINTS
             .iter()

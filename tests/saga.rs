@@ -7,19 +7,11 @@ mod support;
 use support::*;
 use tonic::Code;
 use tpc_common::Strategy;
-use tpc_harness::{ClusterOptions, Service};
+use tpc_harness::Service;
 use tpc_proto::v1::{
     ApplyRequest, CompensateRequest, Update, apply_request, apply_response,
     transaction_result::Outcome,
 };
-
-async fn saga_env() -> Result<Env> {
-    env_with(ClusterOptions {
-        strategy: Strategy::Saga,
-        ..Default::default()
-    })
-    .await
-}
 
 fn apply(txn: &str, strategy: tpc_proto::v1::Strategy, current: &str, new: &str) -> ApplyRequest {
     ApplyRequest {
@@ -43,17 +35,13 @@ fn compensate(txn: &str) -> CompensateRequest {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_saga_commits_step_by_step_and_sends_the_email() -> Result {
-    let env = saga_env().await?;
+    let env = env_for(Strategy::Saga).await?;
     let registered = env.register("alice", "pw-0").await?;
     assert!(committed(&registered), "{registered:?}");
     let changed = env.update("alice", "pw-0", "pw-1", "r1").await?;
     assert!(committed(&changed), "{changed:?}");
-    converge(&env).await;
-    assert_eq!(env.version("alice").await?, changed.txn_id);
-    assert_eq!(
-        env.history("alice").await?,
-        [changed.txn_id.clone(), registered.txn_id.clone()]
-    );
+    env.assert_at_rest("alice", &[&changed.txn_id, &registered.txn_id])
+        .await?;
     assert!(env.verify("alice", "pw-1").await?);
     let mails = env.mails_settle(2).await;
     assert_eq!(mails.len(), 2);
@@ -70,7 +58,7 @@ async fn a_saga_commits_step_by_step_and_sends_the_email() -> Result {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_history_step_compensates_the_password_and_sends_no_email() -> Result {
-    let env = saga_env().await?;
+    let env = env_for(Strategy::Saga).await?;
     let registered = env.register("alice", "pw-0").await?;
     env.mails_settle(1).await;
     // The password step applies pw-0 again; history refuses a recent password.
@@ -98,7 +86,7 @@ async fn a_refused_history_step_compensates_the_password_and_sends_no_email() ->
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_barrier_answers_duplicates_records_empty_compensations_and_stops_hanging_applies()
 -> Result {
-    let env = saga_env().await?;
+    let env = env_for(Strategy::Saga).await?;
     let registered = env.register("alice", "pw-0").await?;
     let mut history = env.cluster.participant(Service::History).await?;
     let mut password = env.cluster.participant(Service::Password).await?;
@@ -167,7 +155,7 @@ async fn the_barrier_answers_duplicates_records_empty_compensations_and_stops_ha
 
 /// Kills the orchestrator at `fail_point`, restarts it, and checks where the saga ended.
 async fn crash_case(fail_point: &str, survives: bool) -> Result {
-    let mut env = saga_env().await?;
+    let mut env = env_for(Strategy::Saga).await?;
     let registered = env.register("alice", "pw-0").await?;
     env.mails_settle(1).await;
     env.cluster.stop(Service::Coordinator).await?;
@@ -236,7 +224,7 @@ async fn a_crash_after_the_completion_is_forced_keeps_the_change_and_sends_the_e
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_data_directory_keeps_its_strategy() -> Result {
-    let mut env = saga_env().await?;
+    let mut env = env_for(Strategy::Saga).await?;
     env.register("alice", "pw-0").await?;
     env.cluster.stop(Service::Coordinator).await?;
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_tpc"))

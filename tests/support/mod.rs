@@ -36,6 +36,16 @@ pub async fn env() -> Result<Env> {
     env_with(ClusterOptions::default()).await
 }
 
+/// A cluster whose coordinator runs `strategy`.
+#[allow(dead_code)]
+pub async fn env_for(strategy: tpc_common::Strategy) -> Result<Env> {
+    env_with(ClusterOptions {
+        strategy,
+        ..Default::default()
+    })
+    .await
+}
+
 /// A cluster started with `options` (its binary, directory and mail server are filled in).
 pub async fn env_with(options: ClusterOptions) -> Result<Env> {
     let dir = tempfile::Builder::new().prefix("tpc-e2e-").tempdir()?;
@@ -89,6 +99,16 @@ impl Env {
             })
             .await?
             .into_inner())
+    }
+
+    /// At rest, `user`'s password was set by `history[0]`, and the history lists exactly `history`,
+    /// newest first.
+    #[allow(dead_code)]
+    pub async fn assert_at_rest(&self, user: &str, history: &[&str]) -> Result {
+        converge(self).await;
+        assert_eq!(self.version(user).await?, history[0], "{user}'s password");
+        assert_eq!(self.history(user).await?, history, "{user}'s history");
+        Ok(())
     }
 
     pub async fn version(&self, user: &str) -> Result<String> {

@@ -11,6 +11,7 @@
 //! - `runtime`: executes the engine's commands; `service` the gRPC API; `server` wiring.
 
 pub mod batcher;
+mod clients;
 pub mod email;
 pub mod engine;
 pub mod events;

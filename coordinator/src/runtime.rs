@@ -2,14 +2,14 @@
 //! command is executed by a short task (an RPC, a forced write, a timer) that reports back as an event.
 //! Clients wait on a oneshot per request id.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 use tpc_common::fault::inject;
 use tpc_common::{Operation, TxnId, now_ms};
-use tracing::{Instrument, debug, debug_span, error, warn};
+use tracing::{debug, debug_span, error, warn};
 
+use crate::clients::{Waiting, spawn_reporting};
 use crate::email;
 use crate::engine::{
     Active, Command, Decision, Engine, Event, Outcome, Participant, Refusal, Vote,
@@ -62,7 +62,7 @@ impl Coordinator {
             log,
             peers,
             outbox,
-            waiters: HashMap::new(),
+            waiters: Waiting::default(),
             inputs: inputs.downgrade(),
         };
         tokio::spawn(actor.run(rx, recovered));
@@ -117,7 +117,7 @@ struct Actor {
     /// The dispatcher, handed each e-mail once its commit is on disk.
     outbox: mpsc::UnboundedSender<OutboxEntry>,
     /// Clients waiting for an answer, by the id their `Begin` carried.
-    waiters: HashMap<TxnId, oneshot::Sender<Answer>>,
+    waiters: Waiting,
     /// Weak, so the actor stops when every `Coordinator` handle is gone.
     inputs: mpsc::WeakUnboundedSender<Input>,
 }
@@ -161,17 +161,8 @@ impl Actor {
 
     /// Runs `work` in its own task and feeds the event it returns back to the engine.
     fn spawn(&self, txn: TxnId, work: impl Future<Output = Option<Event>> + Send + 'static) {
-        let inputs = self.inputs.clone();
-        tokio::spawn(
-            async move {
-                if let Some(event) = work.await
-                    && let Some(inputs) = inputs.upgrade()
-                {
-                    let _ = inputs.send(Input::Event(event));
-                }
-            }
-            .instrument(debug_span!("txn", txn_id = %txn)),
-        );
+        let work = async move { work.await.map(Input::Event) };
+        spawn_reporting(&self.inputs, debug_span!("txn", txn_id = %txn), work);
     }
 
     fn execute(&mut self, command: Command) {
@@ -241,18 +232,8 @@ impl Actor {
                     Some(Event::AbortDelivered { txn, to })
                 });
             }
-            Command::Reply { clients, outcome } => {
-                for client in clients {
-                    if let Some(waiter) = self.waiters.remove(&client) {
-                        let _ = waiter.send(Ok(outcome.clone()));
-                    }
-                }
-            }
-            Command::Reject { client, refusal } => {
-                if let Some(waiter) = self.waiters.remove(&client) {
-                    let _ = waiter.send(Err(refusal));
-                }
-            }
+            Command::Reply { clients, outcome } => self.waiters.reply(clients, &outcome),
+            Command::Reject { client, refusal } => self.waiters.reject(client, refusal),
             Command::SendCommit {
                 txn,
                 to,

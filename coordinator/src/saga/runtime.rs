@@ -2,15 +2,15 @@
 //! `Apply`, a `Compensate`, a forced write) that reports back as an event. The same shape as the 2PC
 //! runtime.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 use tpc_common::fault::inject;
 use tpc_common::{Operation, Strategy, TxnId, now_ms};
-use tracing::{Instrument, debug, debug_span, error, warn};
+use tracing::{debug, debug_span, error, warn};
 
 use super::engine::{Command, Engine, Event, StepResult, Unfinished};
+use crate::clients::{Waiting, spawn_reporting};
 use crate::email;
 use crate::log::{Log, OutboxEntry, State, abort_record};
 use crate::peers::Peers;
@@ -72,7 +72,7 @@ impl Saga {
             log,
             peers,
             outbox,
-            waiters: HashMap::new(),
+            waiters: Waiting::default(),
             inputs: inputs.downgrade(),
         };
         tokio::spawn(actor.run(rx, recovered));
@@ -107,7 +107,7 @@ struct Actor {
     log: Arc<Log>,
     peers: Peers,
     outbox: mpsc::UnboundedSender<OutboxEntry>,
-    waiters: HashMap<TxnId, oneshot::Sender<Answer>>,
+    waiters: Waiting,
     inputs: mpsc::WeakUnboundedSender<Input>,
 }
 
@@ -143,17 +143,8 @@ impl Actor {
     }
 
     fn spawn(&self, txn: TxnId, work: impl Future<Output = Option<Event>> + Send + 'static) {
-        let inputs = self.inputs.clone();
-        tokio::spawn(
-            async move {
-                if let Some(event) = work.await
-                    && let Some(inputs) = inputs.upgrade()
-                {
-                    let _ = inputs.send(Input::Event(event));
-                }
-            }
-            .instrument(debug_span!("saga", txn_id = %txn)),
-        );
+        let work = async move { work.await.map(Input::Event) };
+        spawn_reporting(&self.inputs, debug_span!("saga", txn_id = %txn), work);
     }
 
     fn execute(&mut self, command: Command) {
@@ -279,18 +270,8 @@ impl Actor {
                     warn!(cause = %e, "could not note the end of the compensation");
                 }
             }
-            Command::Reply { clients, outcome } => {
-                for client in clients {
-                    if let Some(waiter) = self.waiters.remove(&client) {
-                        let _ = waiter.send(Ok(outcome.clone()));
-                    }
-                }
-            }
-            Command::Reject { client, refusal } => {
-                if let Some(waiter) = self.waiters.remove(&client) {
-                    let _ = waiter.send(Err(refusal));
-                }
-            }
+            Command::Reply { clients, outcome } => self.waiters.reply(clients, &outcome),
+            Command::Reject { client, refusal } => self.waiters.reject(client, refusal),
         }
     }
 }

@@ -95,7 +95,12 @@ impl Violation {
 pub struct Verdict {
     pub violations: Vec<Violation>,
     pub anomalies: BTreeMap<&'static str, usize>,
+    /// The first few of each kind, with the operations involved, to show what happened.
+    pub examples: Vec<Violation>,
 }
+
+/// How many examples of each anomaly a verdict keeps.
+const EXAMPLES: usize = 3;
 
 /// The anomalies each strategy allows by design (DESIGN §5). Two-phase commit allows none. A saga lets
 /// readers see a step before the next (torn reads) and a step that is later compensated (dirty reads),
@@ -124,7 +129,11 @@ pub fn judge(o: &Observed, strategy: Strategy) -> Verdict {
     for v in check(o) {
         match v.anomaly {
             Some(kind) if allowed(strategy).contains(&kind) => {
-                *verdict.anomalies.entry(kind).or_default() += 1
+                let seen = verdict.anomalies.entry(kind).or_default();
+                *seen += 1;
+                if *seen <= EXAMPLES {
+                    verdict.examples.push(v);
+                }
             }
             _ => verdict.violations.push(v),
         }

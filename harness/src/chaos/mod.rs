@@ -68,6 +68,8 @@ pub struct Report {
     pub violations: Vec<Violation>,
     /// What the strategy allows, counted by kind (always empty for two-phase commit).
     pub anomalies: BTreeMap<&'static str, usize>,
+    /// A few of each kind, with the operations of `history.jsonl` involved.
+    pub anomaly_examples: Vec<Violation>,
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -213,6 +215,7 @@ pub async fn run(config: ChaosConfig) -> Result<Report, BoxError> {
         unquiet,
         violations: verdict.violations,
         anomalies: verdict.anomalies,
+        anomaly_examples: verdict.examples,
     };
     std::fs::write(
         config.out.join("report.json"),

@@ -131,6 +131,15 @@ async fn the_barrier_answers_duplicates_records_empty_compensations_and_stops_ha
         std::slice::from_ref(&registered.txn_id)
     );
 
+    // A saga step of a transaction created long ago, never seen here: its saga gave up long since.
+    let ancient = "01000000-0000-7000-8000-000000000000";
+    let answer = password
+        .apply(apply(ancient, saga, "pw-0", "pw-9"))
+        .await?
+        .into_inner();
+    assert_eq!(answer.outcome(), apply_response::Outcome::Refused);
+    assert!(answer.reason.contains("too old"), "{answer:?}");
+
     // One strategy never takes another's transaction; two-phase commit has no Apply.
     let events = history
         .apply(apply(

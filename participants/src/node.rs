@@ -46,6 +46,8 @@ pub struct Node<R: Resource> {
     read_wait: Duration,
     /// Serialize the saga and events operations of a user (`local.rs`).
     user_stripes: Vec<tokio::sync::Mutex<()>>,
+    /// A saga step of an unknown transaction older than this is refused (`local.rs`).
+    max_step_age_ms: u64,
 }
 
 impl<R: Resource> Node<R> {
@@ -82,6 +84,7 @@ impl<R: Resource> Node<R> {
             user_stripes: (0..local::USER_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
+            max_step_age_ms: config.prepare_max_age_ms,
         }))
     }
 

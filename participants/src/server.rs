@@ -100,6 +100,7 @@ pub async fn run(
                         PasswordReaderServer::new(PasswordApi(node.clone()))
                             .max_decoding_message_size(MAX_MESSAGE_BYTES),
                     );
+            tokio::spawn(node.clone().collect_barriers_forever());
             (router, tokio::spawn(node.tick_forever(TICK)))
         }
         Role::History => {
@@ -116,6 +117,7 @@ pub async fn run(
                     HistoryReaderServer::new(HistoryApi(node.clone()))
                         .max_decoding_message_size(MAX_MESSAGE_BYTES),
                 );
+            tokio::spawn(node.clone().collect_barriers_forever());
             (router, tokio::spawn(node.tick_forever(TICK)))
         }
     };

@@ -209,6 +209,26 @@ impl<C: Serialize + DeserializeOwned> Store<C> {
         Ok(())
     }
 
+    /// Deletes up to `max` barrier records of transactions created before `before_ms`, oldest first
+    /// (keys are UUIDv7 transaction ids, which begin with their creation time, so the scan stops at the
+    /// first young one). Returns how many it deleted; fewer than `max` means it is done.
+    pub fn collect_barriers(&self, before_ms: u64, max: usize) -> Result<usize, StoreError> {
+        let mut batch = sled::Batch::default();
+        let mut n = 0;
+        for item in self.db.scan_prefix(BARRIER).keys() {
+            let key = item?;
+            let old = TxnId::from_bytes(&key[BARRIER.len()..])
+                .is_some_and(|txn| txn.created_ms() < before_ms);
+            if !old || n == max {
+                break;
+            }
+            batch.remove(key);
+            n += 1;
+        }
+        self.db.apply_batch(batch)?;
+        Ok(n)
+    }
+
     /// Deletes a transaction's record (an aborted PREPARED one, or an old COMMITTED one). Not forced: a
     /// PREPARED record that comes back after a crash is asked about and resolves as aborted.
     pub fn remove(&self, txn: TxnId) -> Result<(), StoreError> {
@@ -254,6 +274,27 @@ fn decode<T: DeserializeOwned>(key: &[u8], raw: &[u8]) -> Result<T, StoreError> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn barrier_records_are_collected_oldest_first_in_slices_and_young_ones_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Store<String> = Store::open(dir.path(), tpc_common::DEFAULT_CACHE_MIB).unwrap();
+        let txns: Vec<TxnId> = (0..5).map(|_| TxnId::generate()).collect();
+        for txn in &txns {
+            let record = Barrier::<u8>::Refused {
+                strategy: tpc_common::Strategy::Saga,
+                reason: "r".into(),
+            };
+            store.note_barrier(*txn, &record).unwrap();
+        }
+        assert_eq!(store.collect_barriers(0, 10).unwrap(), 0, "none is old");
+        let after = tpc_common::now_ms() + 1;
+        assert_eq!(store.collect_barriers(after, 2).unwrap(), 2);
+        assert!(store.barrier::<u8>(txns[0]).unwrap().is_none());
+        assert!(store.barrier::<u8>(txns[2]).unwrap().is_some());
+        assert_eq!(store.collect_barriers(after, 10).unwrap(), 3);
+        assert!(store.barrier::<u8>(txns[4]).unwrap().is_none());
+    }
 
     #[tokio::test]
     async fn recovery_finds_prepared_and_committed_records_only() {

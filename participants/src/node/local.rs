@@ -17,6 +17,15 @@ use crate::resource::Resource;
 /// two users sharing a stripe only wait for each other briefly.
 pub(super) const USER_STRIPES: usize = 64;
 
+const TOO_OLD: &str = "saga step is too old: its saga gave up on it";
+
+/// How long barrier records are kept (24 h): far longer than any saga step may arrive late (20 s), and
+/// than an events delivery waits for a consumer in any outage the operator would not notice.
+pub const BARRIER_RETENTION_MS: u64 = 24 * 3600 * 1000;
+
+/// Barrier records deleted per slice of collection.
+const BARRIER_SLICE: usize = 1_000;
+
 impl<R: Resource> Node<R> {
     /// `Apply`: checks `op` (argon2 work) and applies it at once, durably; or answers from the barrier.
     pub async fn apply_local(
@@ -27,6 +36,15 @@ impl<R: Resource> Node<R> {
     ) -> Result<Applied, Status> {
         if let Some(answer) = self.answered_apply(txn, strategy)? {
             return Ok(answer);
+        }
+        // A saga step arrives within seconds of its saga's start, or its orchestrator gave up on it long
+        // ago (and compensated it): with no record of it, refuse, so that barrier records can be
+        // collected without letting a very late Apply hang. Events carry no such limit: a delivery is
+        // owed however late it comes.
+        if strategy == Strategy::Saga
+            && txn.created_ms().saturating_add(self.max_step_age_ms) < now_ms()
+        {
+            return Ok(Applied::No(TOO_OLD.into()));
         }
         let _user = self.user_stripe(op.user()).lock().await;
         // Again under the lock: a Compensate of this transaction may have just been recorded.
@@ -146,6 +164,34 @@ impl<R: Resource> Node<R> {
             fatal(e)
         }
         Ok(())
+    }
+
+    /// Deletes barrier records older than the retention, once a minute, in slices on the blocking pool.
+    pub async fn collect_barriers_forever(self: Arc<Self>) {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
+        loop {
+            every.tick().await;
+            let before = now_ms().saturating_sub(BARRIER_RETENTION_MS);
+            loop {
+                let node = self.clone();
+                let slice = tokio::task::spawn_blocking(move || {
+                    node.store.collect_barriers(before, BARRIER_SLICE)
+                })
+                .await;
+                match slice {
+                    Ok(Ok(n)) if n == BARRIER_SLICE => continue,
+                    Ok(Ok(_)) => break,
+                    Ok(Err(e)) => {
+                        warn!(cause = %e, "collecting barrier records failed");
+                        break;
+                    }
+                    Err(e) => {
+                        warn!(cause = %e, "collecting barrier records failed");
+                        break;
+                    }
+                }
+            }
+        }
     }
 
     fn user_stripe(&self, user: &UserId) -> &tokio::sync::Mutex<()> {

@@ -414,16 +414,8 @@ mod tests {
                 .trim_start()
                 .starts_with("strategy  faults  clients")
         );
-        assert!(
-            lines[2]
-                .trim_start()
-                .starts_with("2pc         none        1 ")
-        );
-        assert!(
-            lines[3]
-                .trim_start()
-                .starts_with("2pc         none       16 ")
-        );
+        assert!(lines[2].trim_start().starts_with("2pc    none        1 "));
+        assert!(lines[3].trim_start().starts_with("2pc    none       16 "));
         assert!(
             text.contains("2pc, 16 clients: anomalies: 0 torn reads, 0 dirty reads; at rest: 0 divergent users"),
             "{text}"

@@ -198,12 +198,13 @@ pub async fn run_at(
     Ok(run)
 }
 
-/// The delays of the load's e-mails, once all `expected` are written or after `MAIL_WAIT`.
+/// The delays of the load's e-mails, once all `expected` are written, or once none has come for
+/// `MAIL_STALL` (the outbox has nothing left to send, or cannot send it).
 async fn wait_for_mail(dir: &Path, since_ms: u64, expected: u64) -> std::io::Result<Vec<u64>> {
-    let deadline = tokio::time::Instant::now() + MAIL_WAIT;
+    let mut progress = Progress::new();
     loop {
         let delays = mail_delay::delays_ms(dir, since_ms)?;
-        if delays.len() as u64 >= expected || tokio::time::Instant::now() >= deadline {
+        if delays.len() as u64 >= expected || progress.stalled(delays.len()) {
             return Ok(delays);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -211,23 +212,51 @@ async fn wait_for_mail(dir: &Path, since_ms: u64, expected: u64) -> std::io::Res
 }
 
 /// What the mail server received, once it has the `expected` e-mails of changes begun since
-/// `since_ms` or after `MAIL_WAIT`: the distinct messages and the duplicates.
+/// `since_ms`, or once none has come for `MAIL_STALL`: the distinct messages and the duplicates.
+/// After the mail server was down the outbox has a backlog to send, which may take a while.
 async fn wait_for_received(
     server: &MailServer,
     since_ms: u64,
     expected: u64,
 ) -> (Vec<(String, String)>, u64) {
-    let deadline = tokio::time::Instant::now() + MAIL_WAIT;
+    let mut progress = Progress::new();
     loop {
         let (mails, duplicates) = anomalies::received(&server.mails());
         let of_load = mails
             .iter()
             .filter(|(txn, _)| TxnId::parse(txn).is_ok_and(|t| t.created_ms() >= since_ms))
             .count() as u64;
-        if of_load >= expected || tokio::time::Instant::now() >= deadline {
+        if of_load >= expected || progress.stalled(mails.len()) {
             return (mails, duplicates);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Whether a count stopped growing: no growth for `MAIL_STALL`, or `MAIL_WAIT` in all.
+struct Progress {
+    began: tokio::time::Instant,
+    last: usize,
+    since: tokio::time::Instant,
+}
+
+impl Progress {
+    fn new() -> Self {
+        let now = tokio::time::Instant::now();
+        Self {
+            began: now,
+            last: 0,
+            since: now,
+        }
+    }
+
+    fn stalled(&mut self, count: usize) -> bool {
+        let now = tokio::time::Instant::now();
+        if count > self.last {
+            self.last = count;
+            self.since = now;
+        }
+        now - self.since >= MAIL_STALL || now - self.began >= MAIL_WAIT
     }
 }
 
@@ -235,8 +264,11 @@ async fn wait_for_received(
 /// participants ask the coordinator and compensations are resent with a backoff of up to 2 s).
 const QUIESCE_WAIT: Duration = Duration::from_secs(30);
 
-/// How long a run waits after the load for the outbox to write the last e-mails.
-const MAIL_WAIT: Duration = Duration::from_secs(10);
+/// How long a run waits after the load for the outbox to send the last e-mails, at most…
+const MAIL_WAIT: Duration = Duration::from_secs(180);
+
+/// …and how long without a new one before it stops waiting.
+const MAIL_STALL: Duration = Duration::from_secs(10);
 
 /// The data directories at the end of a run.
 pub struct Disk {

@@ -214,6 +214,17 @@ enum Command {
         /// After the sweep, fire N registrations at once on a fresh cluster and report how each ended.
         #[arg(long)]
         burst: Option<usize>,
+        /// Faults during each measured period, from a fixed seed, the same for every strategy: `crash`
+        /// (kill -9 and restart each participant), `partition` (cut the coordinator off from each
+        /// participant), `all` (both, and the mail server down); a comma list runs each mode.
+        #[arg(long, value_delimiter = ',', default_value = "none", value_parser = parse_faults)]
+        faults: Vec<tpc_bench::FaultMode>,
+        /// Concurrent readers during each measured period, counting torn and dirty reads.
+        #[arg(long, default_value_t = 0)]
+        readers: usize,
+        /// Fraction of changes that reuse one of the user's recent passwords (the history refuses it).
+        #[arg(long, default_value_t = 0.0)]
+        reuse_rate: f64,
     },
     /// Run the whole story in a temporary directory, crash and recovery included, and narrate it.
     Demo {
@@ -290,11 +301,32 @@ async fn main() -> ExitCode {
             argon2,
             out,
             burst,
+            faults,
+            readers,
+            reuse_rate,
         } => {
             let strategies = strategies.into_iter().map(Into::into).collect();
-            bench(
-                strategies, clients, duration, warmup, users, argon2, out, burst,
-            )
+            bench(tpc_bench::Config {
+                // Set by `bench`, where an error can be returned.
+                exe: PathBuf::new(),
+                strategies,
+                clients,
+                faults,
+                readers,
+                reuse_rate,
+                duration,
+                warmup,
+                users,
+                cost: match argon2 {
+                    Argon2Arg::Owasp => tpc_participants::hashing::Cost::Owasp,
+                    Argon2Arg::Fast => tpc_participants::hashing::Cost::InsecureFast,
+                },
+                out: out.unwrap_or_else(|| {
+                    PathBuf::from(format!("tpc-bench-{}", tpc_common::now_ms() / 1000))
+                }),
+                burst,
+                progress: true,
+            })
             .await
         }
         Command::Demo { keep } => demo::run(keep).await,
@@ -310,6 +342,11 @@ async fn main() -> ExitCode {
 
 /// Errors end the command with a message and exit status 2.
 pub type Result<T = ExitCode> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+fn parse_faults(raw: &str) -> std::result::Result<tpc_bench::FaultMode, String> {
+    tpc_bench::FaultMode::parse(raw)
+        .ok_or_else(|| format!("{raw:?}: expected none, crash, partition or all"))
+}
 
 fn parse_duration(raw: &str) -> std::result::Result<std::time::Duration, String> {
     let (number, unit) = raw
@@ -369,34 +406,10 @@ async fn chaos(
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn bench(
-    strategies: Vec<tpc_common::Strategy>,
-    clients: Vec<usize>,
-    duration: std::time::Duration,
-    warmup: std::time::Duration,
-    users: usize,
-    argon2: Argon2Arg,
-    out: Option<PathBuf>,
-    burst: Option<usize>,
-) -> Result {
-    use tpc_participants::hashing::Cost;
-    let out =
-        out.unwrap_or_else(|| PathBuf::from(format!("tpc-bench-{}", tpc_common::now_ms() / 1000)));
-    let run = tpc_bench::run(tpc_bench::Config {
-        exe: std::env::current_exe()?,
-        strategies,
-        clients,
-        duration,
-        warmup,
-        users,
-        cost: match argon2 {
-            Argon2Arg::Owasp => Cost::Owasp,
-            Argon2Arg::Fast => Cost::InsecureFast,
-        },
-        out,
-        burst,
-        progress: true,
-    });
+/// Runs `tpc bench` with this very binary as the cluster's services.
+async fn bench(mut config: tpc_bench::Config) -> Result {
+    config.exe = std::env::current_exe()?;
+    let run = tpc_bench::run(config);
     // Dropping the run drops its cluster, whose processes are killed with it: Ctrl-C leaves none behind.
     tokio::select! {
         result = run => result?,

@@ -87,8 +87,33 @@ pub fn legend_layout(labels: &[&str], width: u32) -> (Vec<(i32, i32)>, u32) {
     (at, rows * LEGEND_ROW + 6)
 }
 
+/// A stretch of the x axis to shade, with its label (a fault, from its start to its end).
+pub struct Span {
+    pub from: f64,
+    pub to: f64,
+    pub label: String,
+    pub color: RGBColor,
+}
+
 /// Draws `lines` on axes `x` × `y` (linear ranges or `.log_scale()` ones) into an SVG string.
 pub fn plot<X, Y>(frame: &Frame, x: X, y: Y, lines: &[Line]) -> Result<String, Error>
+where
+    X: AsRangedCoord<Value = f64>,
+    Y: AsRangedCoord<Value = f64>,
+    X::CoordDescType: ValueFormatter<f64>,
+    Y::CoordDescType: ValueFormatter<f64>,
+{
+    plot_with_spans(frame, x, y, lines, &[])
+}
+
+/// [`plot`], with `spans` shaded behind the lines, each labelled at the top of the plot.
+pub fn plot_with_spans<X, Y>(
+    frame: &Frame,
+    x: X,
+    y: Y,
+    lines: &[Line],
+    spans: &[Span],
+) -> Result<String, Error>
 where
     X: AsRangedCoord<Value = f64>,
     Y: AsRangedCoord<Value = f64>,
@@ -122,6 +147,42 @@ where
             .light_line_style(TRANSPARENT)
             .draw()
             .map_err(err)?;
+        let (y_lo, y_hi) = {
+            let r = chart.y_range();
+            (r.start, r.end)
+        };
+        for (i, span) in spans.iter().enumerate() {
+            chart
+                .draw_series(std::iter::once(Rectangle::new(
+                    [(span.from, y_lo), (span.to, y_hi)],
+                    span.color.mix(0.18).filled(),
+                )))
+                .map_err(err)?;
+            for at in [span.from, span.to] {
+                chart
+                    .draw_series(DashedLineSeries::new(
+                        [(at, y_lo), (at, y_hi)],
+                        4,
+                        3,
+                        span.color.stroke_width(1),
+                    ))
+                    .map_err(err)?;
+            }
+            // Labels on three rows, so that overlapping spans keep readable labels.
+            let row = (i % 3) as f64;
+            let label_y = y_hi - (y_hi - y_lo) * (0.03 + 0.06 * row);
+            let font = ("sans-serif", FONT * 0.8)
+                .into_font()
+                .color(&span.color)
+                .pos(Pos::new(HPos::Left, VPos::Top));
+            chart
+                .draw_series(std::iter::once(Text::new(
+                    span.label.clone(),
+                    (span.from, label_y),
+                    font,
+                )))
+                .map_err(err)?;
+        }
         for (line, &(lx, ly)) in lines.iter().zip(&legend_at) {
             let style = line.color.stroke_width(2);
             let points = line.points.iter().copied();
@@ -433,6 +494,249 @@ pub fn over_time(results: &Results) -> Result<Vec<String>, Error> {
     Ok(charts)
 }
 
+/// One group of bars: a name under it, and one bar per series.
+pub struct BarGroup {
+    pub name: String,
+    pub values: Vec<u64>,
+}
+
+/// Grouped bars: one group per entry of `groups`, one bar per series (named in `series`, coloured in
+/// order) in each, with each non-zero count written above its bar.
+pub fn bars(
+    title: &str,
+    y_desc: &str,
+    series: &[&str],
+    groups: &[BarGroup],
+) -> Result<String, Error> {
+    let (legend_at, legend_height) = legend_layout(series, SIZE.0);
+    let n = groups.len().max(1);
+    let hi = groups
+        .iter()
+        .flat_map(|g| g.values.iter().copied())
+        .max()
+        .unwrap_or(0);
+    let y_hi = if hi > 0 { hi as f64 * 1.2 } else { 1.0 };
+    let names: Vec<String> = groups.iter().map(|g| g.name.clone()).collect();
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
+        root.fill(&WHITE).map_err(err)?;
+        let (upper, legend) = root.split_vertically(SIZE.1 - legend_height);
+        let x = 0.0..n as f64;
+        let mut chart = ChartBuilder::on(&upper)
+            .caption(title, ("sans-serif", FONT * 1.4))
+            .margin(12)
+            .margin_right(22)
+            .x_label_area_size(50)
+            .y_label_area_size(70)
+            .build_cartesian_2d(x, 0.0..y_hi)
+            .map_err(err)?;
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(0)
+            .y_desc(y_desc)
+            .y_label_formatter(&number)
+            .axis_desc_style(("sans-serif", FONT * 1.1))
+            .label_style(("sans-serif", FONT))
+            .bold_line_style(RGBColor(228, 228, 228))
+            .light_line_style(TRANSPARENT)
+            .draw()
+            .map_err(err)?;
+        let width = 0.8 / series.len().max(1) as f64;
+        for (g, group) in groups.iter().enumerate() {
+            for (k, &value) in group.values.iter().enumerate() {
+                let left = g as f64 + 0.1 + k as f64 * width;
+                let right = left + width * 0.85;
+                chart
+                    .draw_series(std::iter::once(Rectangle::new(
+                        [(left, 0.0), (right, value as f64)],
+                        color(k).filled(),
+                    )))
+                    .map_err(err)?;
+                if value > 0 {
+                    let font = ("sans-serif", FONT * 0.75)
+                        .into_font()
+                        .color(&RGBColor(50, 50, 50))
+                        .pos(Pos::new(HPos::Center, VPos::Bottom));
+                    chart
+                        .draw_series(std::iter::once(Text::new(
+                            value.to_string(),
+                            ((left + right) / 2.0, value as f64),
+                            font,
+                        )))
+                        .map_err(err)?;
+                }
+            }
+            // The group's name under the axis, centred on its bars (plotters' own tick labels cannot
+            // be placed at chosen points of an f64 axis).
+            let (px, py) = chart.backend_coord(&(g as f64 + 0.5, 0.0));
+            let font = ("sans-serif", FONT)
+                .into_font()
+                .color(&RGBColor(50, 50, 50))
+                .pos(Pos::new(HPos::Center, VPos::Top));
+            upper
+                .draw(&Text::new(names[g].clone(), (px, py + 8), font))
+                .map_err(err)?;
+            if group.values.iter().all(|&v| v == 0) {
+                let font = ("sans-serif", FONT * 0.85)
+                    .into_font()
+                    .color(&GREY)
+                    .pos(Pos::new(HPos::Center, VPos::Bottom));
+                chart
+                    .draw_series(std::iter::once(Text::new(
+                        "none".to_owned(),
+                        (g as f64 + 0.5, y_hi * 0.02),
+                        font,
+                    )))
+                    .map_err(err)?;
+            }
+        }
+        for (k, (name, &(lx, ly))) in series.iter().zip(&legend_at).enumerate() {
+            legend
+                .draw(&Rectangle::new(
+                    [(lx, ly - 5), (lx + 22, ly + 5)],
+                    color(k).filled(),
+                ))
+                .map_err(err)?;
+            let font = ("sans-serif", FONT)
+                .into_font()
+                .color(&RGBColor(50, 50, 50))
+                .pos(Pos::new(HPos::Left, VPos::Center));
+            legend
+                .draw(&Text::new(name.to_string(), (lx + 28, ly), font))
+                .map_err(err)?;
+        }
+        root.present().map_err(err)?;
+    }
+    Ok(svg)
+}
+
+/// A run's short name in a chart: strategy and fault mode, and the clients when several counts ran.
+fn short_name(results: &Results, run: &Run) -> String {
+    let mut name = format!("{} / {}", run.strategy, run.faults);
+    let counts: std::collections::BTreeSet<usize> =
+        results.runs.iter().map(|r| r.clients).collect();
+    if counts.len() > 1 {
+        name += &format!(" / {}", run.clients);
+    }
+    name
+}
+
+/// The anomaly kinds as the chart's legend names them.
+pub const ANOMALY_KINDS: [&str; 6] = [
+    "torn reads",
+    "dirty reads",
+    "divergent users",
+    "wrong e-mails",
+    "missing e-mails",
+    "duplicate e-mails",
+];
+
+/// Anomalies per run (strategy × fault mode): grouped bars, one per kind.
+pub fn anomalies(results: &Results) -> Result<Option<String>, Error> {
+    let groups: Vec<BarGroup> = results
+        .runs
+        .iter()
+        .filter_map(|r| {
+            Some(BarGroup {
+                name: short_name(results, r),
+                values: r.anomalies.as_ref()?.kinds().map(|k| k.1).to_vec(),
+            })
+        })
+        .collect();
+    if groups.is_empty() {
+        return Ok(None);
+    }
+    bars(
+        "Anomalies per strategy and fault mode",
+        "count",
+        &ANOMALY_KINDS,
+        &groups,
+    )
+    .map(Some)
+}
+
+/// The colour of a fault's span: crashes red, partitions orange, the mail server grey.
+fn fault_color(kind: &str) -> RGBColor {
+    if kind.starts_with("crash") {
+        color(2)
+    } else if kind.starts_with("partition") {
+        color(1)
+    } else {
+        GREY
+    }
+}
+
+/// Committed changes per second over the measured period, one chart per fault mode and client count,
+/// a line per strategy, with the faults (of the first strategy's run; every strategy gets the same
+/// schedule) shaded.
+pub fn per_second(results: &Results) -> Result<Vec<String>, Error> {
+    let mut keys: Vec<(&str, usize)> = Vec::new();
+    for r in &results.runs {
+        if !r.per_second.is_empty() && !keys.contains(&(r.faults.as_str(), r.clients)) {
+            keys.push((&r.faults, r.clients));
+        }
+    }
+    let mut charts = Vec::new();
+    for (faults, clients) in keys {
+        let runs: Vec<&Run> = results
+            .runs
+            .iter()
+            .filter(|r| r.faults == faults && r.clients == clients && !r.per_second.is_empty())
+            .collect();
+        let lines: Vec<Line> = runs
+            .iter()
+            .enumerate()
+            .map(|(i, r)| Line {
+                label: r.strategy.clone(),
+                points: r
+                    .per_second
+                    .iter()
+                    .enumerate()
+                    .map(|(t, &n)| {
+                        // The last second may be cut short by the end of the period.
+                        let length = (r.measured_s - t as f64).clamp(0.001, 1.0);
+                        (t as f64 + 0.5, n as f64 / length)
+                    })
+                    .collect(),
+                color: color(if i == 0 { 0 } else { i + 2 }),
+                dashed: false,
+                markers: false,
+            })
+            .collect();
+        let spans: Vec<Span> = runs
+            .first()
+            .map(|r| {
+                r.fault_events
+                    .iter()
+                    .map(|e| Span {
+                        from: e.start_s,
+                        to: e.end_s.max(e.start_s),
+                        label: e.kind.clone(),
+                        color: fault_color(&e.kind),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let end = runs.iter().map(|r| r.measured_s).fold(1.0, f64::max);
+        let y = zero_range(lines.iter().flat_map(|l| l.points.iter().map(|p| p.1)));
+        let title = format!(
+            "Throughput per second, faults {faults}, {}",
+            crate::table::clients(clients)
+        );
+        let frame = Frame {
+            title: &title,
+            x_desc: "seconds into the measured period",
+            y_desc: "committed changes per second",
+            x_fmt: &|v| format!("{v:.0}"),
+            y_fmt: &number,
+        };
+        charts.push(plot_with_spans(&frame, 0.0..end, y, &lines, &spans)?);
+    }
+    Ok(charts)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -463,6 +767,48 @@ mod tests {
             over_time(&results).unwrap().is_empty(),
             "two windows are not a trend"
         );
+    }
+
+    #[test]
+    fn anomalies_are_grouped_bars_per_strategy_and_fault_mode() {
+        let mut results = crate::fixtures::results(&[64, 64]);
+        results.runs[1].strategy = "saga".into();
+        results.runs[1].faults = "all".into();
+        if let Some(a) = results.runs[1].anomalies.as_mut() {
+            a.torn_reads = 123;
+            a.dirty_reads = 7;
+        }
+        let svg = anomalies(&results).unwrap().unwrap();
+        assert!(svg.contains("<svg"));
+        assert!(svg.contains("saga / all"), "{svg}");
+        assert!(svg.contains("2pc / none"));
+        let texts: Vec<&str> = svg
+            .split("<text")
+            .skip(1)
+            .filter_map(|t| Some(t.split_once('>')?.1.split_once('<')?.0.trim()))
+            .collect();
+        assert!(
+            texts.contains(&"123") && texts.contains(&"7"),
+            "counts on the bars: {texts:?}"
+        );
+        assert!(texts.contains(&"duplicate e-mails"));
+        assert!(texts.contains(&"none"), "a run without any anomaly says so");
+    }
+
+    #[test]
+    fn throughput_per_second_marks_the_faults() {
+        let mut results = crate::fixtures::results(&[64]);
+        results.runs[0].faults = "all".into();
+        results.runs[0].fault_events = vec![crate::faults::FaultEvent {
+            kind: "partition coordinator-history".into(),
+            start_s: 5.0,
+            end_s: 8.0,
+            error: None,
+        }];
+        let charts = per_second(&results).unwrap();
+        assert_eq!(charts.len(), 1);
+        assert!(charts[0].contains("partition coordinator-history"));
+        assert!(charts[0].contains("faults all, 64 clients"));
     }
 
     #[test]

@@ -54,6 +54,10 @@ pub fn run(clients: usize) -> Run {
             (9.0 * clients as f64, 1.0),
         ],
         anomalies: Some(crate::anomalies::Anomalies::default()),
+        reads: None,
+        fault_events: Vec::new(),
+        per_second: vec![per_s as u64; 20],
+        not_quiet: None,
         mail_delay: Some(crate::mail_delay::MailDelay {
             count: 100,
             missing: 0,
@@ -83,6 +87,10 @@ pub fn results(clients: &[usize]) -> Results {
             clients_per_channel: 16,
             request_timeout_s: 5.0,
             tpc_version: "0.1.0".into(),
+            faults: vec!["none".into()],
+            fault_seed: crate::faults::SEED,
+            readers: 0,
+            reuse_rate: 0.0,
         },
         floors: Floors {
             rpc_per_s: runs

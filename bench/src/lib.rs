@@ -2,11 +2,15 @@
 //! the machine could do at best.
 //!
 //! A run starts a real cluster (three processes on loopback, as `tpc_harness` runs them for the tests,
-//! without fault proxies), registers users, then drives closed-loop clients that change their own
-//! users' passwords, and measures after a warm-up: committed changes per second, their latency, the
-//! refusals by reason, the services' CPU per change, memory and disk per change. Beside each result
-//! stand the floors measured in the same invocation before any load (bare RPC round trips, forced
-//! writes, argon2 hashes), so a figure reads as a fraction of a bound.
+//! without fault proxies unless faults are injected), registers users, then drives closed-loop clients
+//! that change their own users' passwords, and measures after a warm-up: committed changes per second,
+//! their latency, the refusals by reason, the services' CPU per change, memory and disk per change.
+//! Beside each result stand the floors measured in the same invocation before any load (bare RPC round
+//! trips, forced writes, argon2 hashes), so a figure reads as a fraction of a bound.
+//!
+//! A run may also inject a seeded schedule of faults (`faults`), run readers that count torn and dirty
+//! reads (`readers`, `inflight`), and have clients reuse recent passwords; then it counts the
+//! anomalies each strategy allows.
 //!
 //! Layout, one concept per file:
 //! - `machine`: what the machine is (cores, CPU, memory, kernel);
@@ -16,7 +20,11 @@
 //! - `load`: the closed-loop clients and the clock around them;
 //! - `latency`: percentiles, CDF and windows over hdrhistograms;
 //! - `measure`: `/proc` readings (CPU, memory) and disk usage; `mail_delay`: how soon e-mails follow;
-//! - `anomalies`: what a strategy left wrong at rest (divergent users, wrong and missing e-mails);
+//! - `faults`: the seeded fault schedule and the task that plays it against the cluster;
+//! - `inflight`: the changes in flight, published by the clients for the readers; dirty reads;
+//! - `readers`: concurrent readers counting torn reads and trying new passwords;
+//! - `anomalies`: what a strategy left wrong at rest (divergent users, wrong, missing and duplicate
+//!   e-mails), beside the torn and dirty reads;
 //! - `sweep`: one run at one client count on a fresh cluster;
 //! - `burst`: many registrations at once, to see how overload is refused;
 //! - `results`: what `results.json` holds; `table`: the terminal's rendering of it;
@@ -25,15 +33,18 @@
 mod anomalies;
 mod burst;
 mod charts;
+mod faults;
 #[cfg(test)]
 mod fixtures;
 mod floors;
+mod inflight;
 mod latency;
 mod load;
 mod machine;
 mod mail_delay;
 mod measure;
 mod outcome;
+mod readers;
 mod recorder;
 mod report;
 pub mod results;
@@ -49,6 +60,7 @@ use tpc_harness::Service;
 use tpc_participants::hashing::Cost;
 use tpc_participants::history::DEFAULT_DEPTH;
 
+pub use faults::FaultMode;
 pub use machine::Machine;
 use results::{ConfigRecord, Floors, Results};
 
@@ -63,6 +75,14 @@ pub struct Config {
     pub strategies: Vec<Strategy>,
     /// One run per client count, in this order.
     pub clients: Vec<usize>,
+    /// The fault modes, each run with every strategy and client count (the same seeded schedule for
+    /// every strategy).
+    pub faults: Vec<FaultMode>,
+    /// Concurrent readers during each measured period, counting torn and dirty reads (0: none).
+    pub readers: usize,
+    /// Fraction of changes that set one of the user's recent passwords again, so the history
+    /// participant refuses them.
+    pub reuse_rate: f64,
     /// Measured period of each run.
     pub duration: Duration,
     /// Load before the measured period of each run: connections, caches and queues settle.
@@ -100,6 +120,12 @@ pub async fn run(config: Config) -> Result<Results, BoxError> {
     if config.strategies.is_empty() {
         return Err("--strategies needs one or more strategies".into());
     }
+    if config.faults.is_empty() {
+        return Err("--faults needs one or more modes".into());
+    }
+    if !(0.0..=1.0).contains(&config.reuse_rate) {
+        return Err("--reuse-rate is a fraction between 0 and 1".into());
+    }
     tpc_harness::fresh_output_dir(&config.out)?;
     let machine = Machine::read();
     let record = ConfigRecord {
@@ -112,6 +138,10 @@ pub async fn run(config: Config) -> Result<Results, BoxError> {
         clients_per_channel: load::CLIENTS_PER_CHANNEL,
         request_timeout_s: load::REQUEST_TIMEOUT.as_secs_f64(),
         tpc_version: env!("CARGO_PKG_VERSION").into(),
+        faults: config.faults.iter().map(|f| f.as_str().into()).collect(),
+        fault_seed: faults::SEED,
+        readers: config.readers,
+        reuse_rate: config.reuse_rate,
     };
     print!("{}", table::header(&machine, &record, &config.out));
 
@@ -144,15 +174,26 @@ pub async fn run(config: Config) -> Result<Results, BoxError> {
     print!("{}", table::floors(&floors, config.cost_name()));
 
     let mut runs = Vec::new();
-    let plan: Vec<(Strategy, usize)> = config
-        .strategies
-        .iter()
-        .flat_map(|&s| config.clients.iter().map(move |&c| (s, c)))
-        .collect();
-    for (i, &(strategy, clients)) in plan.iter().enumerate() {
-        let bar = progress_bar(&config, strategy, clients, i + 1, plan.len());
-        let dir = config.out.join(format!("run-{strategy}-{clients}-clients"));
-        let run = sweep::run_at(&config, &floors, strategy, clients, &dir, &bar).await;
+    let mut plan = Vec::new();
+    for &faults in &config.faults {
+        for &strategy in &config.strategies {
+            for &clients in &config.clients {
+                plan.push(sweep::Plan {
+                    strategy,
+                    faults,
+                    clients,
+                });
+            }
+        }
+    }
+    for (i, &p) in plan.iter().enumerate() {
+        let bar = progress_bar(&config, p, i + 1, plan.len());
+        let (strategy, clients) = (p.strategy, p.clients);
+        let dir = config.out.join(match p.faults {
+            FaultMode::None => format!("run-{strategy}-{clients}-clients"),
+            mode => format!("run-{strategy}-faults-{mode}-{clients}-clients"),
+        });
+        let run = sweep::run_at(&config, &floors, p, &dir, &bar).await;
         bar.finish_and_clear();
         let run = run?;
         floors.rpc_per_s.insert(clients, run.rpc_floor_per_s);
@@ -164,8 +205,14 @@ pub async fn run(config: Config) -> Result<Results, BoxError> {
         Some(requests) if requests > 0 => {
             println!("burst: {requests} registrations at once on a fresh cluster…");
             let strategy = config.strategies[0];
-            let mut cluster =
-                sweep::start_cluster(&config, &config.out.join("burst"), strategy).await?;
+            let mut cluster = sweep::start_cluster(
+                &config,
+                &config.out.join("burst"),
+                strategy,
+                FaultMode::None,
+                None,
+            )
+            .await?;
             let channels = load::channels(&cluster.url(Service::Coordinator), requests).await?;
             let burst = burst::fire(&channels, requests).await;
             drop(channels);
@@ -200,8 +247,7 @@ pub fn report_html(results: &Results) -> String {
 
 fn progress_bar(
     config: &Config,
-    strategy: Strategy,
-    clients: usize,
+    plan: sweep::Plan,
     nth: usize,
     of: usize,
 ) -> indicatif::ProgressBar {
@@ -214,7 +260,14 @@ fn progress_bar(
     {
         bar.set_style(style.progress_chars("=> "));
     }
-    bar.set_prefix(format!("run {nth}/{of}: {strategy}, {clients} clients"));
+    let faults = match plan.faults {
+        FaultMode::None => String::new(),
+        mode => format!(", faults {mode}"),
+    };
+    bar.set_prefix(format!(
+        "run {nth}/{of}: {}, {} clients{faults}",
+        plan.strategy, plan.clients
+    ));
     bar.enable_steady_tick(Duration::from_millis(200));
     bar
 }

@@ -12,6 +12,8 @@ use tpc_harness::Service;
 use tpc_proto::v1::UpdatePasswordRequest;
 use tpc_proto::v1::password_service_client::PasswordServiceClient;
 
+use crate::faults::SharedProcesses;
+use crate::inflight::{Change, Heard, InFlight};
 use crate::measure;
 use crate::outcome::{self, Outcome};
 use crate::recorder::{Recorded, Recorder, WINDOW};
@@ -41,14 +43,26 @@ pub async fn channels(url: &str, clients: usize) -> Result<Vec<Channel>, BoxErro
     Ok(channels)
 }
 
+/// What the clients do besides changing passwords.
+#[derive(Clone, Default)]
+pub struct Workload {
+    /// Where each change is published while in flight, for the readers (`None` without readers).
+    pub board: Option<Arc<InFlight>>,
+    /// The fraction of changes that set one of the user's recent passwords again (refused by the
+    /// history participant).
+    pub reuse_rate: f64,
+}
+
 /// One closed-loop client: changes its users' passwords round-robin, one request at a time.
 async fn client(
     id: usize,
     mut accounts: Vec<Account>,
     mut service: PasswordServiceClient<Channel>,
     recorder: Arc<Recorder>,
+    workload: Workload,
     stop: Arc<AtomicBool>,
 ) {
+    let mut rng = fastrand::Rng::with_seed(0xc11e_0000 + id as u64);
     let mut n = 0u64;
     for turn in 0.. {
         if stop.load(Ordering::Relaxed) || accounts.is_empty() {
@@ -57,22 +71,41 @@ async fn client(
         n += 1;
         let count = accounts.len();
         let account = &mut accounts[turn % count];
-        let new = account.next_password();
+        let reused = (workload.reuse_rate > 0.0 && rng.f64() < workload.reuse_rate)
+            .then(|| account.reused_password(rng.usize(..)))
+            .flatten();
+        let new = reused.unwrap_or_else(|| account.next_password());
         let request = UpdatePasswordRequest {
             user_id: account.user.clone(),
             current_password: account.current.clone(),
             new_password: new.clone(),
             request_id: format!("c{id}-{n}"),
         };
+        let change = workload.board.as_ref().map(|board| {
+            let change = Arc::new(Change::new(
+                request.user_id.clone(),
+                new.clone(),
+                request.request_id.clone(),
+            ));
+            board.publish(change.clone());
+            (board, change)
+        });
         let started = Instant::now();
         let answer = tokio::time::timeout(REQUEST_TIMEOUT, service.update_password(request)).await;
         let at = Instant::now();
         let outcome =
             answer.map_or_else(|_| outcome::timed_out(REQUEST_TIMEOUT), outcome::classify);
+        if let Some((board, change)) = &change {
+            let heard = match &outcome {
+                Outcome::Committed => Heard::Committed,
+                Outcome::Refused { unknown: true, .. } => Heard::Unknown,
+                Outcome::Refused { .. } => Heard::Aborted,
+            };
+            board.answered(change, heard);
+        }
         match outcome {
             Outcome::Committed => {
-                account.current = new;
-                account.maybe = None;
+                account.changed_to(new);
                 recorder.committed(at, at - started);
             }
             Outcome::Refused {
@@ -84,10 +117,12 @@ async fn client(
                 if reason.contains("current password is wrong") {
                     // An earlier change whose answer was lost did commit after all.
                     if let Some(maybe) = account.maybe.take() {
-                        account.current = maybe;
+                        account.changed_to(maybe);
                     }
                 } else if unknown {
                     account.maybe = Some(new);
+                } else {
+                    // Refused (a reused password, a conflict): the current password is unchanged.
                 }
                 if let Some(pause) = pushback {
                     tokio::time::sleep(pause).await;
@@ -113,28 +148,49 @@ pub struct LoadOutcome {
 /// The three services' process ids, by name.
 pub type Pids = Vec<(Service, u32)>;
 
-fn cpu(pids: &Pids) -> BTreeMap<String, f64> {
-    pids.iter()
-        .filter_map(|&(s, pid)| Some((s.name().to_owned(), measure::cpu_seconds(Some(pid))?)))
-        .collect()
+fn pids(processes: &SharedProcesses) -> Pids {
+    processes
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .pids
+        .clone()
 }
 
-fn memory(pids: &Pids, key: &str) -> BTreeMap<String, f64> {
-    pids.iter()
+/// CPU seconds per service: its running process, plus any it replaced after a crash.
+fn cpu(processes: &SharedProcesses) -> BTreeMap<String, f64> {
+    let (pids, retired) = {
+        let procs = processes.lock().unwrap_or_else(|p| p.into_inner());
+        (procs.pids.clone(), procs.retired_cpu_s.clone())
+    };
+    let mut cpu: BTreeMap<String, f64> = pids
+        .iter()
+        .filter_map(|&(s, pid)| Some((s.name().to_owned(), measure::cpu_seconds(Some(pid))?)))
+        .collect();
+    for (name, s) in retired {
+        *cpu.entry(name).or_default() += s;
+    }
+    cpu
+}
+
+fn memory(processes: &SharedProcesses, key: &str) -> BTreeMap<String, f64> {
+    pids(processes)
+        .iter()
         .filter_map(|&(s, pid)| Some((s.name().to_owned(), measure::memory_mib(pid, key)?)))
         .collect()
 }
 
-/// Runs `accounts.len()` clients for `warmup + duration`, measuring the last `duration`.
+/// Runs `accounts.len()` clients from `begun` for `warmup + duration`, measuring the last `duration`.
+#[allow(clippy::too_many_arguments)]
 pub async fn drive(
     channels: &[Channel],
     accounts: Vec<Vec<Account>>,
-    pids: &Pids,
+    workload: Workload,
+    processes: &SharedProcesses,
+    begun: Instant,
     warmup: Duration,
     duration: Duration,
     bar: &indicatif::ProgressBar,
 ) -> LoadOutcome {
-    let begun = Instant::now();
     let from = begun + warmup;
     let until = from + duration;
     let recorder = Arc::new(Recorder::new(from, duration));
@@ -144,7 +200,14 @@ pub async fn drive(
         .enumerate()
         .map(|(id, owned)| {
             let service = PasswordServiceClient::new(channels[id % channels.len()].clone());
-            tokio::spawn(client(id, owned, service, recorder.clone(), stop.clone()))
+            tokio::spawn(client(
+                id,
+                owned,
+                service,
+                recorder.clone(),
+                workload.clone(),
+                stop.clone(),
+            ))
         })
         .collect();
 
@@ -168,13 +231,13 @@ pub async fn drive(
         tick(bar);
         tokio::time::sleep(Duration::from_millis(200).min(from - Instant::now())).await;
     }
-    let (cpu_from, self_from) = (cpu(pids), measure::cpu_seconds(None));
+    let (cpu_from, self_from) = (cpu(processes), measure::cpu_seconds(None));
     let mut window_rss = Vec::new();
     let mut next_window = from + WINDOW;
     loop {
         let now = Instant::now();
         if now >= next_window.min(until) {
-            window_rss.push(memory(pids, "VmRSS"));
+            window_rss.push(memory(processes, "VmRSS"));
             if next_window >= until {
                 break;
             }
@@ -184,8 +247,8 @@ pub async fn drive(
         tick(bar);
         tokio::time::sleep(Duration::from_millis(200).min(next_window.min(until) - now)).await;
     }
-    let (cpu_until, self_until) = (cpu(pids), measure::cpu_seconds(None));
-    let peak_rss_mib = memory(pids, "VmHWM");
+    let (cpu_until, self_until) = (cpu(processes), measure::cpu_seconds(None));
+    let peak_rss_mib = memory(processes, "VmHWM");
     let measured = Instant::now().duration_since(from).min(duration);
     tick(bar);
 

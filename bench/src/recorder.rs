@@ -32,12 +32,15 @@ pub struct Recorder {
 struct Inner {
     /// One histogram per window of the measured period.
     windows: Vec<Histogram<u64>>,
+    /// Committed per whole second of the measured period, for throughput over time around faults.
+    per_second: Vec<u64>,
     reasons: BTreeMap<String, u64>,
 }
 
 /// What the recorder holds once the clients are done.
 pub struct Recorded {
     pub windows: Vec<Histogram<u64>>,
+    pub per_second: Vec<u64>,
     pub refused: BTreeMap<String, u64>,
     pub committed_ever: u64,
 }
@@ -66,6 +69,7 @@ impl Recorder {
                 windows: (0..window_count(period))
                     .map(|_| latency::histogram())
                     .collect(),
+                per_second: vec![0; period.as_secs_f64().ceil() as usize],
                 reasons: BTreeMap::new(),
             }),
         }
@@ -87,7 +91,12 @@ impl Recorder {
         self.committed_ever.fetch_add(1, Ordering::Relaxed);
         if let Some(w) = self.window(at) {
             self.committed.fetch_add(1, Ordering::Relaxed);
-            latency::record(&mut self.inner().windows[w], latency);
+            let second = at.duration_since(self.from).as_secs() as usize;
+            let mut inner = self.inner();
+            latency::record(&mut inner.windows[w], latency);
+            if let Some(n) = inner.per_second.get_mut(second) {
+                *n += 1;
+            }
         }
     }
 
@@ -108,6 +117,7 @@ impl Recorder {
         let mut inner = self.inner();
         Recorded {
             windows: std::mem::take(&mut inner.windows),
+            per_second: std::mem::take(&mut inner.per_second),
             refused: std::mem::take(&mut inner.reasons),
             committed_ever: self.committed_ever.load(Ordering::Relaxed),
         }
@@ -144,6 +154,7 @@ mod tests {
         assert_eq!(recorded.committed_ever, 2);
         assert_eq!(recorded.windows.len(), 1);
         assert_eq!(recorded.windows[0].len(), 1);
+        assert_eq!(recorded.per_second, [0, 1, 0, 0, 0, 0, 0, 0, 0, 0]);
         assert_eq!(recorded.refused, BTreeMap::from([("conflict".into(), 1)]));
     }
 

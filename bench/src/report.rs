@@ -58,6 +58,7 @@ pub fn html(results: &Results) -> String {
     setup(&mut out, results);
     floors(&mut out, results);
     summary_table(&mut out, results);
+    anomalies(&mut out, results);
     charts_section(&mut out, results);
     refusals(&mut out, results);
     windows(&mut out, results);
@@ -95,6 +96,19 @@ fn setup(out: &mut String, r: &Results) {
         (
             "time per run",
             format!("{} s warm-up, then {} s measured", c.warmup_s, c.duration_s),
+        ),
+        (
+            "faults",
+            format!(
+                "{} (one schedule from seed {:#x}, the same for every strategy)",
+                escape(&c.faults.join(", ")),
+                c.fault_seed
+            ),
+        ),
+        ("readers", c.readers.to_string()),
+        (
+            "reused passwords",
+            format!("{:.1}% of changes", c.reuse_rate * 100.0),
         ),
         (
             "connections",
@@ -180,7 +194,7 @@ fn summary_table(out: &mut String, r: &Results) {
     );
     w!(
         out,
-        "<h3>Cost per change</h3>\n<table>\n<thead><tr><th>clients</th><th>CPU ms coordinator</th><th>password</th><th>history</th><th>load generator CPU s</th><th>disk bytes/change</th><th>without e-mails</th><th>% forced-write bound</th></tr></thead>\n<tbody>\n"
+        "<h3>Cost per change</h3>\n<table>\n<thead><tr><th>run</th><th>CPU ms coordinator</th><th>password</th><th>history</th><th>load generator CPU s</th><th>disk bytes/change</th><th>without e-mails</th><th>% forced-write bound</th></tr></thead>\n<tbody>\n"
     );
     for run in &r.runs {
         let by = |s: &str| {
@@ -192,7 +206,7 @@ fn summary_table(out: &mut String, r: &Results) {
         w!(
             out,
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
-            run.clients,
+            escape(&table::run_label(run)),
             by("coordinator"),
             by("password"),
             by("history"),
@@ -208,9 +222,68 @@ fn summary_table(out: &mut String, r: &Results) {
     );
 }
 
+fn anomalies(out: &mut String, r: &Results) {
+    if r.runs.iter().all(|run| run.anomalies.is_none()) {
+        return;
+    }
+    w!(
+        out,
+        "<h2>Anomalies</h2>\n<p class=\"note\">In flight, seen by the readers: a <b>torn read</b> read the same password version before and after the history and found another newest history entry (DESIGN §6.3); a <b>dirty read</b> logged in with a change's new password while it was in flight, and the change then did not take effect. At rest, once the cluster is quiet: users whose password is not their newest history entry, e-mails for changes not in effect, changes without an e-mail, and e-mails received twice (same Message-ID; delivery is at least once, a receiver drops them).</p>\n"
+    );
+    w!(
+        out,
+        "<table>\n<thead><tr><th>run</th><th>torn reads</th><th>dirty reads</th><th>divergent users</th><th>wrong e-mails</th><th>missing e-mails</th><th>duplicate e-mails</th><th>reader observations</th><th>new passwords tried / worked in flight</th><th>failed reads</th></tr></thead>\n<tbody>\n"
+    );
+    for run in &r.runs {
+        let Some(a) = &run.anomalies else { continue };
+        w!(out, "<tr><td>{}</td>", escape(&table::run_label(run)));
+        for (_, n) in a.kinds() {
+            w!(out, "<td>{n}</td>");
+        }
+        match &run.reads {
+            Some(reads) => {
+                w!(
+                    out,
+                    "<td>{} ({} moved)</td><td>{} / {}</td><td>{}</td></tr>\n",
+                    reads.observations,
+                    reads.moved,
+                    reads.verifies,
+                    reads.verified_valid,
+                    reads.errors
+                );
+            }
+            None => {
+                w!(out, "<td>no readers</td><td></td><td></td></tr>\n");
+            }
+        }
+    }
+    w!(out, "</tbody>\n</table>\n");
+    for run in &r.runs {
+        if let Some(line) = table::fault_line(run) {
+            w!(out, "<p class=\"note\">{}</p>\n", escape(&line));
+        }
+        if let Some(busy) = &run.not_quiet {
+            w!(
+                out,
+                "<p class=\"warn\">{}: not quiet when the anomalies at rest were counted: {}</p>\n",
+                escape(&table::run_label(run)),
+                escape(busy)
+            );
+        }
+    }
+}
+
 fn charts_section(out: &mut String, r: &Results) {
-    let mut svgs: Vec<Result<Option<String>, String>> =
-        vec![charts::throughput(r), charts::latency(r), charts::cdf(r)];
+    let mut svgs: Vec<Result<Option<String>, String>> = vec![
+        charts::anomalies(r),
+        charts::throughput(r),
+        charts::latency(r),
+        charts::cdf(r),
+    ];
+    match charts::per_second(r) {
+        Ok(more) => svgs.extend(more.into_iter().map(|s| Ok(Some(s)))),
+        Err(e) => svgs.push(Err(e)),
+    }
     match charts::over_time(r) {
         Ok(more) => svgs.extend(more.into_iter().map(|s| Ok(Some(s)))),
         Err(e) => svgs.push(Err(e)),
@@ -296,7 +369,7 @@ fn windows(out: &mut String, r: &Results) {
         w!(
             out,
             "<details{open}><summary>{}: {} window{}</summary>\n",
-            table::clients(run.clients),
+            escape(&table::run_label(run)),
             run.windows.len(),
             if run.windows.len() == 1 { "" } else { "s" }
         );
@@ -350,5 +423,8 @@ mod tests {
         assert!(!page.contains("src=") && !page.contains("href=\"http"));
         assert!(!page.contains("<link"));
         assert!(page.contains("INSECURE"));
+        assert!(page.contains("<h2>Anomalies</h2>"));
+        assert!(page.contains("Anomalies per strategy and fault mode"));
+        assert!(page.contains("Throughput per second"));
     }
 }

@@ -31,6 +31,22 @@ pub struct ConfigRecord {
     pub clients_per_channel: usize,
     pub request_timeout_s: f64,
     pub tpc_version: String,
+    /// The fault modes run (`--faults`), each with every strategy and client count.
+    #[serde(default = "no_faults")]
+    pub faults: Vec<String>,
+    /// The seed of the fault schedule (the same for every strategy).
+    #[serde(default)]
+    pub fault_seed: u64,
+    /// Concurrent readers during each measured period (`--readers`).
+    #[serde(default)]
+    pub readers: usize,
+    /// Fraction of changes that reuse a recent password (`--reuse-rate`).
+    #[serde(default)]
+    pub reuse_rate: f64,
+}
+
+fn no_faults() -> Vec<String> {
+    vec!["none".into()]
 }
 
 /// What the machine can do at best, measured in the same invocation before any load.
@@ -60,7 +76,7 @@ pub struct Run {
     /// How the change is made atomic: "2pc", "saga" (or, later, "events").
     pub strategy: String,
     pub clients: usize,
-    /// Faults injected during the run (none: this is a benchmark, not `tpc chaos`).
+    /// The fault mode of the run: "none", "crash", "partition" or "all" (`--faults`).
     pub faults: String,
     pub users: usize,
     /// Length of the measured window (after the warm-up).
@@ -107,9 +123,22 @@ pub struct Run {
     /// the delay after the commit).
     #[serde(default)]
     pub mail_delay: Option<crate::mail_delay::MailDelay>,
-    /// What the strategy left wrong at rest, counted after the load.
+    /// What the strategy let readers see in flight (torn and dirty reads) and left wrong at rest.
     #[serde(default)]
     pub anomalies: Option<crate::anomalies::Anomalies>,
+    /// The readers' counts (absent without `--readers`).
+    #[serde(default)]
+    pub reads: Option<crate::readers::Reads>,
+    /// The faults injected, as they happened, in seconds into the measured period.
+    #[serde(default)]
+    pub fault_events: Vec<crate::faults::FaultEvent>,
+    /// Changes committed in each whole second of the measured period.
+    #[serde(default)]
+    pub per_second: Vec<u64>,
+    /// What was still in flight when the anomalies at rest were counted, if the cluster never went
+    /// quiet (then those counts may include changes still being finished or undone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_quiet: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

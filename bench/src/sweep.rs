@@ -4,16 +4,20 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use tpc_harness::{Cluster, ClusterOptions, Service};
+use tpc_common::{Strategy, TxnId};
+use tpc_harness::{Cluster, ClusterOptions, MailServer, Service};
 
+use crate::faults::{self, FaultMode, Processes};
+use crate::inflight::{self, InFlight};
 use crate::latency::{self, Tally};
-use crate::load::{self, LoadOutcome};
+use crate::load::{self, LoadOutcome, Workload};
+use crate::readers::Readers;
 use crate::recorder::WINDOW;
 use crate::results::{Floors, Run};
 use crate::{Config, anomalies, floors, mail_delay, measure, users};
-use tpc_common::Strategy;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -23,21 +27,24 @@ const RPC_FLOOR_TIME: Duration = Duration::from_secs(3);
 /// Windows per minute, for `per_minute`.
 const WINDOWS_PER_MINUTE: usize = (60 / WINDOW.as_secs()) as usize;
 
-/// A cluster as the product runs by default (info logs, e-mail as `.eml` files), but with direct
-/// links: no fault proxy between the processes.
+/// A cluster as the product runs by default (info logs), with direct links (no fault proxy between the
+/// processes) and e-mail as `.eml` files for a plain run; with fault proxies on every link and e-mail
+/// through `smtp` when faults are injected.
 pub async fn start_cluster(
     config: &Config,
     dir: &Path,
     strategy: Strategy,
+    faults: FaultMode,
+    smtp: Option<String>,
 ) -> Result<Cluster, BoxError> {
     Cluster::start(ClusterOptions {
         exe: config.exe.clone(),
         dir: dir.to_path_buf(),
-        smtp: None,
+        smtp,
         rust_log: None,
         owasp_cost: config.owasp(),
         narrate: false,
-        direct_links: true,
+        direct_links: faults == FaultMode::None,
         // The product's default: the last 100 changes per user.
         history_keep: None,
         strategy,
@@ -45,18 +52,42 @@ pub async fn start_cluster(
     .await
 }
 
-/// Runs the load at `clients` on a fresh cluster in `dir`.
+/// One run: a strategy, a fault mode and a client count.
+#[derive(Debug, Clone, Copy)]
+pub struct Plan {
+    pub strategy: Strategy,
+    pub faults: FaultMode,
+    pub clients: usize,
+}
+
+/// Runs the load of `plan` on a fresh cluster in `dir`.
 pub async fn run_at(
     config: &Config,
     floors: &Floors,
-    strategy: Strategy,
-    clients: usize,
+    plan: Plan,
     dir: &Path,
     bar: &indicatif::ProgressBar,
 ) -> Result<Run, BoxError> {
+    let Plan {
+        strategy,
+        faults,
+        clients,
+    } = plan;
     bar.set_message("starting the cluster");
+    // With faults the e-mail goes through a real SMTP server that the schedule can take down.
+    let mut mail = match faults {
+        FaultMode::None => None,
+        _ => Some(MailServer::start().await?),
+    };
     // Dropped on an early return, the cluster kills its processes.
-    let mut cluster = start_cluster(config, dir, strategy).await?;
+    let mut cluster = start_cluster(
+        config,
+        dir,
+        strategy,
+        faults,
+        mail.as_ref().map(MailServer::url),
+    )
+    .await?;
     let channels = load::channels(&cluster.url(Service::Coordinator), clients).await?;
     bar.set_message("measuring the RPC floor");
     let rpc_floor = floors::rpc_per_s(&channels, clients, RPC_FLOOR_TIME).await;
@@ -68,37 +99,81 @@ pub async fn run_at(
     users::register(&channels, &names).await?;
 
     let load_began = tpc_common::now_ms();
-    let pids: load::Pids = Service::ALL
-        .iter()
-        .filter_map(|&s| Some((s, cluster.pid(s)?)))
-        .collect();
-    let outcome = load::drive(
-        &channels,
-        accounts,
-        &pids,
-        config.warmup,
-        config.duration,
-        bar,
-    )
-    .await;
+    let processes = Processes::of(&cluster);
+    let board = (config.readers > 0).then(|| Arc::new(InFlight::default()));
+    let workload = Workload {
+        board: board.clone(),
+        reuse_rate: config.reuse_rate,
+    };
+    let begun = Instant::now();
+    let from = begun + config.warmup;
+    let readers = match &board {
+        Some(board) => Some(Readers::start(
+            config.readers,
+            &cluster.url(Service::Password),
+            &cluster.url(Service::History),
+            board.clone(),
+            from,
+            from + config.duration,
+        )?),
+        None => None,
+    };
+    let schedule = faults::schedule(faults, faults::SEED, config.duration);
+    let (outcome, fault_events) = tokio::join!(
+        load::drive(
+            &channels,
+            accounts,
+            workload,
+            &processes,
+            begun,
+            config.warmup,
+            config.duration,
+            bar,
+        ),
+        faults::inject(&mut cluster, mail.as_mut(), &schedule, from, &processes),
+    );
     drop(channels);
+    let reads = match readers {
+        Some(readers) => Some(readers.finish().await),
+        None => None,
+    };
     let mail_dir = cluster.data_dir(Service::Coordinator).join("mail");
     let expected = outcome.recorded.committed_ever;
+    bar.set_message("letting the cluster go quiet");
+    // Quiet first: a saga still compensating, or a participant still in doubt after a fault, is not an
+    // anomaly at rest yet.
+    let not_quiet = cluster.quiesce(QUIESCE_WAIT).await.err();
     bar.set_message("waiting for the e-mails");
-    let delays = wait_for_mail(&mail_dir, load_began, expected).await?;
+    let (delays, mails, duplicate_emails) = match &mail {
+        None => {
+            let delays = wait_for_mail(&mail_dir, load_began, expected).await?;
+            (Some(delays), anomalies::mails(&mail_dir)?, 0)
+        }
+        Some(server) => {
+            let (mails, duplicates) = wait_for_received(server, load_began, expected).await;
+            (None, mails, duplicates)
+        }
+    };
     bar.set_message("counting anomalies at rest");
-    // Quiet first: a saga still compensating is not an anomaly at rest yet.
-    let _ = cluster.quiesce(QUIESCE_WAIT).await;
-    let anomalies = anomalies::count(&cluster, &names, &mail_dir).await?;
+    let mut anomalies = anomalies::count(&cluster, &names, &mails).await?;
+    anomalies.duplicate_emails = duplicate_emails;
+    if let Some(reads) = &reads {
+        anomalies.torn_reads = reads.torn;
+    }
+    if let Some(board) = &board {
+        let at_rest = anomalies::requests_at_rest(&cluster).await?;
+        anomalies.dirty_reads = inflight::dirty_reads(&board.seen_valid(), &at_rest);
+    }
     bar.set_message("stopping the cluster");
     cluster.shutdown().await?;
+    drop(mail);
 
     let data_dirs: Vec<_> = Service::ALL.iter().map(|&s| cluster.data_dir(s)).collect();
     let mut disk = 0;
     for dir in &data_dirs {
         disk += measure::disk_bytes(dir)?;
     }
-    let mail = measure::disk_bytes(&cluster.data_dir(Service::Coordinator).join("mail"))?;
+    let mail_bytes = measure::disk_bytes(&mail_dir)?;
     // Registrations are committed transactions too, and their records and e-mails are on disk.
     let committed_total = outcome.recorded.committed_ever + names.len() as u64;
     let mut run = summarize(
@@ -109,33 +184,91 @@ pub async fn run_at(
         rpc_floor,
         Disk {
             bytes: disk,
-            mail_bytes: mail,
+            mail_bytes,
             committed_total,
         },
     );
-    run.mail_delay = Some(mail_delay::summarize(delays, expected));
+    run.mail_delay = delays.map(|d| mail_delay::summarize(d, expected));
     run.strategy = strategy.as_str().into();
+    run.faults = faults.as_str().into();
     run.anomalies = Some(anomalies);
+    run.reads = reads;
+    run.fault_events = fault_events;
+    run.not_quiet = not_quiet;
     Ok(run)
 }
 
-/// The delays of the load's e-mails, once all `expected` are written or after `MAIL_WAIT`.
+/// The delays of the load's e-mails, once all `expected` are written, or once none has come for
+/// `MAIL_STALL` (the outbox has nothing left to send, or cannot send it).
 async fn wait_for_mail(dir: &Path, since_ms: u64, expected: u64) -> std::io::Result<Vec<u64>> {
-    let deadline = tokio::time::Instant::now() + MAIL_WAIT;
+    let mut progress = Progress::new();
     loop {
         let delays = mail_delay::delays_ms(dir, since_ms)?;
-        if delays.len() as u64 >= expected || tokio::time::Instant::now() >= deadline {
+        if delays.len() as u64 >= expected || progress.stalled(delays.len()) {
             return Ok(delays);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
-/// How long a run waits for the cluster to go quiet before counting anomalies.
-const QUIESCE_WAIT: Duration = Duration::from_secs(10);
+/// What the mail server received, once it has the `expected` e-mails of changes begun since
+/// `since_ms`, or once none has come for `MAIL_STALL`: the distinct messages and the duplicates.
+/// After the mail server was down the outbox has a backlog to send, which may take a while.
+async fn wait_for_received(
+    server: &MailServer,
+    since_ms: u64,
+    expected: u64,
+) -> (Vec<(String, String)>, u64) {
+    let mut progress = Progress::new();
+    loop {
+        let (mails, duplicates) = anomalies::received(&server.mails());
+        let of_load = mails
+            .iter()
+            .filter(|(txn, _)| TxnId::parse(txn).is_ok_and(|t| t.created_ms() >= since_ms))
+            .count() as u64;
+        if of_load >= expected || progress.stalled(mails.len()) {
+            return (mails, duplicates);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
 
-/// How long a run waits after the load for the outbox to write the last e-mails.
-const MAIL_WAIT: Duration = Duration::from_secs(10);
+/// Whether a count stopped growing: no growth for `MAIL_STALL`, or `MAIL_WAIT` in all.
+struct Progress {
+    began: tokio::time::Instant,
+    last: usize,
+    since: tokio::time::Instant,
+}
+
+impl Progress {
+    fn new() -> Self {
+        let now = tokio::time::Instant::now();
+        Self {
+            began: now,
+            last: 0,
+            since: now,
+        }
+    }
+
+    fn stalled(&mut self, count: usize) -> bool {
+        let now = tokio::time::Instant::now();
+        if count > self.last {
+            self.last = count;
+            self.since = now;
+        }
+        now - self.since >= MAIL_STALL || now - self.began >= MAIL_WAIT
+    }
+}
+
+/// How long a run waits for the cluster to go quiet before counting anomalies (after faults, in-doubt
+/// participants ask the coordinator and compensations are resent with a backoff of up to 2 s).
+const QUIESCE_WAIT: Duration = Duration::from_secs(30);
+
+/// How long a run waits after the load for the outbox to send the last e-mails, at most…
+const MAIL_WAIT: Duration = Duration::from_secs(180);
+
+/// …and how long without a new one before it stops waiting.
+const MAIL_STALL: Duration = Duration::from_secs(10);
 
 /// The data directories at the end of a run.
 pub struct Disk {
@@ -236,6 +369,10 @@ pub fn summarize(
         latency_cdf: latency::cdf(&all),
         mail_delay: None,
         anomalies: None,
+        reads: None,
+        fault_events: Vec::new(),
+        per_second: outcome.recorded.per_second,
+        not_quiet: None,
     }
 }
 
@@ -279,6 +416,7 @@ mod tests {
         let outcome = LoadOutcome {
             recorded: Recorded {
                 windows,
+                per_second: vec![100; 15],
                 refused: BTreeMap::from([("conflict".into(), 15)]),
                 committed_ever: 1600,
             },

@@ -116,20 +116,84 @@ pub fn floors(f: &Floors, cost: &str) -> String {
     s
 }
 
+/// "saga, 64 clients", and ", faults all" when the run injected faults.
+pub fn run_label(run: &Run) -> String {
+    let mut label = format!("{}, {}", run.strategy, clients(run.clients));
+    if run.faults != "none" {
+        let _ = write!(label, ", faults {}", run.faults);
+    }
+    label
+}
+
 /// Printed as each run finishes.
 pub fn run_line(run: &Run) -> String {
-    format!(
-        "  {}, {}: {} committed/s, p99 {} ms; RPC floor {}/s",
-        run.strategy,
-        clients(run.clients),
+    let mut line = format!(
+        "  {}: {} committed/s, p99 {} ms; RPC floor {}/s",
+        run_label(run),
         rate(run.committed_per_s),
         ms(run.p99_ms),
         rate(run.rpc_floor_per_s)
-    )
+    );
+    if let Some(a) = &run.anomalies {
+        let _ = write!(line, "; {} anomalies", a.total());
+    }
+    line
 }
 
-const COLUMNS: [&str; 12] = [
+/// The anomalies of a run in one line: in flight (torn and dirty reads), then at rest.
+pub fn anomaly_line(run: &Run) -> Option<String> {
+    let a = run.anomalies.as_ref()?;
+    let mut s = format!(
+        "{}: anomalies: {} torn reads, {} dirty reads; at rest: {} divergent users, {} wrong e-mails, {} missing e-mails, {} duplicate e-mails",
+        run_label(run),
+        a.torn_reads,
+        a.dirty_reads,
+        a.divergent_users,
+        a.wrong_emails,
+        a.missing_emails,
+        a.duplicate_emails
+    );
+    if a.unreadable_users > 0 {
+        let _ = write!(s, ", {} unreadable users", a.unreadable_users);
+    }
+    match &run.reads {
+        Some(r) => {
+            let _ = write!(
+                s,
+                " ({} readers: {} observations, {} with the version moved; {} new passwords tried, {} worked in flight; {} failed reads)",
+                r.readers, r.observations, r.moved, r.verifies, r.verified_valid, r.errors
+            );
+        }
+        None => s += " (no readers: torn and dirty reads not looked for)",
+    }
+    if let Some(busy) = &run.not_quiet {
+        let _ = write!(s, "; NOT QUIET when counted: {busy}");
+    }
+    Some(s)
+}
+
+/// The faults of a run as they happened: "crash password 4.1–6.3 s, …".
+pub fn fault_line(run: &Run) -> Option<String> {
+    if run.fault_events.is_empty() {
+        return None;
+    }
+    let events: Vec<String> = run
+        .fault_events
+        .iter()
+        .map(|e| {
+            let mut text = format!("{} {:.1}–{:.1} s", e.kind, e.start_s, e.end_s);
+            if let Some(error) = &e.error {
+                let _ = write!(text, " (failed: {error})");
+            }
+            text
+        })
+        .collect();
+    Some(format!("{}: faults: {}", run_label(run), events.join(", ")))
+}
+
+const COLUMNS: [&str; 13] = [
     "strategy",
+    "faults",
     "clients",
     "committed/s",
     "refused/s",
@@ -144,11 +208,12 @@ const COLUMNS: [&str; 12] = [
 ];
 
 /// One row per run, as text cells (shared with the HTML table).
-pub fn rows(runs: &[Run]) -> Vec<[String; 12]> {
+pub fn rows(runs: &[Run]) -> Vec<[String; 13]> {
     runs.iter()
         .map(|r| {
             [
                 r.strategy.clone(),
+                r.faults.clone(),
                 r.clients.to_string(),
                 rate(r.committed_per_s),
                 rate(r.refused_per_s),
@@ -165,7 +230,7 @@ pub fn rows(runs: &[Run]) -> Vec<[String; 12]> {
         .collect()
 }
 
-pub fn columns() -> [&'static str; 12] {
+pub fn columns() -> [&'static str; 13] {
     COLUMNS
 }
 
@@ -206,11 +271,7 @@ pub fn burst_summary(b: &Burst) -> String {
 /// A run's windows over time, and for long runs the first minute against the last: the figures a soak
 /// test is judged by (throughput holding up, p99 in every window, memory flat).
 pub fn windows(run: &Run) -> String {
-    let mut s = format!(
-        "{}, {}, per 10 s window:\n",
-        run.strategy,
-        clients(run.clients)
-    );
+    let mut s = format!("{}, per 10 s window:\n", run_label(run));
     let _ = writeln!(
         s,
         "  {:>6}  {:>11}  {:>8}  {:>14}",
@@ -274,9 +335,8 @@ pub fn render(results: &Results) -> String {
         if let Some(d) = &run.mail_delay {
             let _ = writeln!(
                 s,
-                "\n{}, {}: e-mails on disk after their change began: p50 {}, p99 {}, max {} ms ({} e-mails, {} not yet sent at the end)",
-                run.strategy,
-                clients(run.clients),
+                "\n{}: e-mails on disk after their change began: p50 {}, p99 {}, max {} ms ({} e-mails, {} not yet sent at the end)",
+                run_label(run),
                 ms(d.p50_ms),
                 ms(d.p99_ms),
                 ms(d.max_ms),
@@ -286,17 +346,13 @@ pub fn render(results: &Results) -> String {
         }
     }
     for run in &results.runs {
-        if let Some(a) = &run.anomalies {
-            let _ = writeln!(
-                s,
-                "\n{}, {}: anomalies at rest: {} divergent users, {} wrong e-mails, {} missing e-mails, {} unreadable users",
-                run.strategy,
-                clients(run.clients),
-                a.divergent_users,
-                a.wrong_emails,
-                a.missing_emails,
-                a.unreadable_users
-            );
+        if let Some(line) = fault_line(run) {
+            let _ = writeln!(s, "\n{line}");
+        }
+    }
+    for run in &results.runs {
+        if let Some(line) = anomaly_line(run) {
+            let _ = writeln!(s, "\n{line}");
         }
     }
     let reasons = reasons(&results.runs);
@@ -353,10 +409,17 @@ mod tests {
         let results = crate::fixtures::results(&[1, 16]);
         let text = render(&results);
         let lines: Vec<&str> = text.lines().collect();
-        assert!(lines[0].trim_start().starts_with("strategy  clients"));
-        assert!(lines[2].trim_start().starts_with("2pc        1 "));
-        assert!(lines[3].trim_start().starts_with("2pc       16 "));
-        assert!(text.contains("2pc, 16 clients: anomalies at rest: 0 divergent users"));
+        assert!(
+            lines[0]
+                .trim_start()
+                .starts_with("strategy  faults  clients")
+        );
+        assert!(lines[2].trim_start().starts_with("2pc    none        1 "));
+        assert!(lines[3].trim_start().starts_with("2pc    none       16 "));
+        assert!(
+            text.contains("2pc, 16 clients: anomalies: 0 torn reads, 0 dirty reads; at rest: 0 divergent users"),
+            "{text}"
+        );
         assert!(lines[3].contains("50%"), "{}", lines[3]);
         assert!(text.contains("refused: none"));
         assert!(
@@ -366,6 +429,40 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("2pc, 16 clients, per 10 s window:"));
+    }
+
+    #[test]
+    fn a_run_with_faults_says_which_and_when() {
+        let mut run = crate::fixtures::run(64);
+        run.strategy = "saga".into();
+        run.faults = "all".into();
+        run.fault_events = vec![crate::faults::FaultEvent {
+            kind: "crash password".into(),
+            start_s: 4.04,
+            end_s: 6.31,
+            error: None,
+        }];
+        run.reads = Some(crate::readers::Reads {
+            readers: 8,
+            observations: 1000,
+            torn: 12,
+            ..Default::default()
+        });
+        if let Some(a) = run.anomalies.as_mut() {
+            a.torn_reads = 12;
+            a.dirty_reads = 3;
+            a.duplicate_emails = 1;
+        }
+        assert_eq!(
+            fault_line(&run).unwrap(),
+            "saga, 64 clients, faults all: faults: crash password 4.0–6.3 s"
+        );
+        let line = anomaly_line(&run).unwrap();
+        assert!(
+            line.starts_with("saga, 64 clients, faults all: anomalies: 12 torn reads, 3 dirty reads; at rest: 0 divergent users, 0 wrong e-mails, 0 missing e-mails, 1 duplicate e-mails (8 readers: 1000 observations"),
+            "{line}"
+        );
+        assert!(run_line(&run).contains("16 anomalies"));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The benchmark's users: their names, which client owns which, and their registration before the
 //! clock starts.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -27,6 +28,11 @@ pub fn initial_password(user: &str) -> String {
     format!("pw-{user}-0")
 }
 
+/// Previous passwords a client remembers per user, to reuse one on purpose (`--reuse-rate`): the history
+/// participant refuses the last `DEFAULT_DEPTH` passwords, the current one included, so every one of
+/// these is refused.
+pub const REUSABLE: usize = tpc_participants::history::DEFAULT_DEPTH - 1;
+
 /// A user as one client sees it: the client alone changes this user's password, so it always knows
 /// the current one, except after an answer that never came.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +44,8 @@ pub struct Account {
     pub maybe: Option<String>,
     /// Passwords made for this user so far; the next new one is `pw-{user}-{counter + 1}`, never used.
     pub counter: u64,
+    /// The passwords before `current`, oldest first, at most [`REUSABLE`].
+    pub previous: VecDeque<String>,
 }
 
 impl Account {
@@ -47,12 +55,31 @@ impl Account {
             user,
             maybe: None,
             counter: 0,
+            previous: VecDeque::new(),
         }
     }
 
     pub fn next_password(&mut self) -> String {
         self.counter += 1;
         format!("pw-{}-{}", self.user, self.counter)
+    }
+
+    /// One of the recent previous passwords, the `pick`-th modulo their number (the history refuses
+    /// it); `None` before the first change.
+    pub fn reused_password(&self, pick: usize) -> Option<String> {
+        let n = self.previous.len();
+        (n > 0).then(|| self.previous[pick % n].clone())
+    }
+
+    /// `new` is the password now: the one it replaces becomes a previous one.
+    pub fn changed_to(&mut self, new: String) {
+        let old = std::mem::replace(&mut self.current, new);
+        self.previous.retain(|p| *p != self.current);
+        self.previous.push_back(old);
+        while self.previous.len() > REUSABLE {
+            self.previous.pop_front();
+        }
+        self.maybe = None;
     }
 }
 
@@ -154,5 +181,27 @@ mod tests {
         assert_eq!(account.current, "pw-u00042-0");
         assert_eq!(account.next_password(), "pw-u00042-1");
         assert_eq!(account.next_password(), "pw-u00042-2");
+    }
+
+    #[test]
+    fn reused_passwords_are_recent_previous_ones() {
+        let mut account = Account::new(user_id(7));
+        assert_eq!(account.reused_password(3), None, "nothing to reuse yet");
+        for _ in 0..6 {
+            let new = account.next_password();
+            account.changed_to(new);
+        }
+        assert_eq!(account.current, "pw-u00007-6");
+        assert_eq!(
+            account.previous,
+            ["pw-u00007-2", "pw-u00007-3", "pw-u00007-4", "pw-u00007-5"]
+        );
+        assert_eq!(account.reused_password(5).as_deref(), Some("pw-u00007-3"));
+        // A reuse that committed after all (answer lost) moves the password out of the previous ones.
+        account.changed_to("pw-u00007-3".into());
+        assert_eq!(
+            account.previous,
+            ["pw-u00007-2", "pw-u00007-4", "pw-u00007-5", "pw-u00007-6"]
+        );
     }
 }

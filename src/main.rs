@@ -225,6 +225,10 @@ enum Command {
         /// Fraction of changes that reuse one of the user's recent passwords (the history refuses it).
         #[arg(long, default_value_t = 0.0)]
         reuse_rate: f64,
+        /// Measure nothing: draw the report again from a saved `results.json`, beside it
+        /// (`report.html`; `NAME-report.html` for `NAME-results.json`).
+        #[arg(long, value_name = "RESULTS_JSON")]
+        render: Option<PathBuf>,
     },
     /// Run the whole story in a temporary directory, crash and recovery included, and narrate it.
     Demo {
@@ -293,6 +297,10 @@ async fn main() -> ExitCode {
             strategy,
         } => chaos(duration, seed, clients, users, out, strategy.into()).await,
         Command::Bench {
+            render: Some(results),
+            ..
+        } => render_report(&results),
+        Command::Bench {
             strategies,
             clients,
             duration,
@@ -304,6 +312,7 @@ async fn main() -> ExitCode {
             faults,
             readers,
             reuse_rate,
+            render: None,
         } => {
             let strategies = strategies.into_iter().map(Into::into).collect();
             bench(tpc_bench::Config {
@@ -407,6 +416,23 @@ async fn chaos(
 
 #[allow(clippy::too_many_arguments)]
 /// Runs `tpc bench` with this very binary as the cluster's services.
+/// `tpc bench --render`: the report of saved results, written beside them.
+fn render_report(results: &std::path::Path) -> Result {
+    let saved: tpc_bench::results::Results = serde_json::from_slice(&std::fs::read(results)?)
+        .map_err(|e| format!("{}: {e}", results.display()))?;
+    // `results.json` → `report.html`; `x-results.json` → `x-report.html`.
+    let name = results
+        .file_name()
+        .and_then(|n| n.to_str())
+        .map_or("report.html".into(), |n| {
+            n.replace("results", "report").replace(".json", ".html")
+        });
+    let html = results.with_file_name(name);
+    std::fs::write(&html, tpc_bench::report_html(&saved))?;
+    println!("report: {}", html.display());
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn bench(mut config: tpc_bench::Config) -> Result {
     config.exe = std::env::current_exe()?;
     let run = tpc_bench::run(config);

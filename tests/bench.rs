@@ -110,4 +110,17 @@ fn a_short_bench_writes_results_and_a_report() {
     let report = std::fs::read_to_string(out.join("report.html")).unwrap();
     assert!(report.contains("<svg"));
     assert!(report.contains("Anomalies per strategy and fault mode"));
+
+    // The report draws again from the saved results alone.
+    std::fs::remove_file(out.join("report.html")).unwrap();
+    let render = Command::new(env!("CARGO_BIN_EXE_tpc"))
+        .args(["bench", "--render"])
+        .arg(out.join("results.json"))
+        .output()
+        .unwrap();
+    assert!(render.status.success(), "{render:?}");
+    assert_eq!(
+        std::fs::read_to_string(out.join("report.html")).unwrap(),
+        report
+    );
 }

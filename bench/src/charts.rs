@@ -269,24 +269,50 @@ fn runs_by_clients(results: &Results) -> Vec<&Run> {
     runs
 }
 
-/// The strategies of the runs, in the order they ran.
-fn strategies(results: &Results) -> Vec<&str> {
-    let mut seen: Vec<&str> = Vec::new();
+/// One line's worth of runs: a strategy under one fault mode.
+#[derive(Clone, Copy, PartialEq)]
+struct Series<'a> {
+    strategy: &'a str,
+    faults: &'a str,
+}
+
+impl Series<'_> {
+    fn of(run: &Run) -> Series<'_> {
+        Series {
+            strategy: &run.strategy,
+            faults: &run.faults,
+        }
+    }
+
+    fn holds(&self, run: &Run) -> bool {
+        Series::of(run) == *self
+    }
+}
+
+/// The series of the runs, in the order they ran.
+fn series(results: &Results) -> Vec<Series<'_>> {
+    let mut seen: Vec<Series> = Vec::new();
     for r in &results.runs {
-        if !seen.contains(&r.strategy.as_str()) {
-            seen.push(&r.strategy);
+        if !seen.contains(&Series::of(r)) {
+            seen.push(Series::of(r));
         }
     }
     seen
 }
 
-/// A line's label: `what`, after the strategy's name when several strategies ran.
-fn labelled(results: &Results, strategy: &str, what: &str) -> String {
-    if strategies(results).len() > 1 {
-        format!("{strategy} {what}")
-    } else {
-        what.to_owned()
+/// A line's label: `what`, after the strategy's name when several strategies ran, and the fault mode
+/// when several ran.
+fn labelled(results: &Results, s: Series, what: &str) -> String {
+    let all = series(results);
+    let mut label = Vec::new();
+    if all.iter().any(|o| o.strategy != s.strategy) {
+        label.push(s.strategy.to_owned());
     }
+    if all.iter().any(|o| o.faults != s.faults) {
+        label.push(format!("faults {}", s.faults));
+    }
+    label.push(what.to_owned());
+    label.join(" ")
 }
 
 fn client_axis(runs: &[&Run]) -> Option<Range<f64>> {
@@ -303,15 +329,15 @@ pub fn throughput(results: &Results) -> Result<Option<String>, Error> {
     };
     let floors = &results.floors;
     let flat = |per_s: f64| vec![(x.start, per_s), (x.end, per_s)];
-    let first = strategies(results).first().map(|s| s.to_string());
-    let mut lines: Vec<Line> = strategies(results)
+    let first = series(results).first().copied();
+    let mut lines: Vec<Line> = series(results)
         .into_iter()
         .enumerate()
-        .map(|(i, strategy)| Line {
-            label: labelled(results, strategy, "committed/s"),
+        .map(|(i, s)| Line {
+            label: labelled(results, s, "committed/s"),
             points: runs
                 .iter()
-                .filter(|r| r.strategy == strategy)
+                .filter(|r| s.holds(r))
                 .map(|r| (r.clients as f64, r.committed_per_s))
                 .collect(),
             color: color(if i == 0 { 0 } else { i + 2 }),
@@ -324,7 +350,7 @@ pub fn throughput(results: &Results) -> Result<Option<String>, Error> {
             label: format!("RPC bound (bare RPC/s ÷ {})", floors.rpcs_per_change),
             points: runs
                 .iter()
-                .filter(|r| Some(&r.strategy) == first.as_ref())
+                .filter(|r| first.is_some_and(|s| s.holds(r)))
                 .map(|r| (r.clients as f64, r.rpc_floor_per_s / floors.rpcs_per_change))
                 .collect(),
             color: color(1),
@@ -371,9 +397,9 @@ pub fn latency(results: &Results) -> Result<Option<String>, Error> {
     let Some(x) = client_axis(&runs) else {
         return Ok(None);
     };
-    let pick = |strategy: &str, f: fn(&Run) -> f64| -> Vec<(f64, f64)> {
+    let pick = |s: Series, f: fn(&Run) -> f64| -> Vec<(f64, f64)> {
         runs.iter()
-            .filter(|r| r.strategy == strategy)
+            .filter(|r| s.holds(r))
             .map(|r| (r.clients as f64, f(r)))
             .collect()
     };
@@ -384,11 +410,11 @@ pub fn latency(results: &Results) -> Result<Option<String>, Error> {
         ("p99", |r| r.p99_ms, 2),
     ];
     let mut lines = Vec::new();
-    for (i, strategy) in strategies(results).into_iter().enumerate() {
+    for (i, s) in series(results).into_iter().enumerate() {
         for (name, f, c) in quantiles {
             lines.push(Line {
-                label: labelled(results, strategy, name),
-                points: pick(strategy, f),
+                label: labelled(results, s, name),
+                points: pick(s, f),
                 color: color(c),
                 // One style per strategy, one colour per quantile.
                 dashed: i % 2 == 1,
@@ -416,7 +442,7 @@ pub fn cdf(results: &Results) -> Result<Option<String>, Error> {
         .enumerate()
         .filter(|(_, r)| !r.latency_cdf.is_empty())
         .map(|(i, r)| Line {
-            label: labelled(results, &r.strategy, &crate::table::clients(r.clients)),
+            label: labelled(results, Series::of(r), &crate::table::clients(r.clients)),
             points: r.latency_cdf.clone(),
             color: color(i),
             dashed: false,
@@ -452,7 +478,7 @@ pub fn over_time(results: &Results) -> Result<Vec<String>, Error> {
         runs.iter()
             .enumerate()
             .map(|(i, r)| Line {
-                label: labelled(results, &r.strategy, &crate::table::clients(r.clients)),
+                label: labelled(results, Series::of(r), &crate::table::clients(r.clients)),
                 points: r
                     .windows
                     .iter()

@@ -75,17 +75,23 @@ pub fn classify(answer: Result<tonic::Response<TransactionResult>, tonic::Status
 /// are counted together however long each was asked to wait.
 fn kind_of(reason: &str) -> String {
     let mut kind = String::with_capacity(reason.len());
+    let mut prev: Option<char> = None;
     let mut in_number = false;
     for c in reason.chars() {
         if c.is_ascii_digit() {
-            if !in_number {
+            // Digits that continue a word ("http2") are part of a name, not a number.
+            let in_word = prev.is_some_and(char::is_alphanumeric) && !in_number;
+            if in_word {
+                kind.push(c);
+            } else if !in_number {
                 kind.push('N');
+                in_number = true;
             }
-            in_number = true;
         } else {
             kind.push(c);
             in_number = false;
         }
+        prev = Some(c);
     }
     kind
 }
@@ -157,5 +163,17 @@ mod tests {
     fn an_unavailable_coordinator_leaves_the_outcome_unknown() {
         let outcome = classify(Err(tonic::Status::unavailable("connection reset")));
         assert!(matches!(outcome, Outcome::Refused { unknown: true, .. }));
+    }
+
+    #[test]
+    fn numbers_become_n_but_names_keep_their_digits() {
+        assert_eq!(
+            kind_of("overloaded, retry in 150 ms"),
+            "overloaded, retry in N ms"
+        );
+        assert_eq!(
+            kind_of("http2 error after 3 tries"),
+            "http2 error after N tries"
+        );
     }
 }

@@ -139,6 +139,9 @@ async fn the_barrier_answers_duplicates_records_empty_compensations_and_stops_ha
         .into_inner();
     assert_eq!(answer.outcome(), apply_response::Outcome::Refused);
     assert!(answer.reason.contains("too old"), "{answer:?}");
+    // Nor can it be compensated: its record, if it had one, may be gone.
+    let compensated = password.compensate(compensate(ancient)).await;
+    assert_eq!(compensated.unwrap_err().code(), Code::FailedPrecondition);
 
     // One strategy never takes another's transaction; two-phase commit has no Apply.
     let events = history

@@ -211,6 +211,16 @@ impl Log {
             .collect()
     }
 
+    /// Events: whether consumer `to` still has `txn` to receive.
+    pub fn awaits(&self, to: &str, txn: TxnId) -> Result<bool, LogError> {
+        Ok(self.db.contains_key(delivery_key(to, txn))?)
+    }
+
+    /// Events: whether any delivery is waiting (a new sealing key would make them unreadable).
+    pub fn has_deliveries(&self) -> Result<bool, LogError> {
+        Ok(self.db.scan_prefix(DELIVERY).next().is_some())
+    }
+
     /// Events: consumer `to` has `txn` (applied or refused for good). Unforced: a delivery that comes
     /// back after a crash is delivered again, and consumers are idempotent. Returns whether every one of
     /// `consumers` has it.
@@ -227,16 +237,10 @@ impl Log {
     /// Events: the e-mail consumer found the address: the e-mail joins the outbox and the delivery
     /// leaves, in one batch (unforced: if both are lost, the delivery comes back and is done again).
     pub fn queue_mail(&self, from: &str, mail: &OutboxEntry, to: &Email) -> Result<(), LogError> {
-        let mut record_bytes = None;
-        if let Some(raw) = self.db.get(key(TXN, mail.txn))? {
-            let mut record: TxnRecord = decode(&raw)?;
-            record.email = Some(to.clone());
-            record_bytes = Some(encode(&record));
-        }
+        // The record is updated in place (a consumer may be noting a refusal on it at the same time);
+        // the outbox entry and the delivery then change together.
+        self.update(mail.txn, |r| r.email = Some(to.clone()))?;
         let mut batch = sled::Batch::default();
-        if let Some(bytes) = record_bytes {
-            batch.insert(key(TXN, mail.txn), bytes);
-        }
         batch.insert(key(OUTBOX, mail.txn), encode(mail));
         batch.remove(delivery_key(from, mail.txn));
         self.db.apply_batch(batch)?;

@@ -101,8 +101,9 @@ pub async fn run(
             outbox,
         )?),
         Strategy::Events => {
-            let sealer = Sealer::open_or_create(&config.data_dir.join("events.key"))
-                .map_err(|e| ServeError::Strategy(e.to_string()))?;
+            let sealer =
+                Sealer::open_or_create(&config.data_dir.join("events.key"), !log.has_deliveries()?)
+                    .map_err(|e| ServeError::Strategy(e.to_string()))?;
             Runner::Events(Events::start(log.clone(), peers, sealer, outbox)?)
         }
     };

@@ -26,6 +26,12 @@ pub struct CoordinatorTxn {
     pub request_id: String,
     pub user: String,
     pub state: TxnState,
+    /// Why it did not (fully) take effect: for events, the consumers' refusals ("history refused: …").
+    #[serde(default)]
+    pub reason: String,
+    /// Why its e-mail can never be sent, if it cannot.
+    #[serde(default)]
+    pub email_error: String,
 }
 
 /// A user as the participants show it at rest.
@@ -86,6 +92,16 @@ impl Violation {
     fn counted_as(mut self, anomaly: &'static str) -> Self {
         self.anomaly = Some(anomaly);
         self
+    }
+
+    /// Counted as `anomaly` only where `explained` (the coordinator recorded why); unexplained, it is
+    /// a loss whatever the strategy.
+    fn counted_as_if(self, anomaly: &'static str, explained: bool) -> Self {
+        if explained {
+            self.counted_as(anomaly)
+        } else {
+            self
+        }
     }
 }
 
@@ -156,6 +172,18 @@ pub fn check(o: &Observed) -> Vec<Violation> {
         .collect();
     let txn_by_id: HashMap<&str, &CoordinatorTxn> =
         o.transactions.iter().map(|t| (t.txn.as_str(), t)).collect();
+    // A change not in effect is a strategy's anomaly only when a consumer is on record refusing it;
+    // an e-mail missing, only when the coordinator is on record giving up on it.
+    let refused = |txn: &str| {
+        txn_by_id
+            .get(txn)
+            .is_some_and(|t| t.reason.contains("refused"))
+    };
+    let mail_given_up = |txn: &str| {
+        txn_by_id
+            .get(txn)
+            .is_some_and(|t| !t.email_error.is_empty())
+    };
     let op_by_request: HashMap<&str, &Op> = o
         .ops
         .iter()
@@ -241,7 +269,7 @@ pub fn check(o: &Observed) -> Vec<Violation> {
                         .map(|op| vec![op.index])
                         .unwrap_or_default(),
                 )
-                .counted_as("not_in_effect"),
+                .counted_as_if("not_in_effect", refused(&t.txn)),
             );
         }
     }
@@ -275,14 +303,22 @@ pub fn check(o: &Observed) -> Vec<Violation> {
                     }
                     recent.push(*new);
                 }
-                (call, last) => out.push(
-                    violation(
-                        "validity",
-                        format!("{user}: {txn} ({call:?}) committed after password {last:?}"),
-                        vec![op.index],
-                    )
-                    .counted_as("broken_chains"),
-                ),
+                (call, last) => {
+                    out.push(
+                        violation(
+                            "validity",
+                            format!("{user}: {txn} ({call:?}) committed after password {last:?}"),
+                            vec![op.index],
+                        )
+                        .counted_as("broken_chains"),
+                    );
+                    // The history participant has it among its recent passwords all the same.
+                    match call {
+                        Call::Register { password } => recent.push(*password),
+                        Call::Update { new, .. } => recent.push(*new),
+                        Call::Read => {}
+                    }
+                }
             }
         }
     }
@@ -362,7 +398,7 @@ pub fn check(o: &Observed) -> Vec<Violation> {
                             ),
                             vec![op.index],
                         )
-                        .counted_as("not_in_effect"),
+                        .counted_as_if("not_in_effect", refused(txn)),
                     );
                 }
             }
@@ -388,7 +424,7 @@ pub fn check(o: &Observed) -> Vec<Violation> {
                                 format!("{}: unknown outcome {} is half done", op.user, t.txn),
                                 vec![op.index],
                             )
-                            .counted_as("not_in_effect"),
+                            .counted_as_if("not_in_effect", refused(&t.txn)),
                         );
                     }
                 }
@@ -467,7 +503,7 @@ pub fn check(o: &Observed) -> Vec<Violation> {
                     format!("no e-mail for committed {txn}"),
                     op_of_txn(txn).map(|op| vec![op.index]).unwrap_or_default(),
                 )
-                .counted_as("missing_emails"),
+                .counted_as_if("missing_emails", mail_given_up(txn)),
             );
         }
     }
@@ -539,6 +575,8 @@ mod tests {
             request_id: format!("r{request}"),
             user: "u".into(),
             state,
+            reason: String::new(),
+            email_error: String::new(),
         }
     }
 
@@ -696,6 +734,30 @@ mod tests {
                 .any(|v| v.invariant == "durability"),
             "{verdict:?}"
         );
+
+        // Accepted but in effect nowhere: an anomaly of events only where a consumer refused it.
+        let mut unapplied = clean();
+        unapplied
+            .users
+            .get_mut("u")
+            .unwrap()
+            .history
+            .retain(|t| t != "t2");
+        let lost = judge(&unapplied, Strategy::Events);
+        assert!(
+            lost.violations.iter().any(|v| v.invariant == "durability"),
+            "{lost:?}"
+        );
+        unapplied.transactions[1].reason = "history refused: password was used recently".into();
+        let refused = judge(&unapplied, Strategy::Events);
+        assert!(
+            !refused
+                .violations
+                .iter()
+                .any(|v| v.invariant == "durability"),
+            "{refused:?}"
+        );
+        assert!(refused.anomalies["not_in_effect"] >= 1);
 
         // Stuck is stuck.
         let mut stuck = clean();

@@ -18,11 +18,11 @@ use tpc_common::{Strategy, UserId};
 /// What a participant recorded for one saga or events transaction.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Barrier<U> {
-    /// The change is in effect; `undo` restores what it replaced.
+    /// The change is in effect; `undo` restores what it replaced (a saga's only: events never undo).
     Applied {
         strategy: Strategy,
         user: UserId,
-        undo: U,
+        undo: Option<U>,
         /// What the answer told the coordinator (the password participant: the user's e-mail address).
         detail: String,
         at: u64,
@@ -103,10 +103,16 @@ pub fn on_compensate<U: Clone>(
     match recorded {
         None => CompensateStep::RecordEmpty,
         Some(r) if r.strategy() != strategy => CompensateStep::WrongStrategy(r.strategy()),
-        Some(Barrier::Applied { user, undo, .. }) => CompensateStep::Undo {
+        Some(Barrier::Applied {
+            user,
+            undo: Some(undo),
+            ..
+        }) => CompensateStep::Undo {
             user: user.clone(),
             undo: undo.clone(),
         },
+        // Nothing was kept to undo it with (never for a saga's record).
+        Some(Barrier::Applied { undo: None, .. }) => CompensateStep::Ack,
         Some(Barrier::Compensated { .. }) => CompensateStep::Ack,
         Some(Barrier::Refused { .. }) => CompensateStep::RecordEmpty,
     }
@@ -124,7 +130,7 @@ mod tests {
         Barrier::Applied {
             strategy: Strategy::Saga,
             user: alice(),
-            undo: 7,
+            undo: Some(7),
             detail: "alice@example.com".into(),
             at: 1,
         }

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tpc_common::{Backoff, Operation, OperationKind, Strategy, TxnId, UserId, now_ms};
 use tracing::{debug, error, info, warn};
 
@@ -85,7 +85,14 @@ struct Inner {
     consumers: HashMap<Consumer, mpsc::UnboundedSender<Delivery>>,
     requests: Mutex<HashMap<String, Published>>,
     undelivered: AtomicUsize,
+    /// Deliveries in flight to each consumer: after an outage, a backlog is worked off a bounded
+    /// number at a time instead of all at once (each would time out behind the others and be retried,
+    /// piling up at the consumer).
+    in_flight: HashMap<Consumer, Arc<Semaphore>>,
 }
+
+/// Deliveries in flight to one consumer at most.
+const IN_FLIGHT: usize = 32;
 
 /// Handle to the running publisher and its delivery tasks.
 #[derive(Clone)]
@@ -131,6 +138,10 @@ impl Events {
             consumers,
             requests: Mutex::new(requests),
             undelivered: AtomicUsize::new(0),
+            in_flight: Consumer::ALL
+                .into_iter()
+                .map(|c| (c, Arc::new(Semaphore::new(IN_FLIGHT))))
+                .collect(),
         });
         for (to, rx) in feeds {
             tokio::spawn(deliver_forever(to, inner.clone(), rx));
@@ -346,6 +357,9 @@ async fn deliver_one(
     op: Operation,
     done: mpsc::UnboundedSender<TxnId>,
 ) {
+    let Ok(_slot) = inner.in_flight[&to].clone().acquire_owned().await else {
+        return;
+    };
     let refusal = match to {
         Consumer::Password => apply_until_answered(&inner, Participant::Password, txn, &op).await,
         Consumer::History => apply_until_answered(&inner, Participant::History, txn, &op).await,
@@ -419,9 +433,15 @@ async fn mail_until_sent(inner: &Inner, txn: TxnId, op: &Operation) -> Option<St
             Operation::Register { email, .. } => Ok(Some(email.clone())),
             Operation::Update { user, .. } => inner.peers.email_of(user).await,
         };
+        // The directory may only be behind: give up on an unknown user only once the password
+        // consumer has answered for this change (so its registration is not still on the way).
+        let password_answered = !inner
+            .log
+            .awaits(Consumer::Password.name(), txn)
+            .unwrap_or(true);
         match found {
             Ok(Some(address)) => break address,
-            Ok(None) if attempt + 1 >= MAIL_LOOKUPS => {
+            Ok(None) if password_answered && attempt + 1 >= MAIL_LOOKUPS => {
                 let reason = "unknown user: no address to write to".to_owned();
                 if let Err(e) = inner.log.note_mail_error(txn, &reason) {
                     warn!(cause = %e, "could not note the e-mail error");
@@ -444,9 +464,11 @@ async fn mail_until_sent(inner: &Inner, txn: TxnId, op: &Operation) -> Option<St
         decided_at: txn.created_ms(),
     };
     let mail = email::compose(&record);
-    if let Err(e) = inner.log.queue_mail(Consumer::Mail.name(), &mail, &address) {
-        warn!(cause = %e, "could not queue the e-mail; the delivery will be redone after a restart");
-        return None;
+    let mut attempt = 0;
+    while let Err(e) = inner.log.queue_mail(Consumer::Mail.name(), &mail, &address) {
+        warn!(cause = %e, attempt, "could not queue the e-mail; retrying");
+        tokio::time::sleep(RETRY.delay(attempt)).await;
+        attempt += 1;
     }
     let _ = inner.outbox.send(mail);
     None

@@ -26,6 +26,10 @@ pub struct Sealer {
 pub enum SealError {
     #[error("events key {0}: {1}")]
     Key(String, std::io::Error),
+    #[error(
+        "events key {0} is missing, but deliveries sealed with it wait in the log: restore the key (it was made when the data directory was first used)"
+    )]
+    Missing(String),
     #[error("events key {0} is not 32 bytes")]
     KeyLength(String),
     #[error("a sealed delivery does not open (wrong key, or damaged)")]
@@ -35,11 +39,16 @@ pub enum SealError {
 }
 
 impl Sealer {
-    /// Reads the key at `path`, or makes one (readable by the owner only) if there is none.
-    pub fn open_or_create(path: &Path) -> Result<Self, SealError> {
+    /// Reads the key at `path`, or makes one (readable by the owner only) if there is none and
+    /// `may_create` (no delivery sealed with an earlier key is waiting: a new key would leave them
+    /// unreadable, so a lost key is an error to fix, not to paper over).
+    pub fn open_or_create(path: &Path, may_create: bool) -> Result<Self, SealError> {
         let shown = path.display().to_string();
         let key = match std::fs::read(path) {
             Ok(key) => key,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !may_create => {
+                return Err(SealError::Missing(shown));
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let key = XChaCha20Poly1305::generate_key(&mut OsRng).to_vec();
                 write_private(path, &key).map_err(|e| SealError::Key(shown.clone(), e))?;
@@ -113,7 +122,12 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .mode(0o600)
         .open(path)?;
     file.write_all(bytes)?;
-    file.sync_all()
+    file.sync_all()?;
+    // The new name too, before anything is sealed with the key.
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -126,7 +140,11 @@ mod tests {
     fn a_sealed_delivery_opens_only_for_its_transaction_and_consumer_and_hides_the_passwords() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("events.key");
-        let sealer = Sealer::open_or_create(&path).unwrap();
+        assert!(matches!(
+            Sealer::open_or_create(&path, false),
+            Err(SealError::Missing(_))
+        ));
+        let sealer = Sealer::open_or_create(&path, true).unwrap();
         assert_eq!(std::fs::read(&path).unwrap().len(), 32);
         let op = Operation::Update {
             user: UserId::parse("alice").unwrap(),
@@ -137,7 +155,7 @@ mod tests {
         let sealed = sealer.seal(txn, "history", &op);
         assert!(!sealed.windows(6).any(|w| w == b"secret"));
         // The same key after a restart opens it.
-        let again = Sealer::open_or_create(&path).unwrap();
+        let again = Sealer::open_or_create(&path, false).unwrap();
         assert_eq!(again.open(txn, "history", &sealed).unwrap(), op);
         assert!(again.open(txn, "password", &sealed).is_err());
         assert!(again.open(TxnId::generate(), "history", &sealed).is_err());

@@ -2,7 +2,7 @@
 //!
 //! A saga runs the change as local transactions, one step after the other: the password participant
 //! applies the new hash (in effect at once), then the history participant records it. If a step is
-//! refused or its outcome is unknown, the steps that may have applied are compensated, in reverse order,
+//! refused or its outcome is unknown, the steps that may have applied are compensated (all at once: each undoes its own participant's change),
 //! and the client hears ABORTED; the e-mail is queued only when every step applied (DESIGN §5).
 //!
 //! The rules it keeps:
@@ -23,7 +23,7 @@ use tpc_common::{Backoff, Email, Operation, OperationKind, TxnId, UserId};
 
 use crate::engine::{AbortNote, CommitRecord, Outcome, Participant, Refusal};
 
-/// The steps, in the order they run (compensations run in reverse).
+/// The steps, in the order they run (compensations are sent together, the last step's first).
 pub const STEPS: [Participant; 2] = [Participant::Password, Participant::History];
 
 /// What came back from a step's `Apply`.
@@ -405,7 +405,7 @@ impl Engine {
         self.compensate(txn, reason, may_have_applied, now)
     }
 
-    /// Compensates the first `steps` steps (those that may have applied), in reverse order, and tells
+    /// Compensates the first `steps` steps (those that may have applied), all at once, and tells
     /// the clients the saga aborted.
     fn compensate(&mut self, txn: TxnId, reason: String, steps: usize, now: u64) -> Vec<Command> {
         let Some(saga) = self.sagas.get_mut(&txn) else {

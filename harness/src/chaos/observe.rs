@@ -29,6 +29,8 @@ async fn transactions(cluster: &Cluster) -> Result<Vec<CoordinatorTxn>, BoxError
             txn: t.txn_id,
             request_id: t.request_id,
             user: t.user_id,
+            reason: t.reason,
+            email_error: t.email_error,
         })
         .collect())
 }

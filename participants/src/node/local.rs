@@ -23,6 +23,10 @@ const TOO_OLD: &str = "saga step is too old: its saga gave up on it";
 /// than an events delivery waits for a consumer in any outage the operator would not notice.
 pub const BARRIER_RETENTION_MS: u64 = 24 * 3600 * 1000;
 
+/// A Compensate of a transaction this old with no record is refused: its record may be collected
+/// by now (an hour of margin before the retention).
+const COLLECTABLE_AFTER_MS: u64 = BARRIER_RETENTION_MS - 3600 * 1000;
+
 /// Barrier records deleted per slice of collection.
 const BARRIER_SLICE: usize = 1_000;
 
@@ -34,6 +38,10 @@ impl<R: Resource> Node<R> {
         strategy: Strategy,
         op: Operation,
     ) -> Result<Applied, Status> {
+        // The barrier is read under the user's lock only: a first Apply holds it until its record is
+        // on disk, so a retry never answers APPLIED from a record a crash could still take back; and a
+        // Compensate of this transaction cannot slip in between the read and the apply.
+        let _user = self.user_stripe(op.user()).lock().await;
         if let Some(answer) = self.answered_apply(txn, strategy)? {
             return Ok(answer);
         }
@@ -45,11 +53,6 @@ impl<R: Resource> Node<R> {
             && txn.created_ms().saturating_add(self.max_step_age_ms) < now_ms()
         {
             return Ok(Applied::No(TOO_OLD.into()));
-        }
-        let _user = self.user_stripe(op.user()).lock().await;
-        // Again under the lock: a Compensate of this transaction may have just been recorded.
-        if let Some(answer) = self.answered_apply(txn, strategy)? {
-            return Ok(answer);
         }
         if self.engine().is_locked(op.user()) {
             return Err(Status::unavailable(
@@ -86,7 +89,8 @@ impl<R: Resource> Node<R> {
         let applied = Barrier::Applied {
             strategy,
             user,
-            undo,
+            // Events never compensate: keeping what a change replaced (hashes) would only cost space.
+            undo: (strategy == Strategy::Saga).then_some(undo),
             detail: detail.clone(),
             at,
         };
@@ -130,6 +134,17 @@ impl<R: Resource> Node<R> {
         let (record, batch) = match barrier::on_compensate(recorded.as_ref(), strategy) {
             CompensateStep::Ack => return Ok(()),
             CompensateStep::WrongStrategy(other) => return Err(wrong_strategy(txn, other)),
+            // No record, and the transaction is old enough that its record may have been collected:
+            // whether it applied cannot be told, and acknowledging would leave it in effect. Refuse;
+            // the saga stays compensating, in sight of the operator.
+            CompensateStep::RecordEmpty
+                if recorded.is_none()
+                    && txn.created_ms().saturating_add(COLLECTABLE_AFTER_MS) < now_ms() =>
+            {
+                return Err(Status::failed_precondition(format!(
+                    "{txn} is too old to compensate: its barrier record may have been collected, so whether it applied here is unknown"
+                )));
+            }
             CompensateStep::RecordEmpty => {
                 info!(target: "tpc::protocol", participant = R::NAME, %txn, "{}: compensation of a step never applied here: recorded, so a late Apply does nothing", R::NAME);
                 let record = Barrier::<R::Undo>::Compensated {

@@ -157,6 +157,16 @@ async fn a_retried_request_returns_the_first_outcome() -> Result {
     assert!(committed(&retry));
     assert_eq!(retry.request_id, "req-42");
     assert_eq!(env.history("carol").await?.len(), 2);
+    // The same key with another new password is another request: refused, not answered "committed"
+    // (which would make the caller believe the second password is set).
+    let other = env
+        .update("carol", "carol-pw-1", "carol-pw-3", "req-42")
+        .await
+        .unwrap_err()
+        .downcast::<tonic::Status>()
+        .map_err(|e| e.to_string())?;
+    assert_eq!(other.code(), Code::FailedPrecondition, "{other:?}");
+    assert!(env.verify("carol", "carol-pw-2").await?);
     // The same key for someone else's request is refused, not answered with carol's outcome.
     env.register("dan", "dan-pw-1").await?;
     let reused = env.update("dan", "dan-pw-1", "dan-pw-2", "req-42").await;
@@ -634,6 +644,51 @@ async fn every_server_has_health_and_lists_its_services_by_reflection() -> Resul
             assert!(
                 listed.contains(*name),
                 "{} lists {listed:?}, not {name}",
+                service.name()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// No `RUST_LOG` makes a store log what it stores: at `trace`, the logs hold no argon2 hash and no
+/// password (sled's trace lines print the values it reads and writes; tpc caps it at `info`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn even_a_trace_log_holds_no_hash_and_no_password() -> Result {
+    let env = env_with(tpc_harness::ClusterOptions {
+        rust_log: Some("trace".into()),
+        ..Default::default()
+    })
+    .await?;
+    env.register("alice", "trace-secret-0").await?;
+    env.update("alice", "trace-secret-0", "trace-secret-1", "")
+        .await?;
+    assert!(env.verify("alice", "trace-secret-1").await?);
+    converge(&env).await;
+    for service in tpc_harness::Service::ALL {
+        let log = std::fs::read_to_string(env.cluster.log_file(service))?;
+        assert!(
+            log.contains("TRACE"),
+            "{} logged at trace level",
+            service.name()
+        );
+        // As text, or as sled prints a value: its bytes in decimal ("$argon2" = 36, 97, 114, …).
+        let as_bytes = "$argon2"
+            .bytes()
+            .map(|b| b.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        for hash in ["$argon2", as_bytes.as_str()] {
+            assert!(
+                !log.contains(hash),
+                "{}'s trace log holds an argon2 hash ({hash})",
+                service.name()
+            );
+        }
+        for secret in ["trace-secret-0", "trace-secret-1"] {
+            assert!(
+                !log.contains(secret),
+                "{}'s trace log holds a password",
                 service.name()
             );
         }

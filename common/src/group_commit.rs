@@ -31,7 +31,10 @@ impl GroupCommit {
                 let db = db.clone();
                 let flushed = match tokio::task::spawn_blocking(move || db.flush()).await {
                     Ok(result) => result.map(drop).map_err(Arc::new),
-                    Err(join) => Err(Arc::new(sled::Error::ReportableBug(join.to_string()))),
+                    // Not the panic's payload: it could hold anything.
+                    Err(_) => Err(Arc::new(sled::Error::ReportableBug(
+                        "the flush task panicked".into(),
+                    ))),
                 };
                 for waiter in batch {
                     // A waiter that gave up (its RPC was cancelled) no longer cares.

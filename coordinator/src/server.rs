@@ -204,8 +204,8 @@ async fn collect_garbage(log: Arc<Log>, coordinator: Runner, retention: Duration
                     warn!(cause = %e, "garbage collection failed");
                     break;
                 }
-                Err(e) => {
-                    warn!(cause = %e, "garbage collection task failed");
+                Err(_) => {
+                    warn!("the garbage collection task failed");
                     break;
                 }
             };

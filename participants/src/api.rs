@@ -270,7 +270,7 @@ where
     for done in running {
         results.push(
             done.await
-                .map_err(|e| Status::internal(format!("batch item failed: {e}")))?,
+                .map_err(|_| Status::internal("batch item failed"))?,
         );
     }
     Ok(results)

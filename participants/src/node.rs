@@ -348,7 +348,8 @@ pub async fn detached<T: Send + 'static>(
 ) -> Result<T, Status> {
     tokio::spawn(work)
         .await
-        .map_err(|e| Status::internal(format!("participant task failed: {e}")))?
+        // A fixed message: a panic's payload could hold anything, and reaches no client.
+        .map_err(|_| Status::internal("participant task failed"))?
 }
 
 /// Runs `work` on the blocking pool, holding `slot` until it is done.
@@ -358,7 +359,7 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, Status> {
     let done = tokio::task::spawn_blocking(work).await;
     drop(slot);
-    done.map_err(|e| Status::internal(format!("hashing task failed: {e}")))
+    done.map_err(|_| Status::internal("hashing task failed"))
 }
 
 /// One hash per core. Each OWASP hash works through 19 MiB: with two per core, eight of them on two

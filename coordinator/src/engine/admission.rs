@@ -33,9 +33,10 @@ impl Engine {
         let key = RequestKey {
             kind: op.kind(),
             user: op.user().clone(),
+            fingerprint: Some(self.fingerprints.of(&op)),
         };
         if let Some((first, recorded)) = self.committed.get(&request_id) {
-            if *recorded != key {
+            if !recorded.same_request(&key) {
                 return vec![reused(txn, &request_id)];
             }
             return vec![Command::Reply {
@@ -56,7 +57,12 @@ impl Engine {
                     refusal: Refusal::Internal("request in flight but unknown".into()),
                 }];
             };
-            if running.kind != key.kind || running.user != key.user {
+            let first_key = RequestKey {
+                kind: running.kind,
+                user: running.user.clone(),
+                fingerprint: running.fingerprint,
+            };
+            if !first_key.same_request(&key) {
                 return vec![reused(txn, &request_id)];
             }
             // The client retried while the first attempt runs: it gets that attempt's outcome.
@@ -130,6 +136,7 @@ impl Engine {
                 round: 0,
                 preparing_since: now,
                 deadline_at: now + self.config.prepare_deadline.as_millis() as u64,
+                fingerprint: key.fingerprint,
                 phase,
             },
         );

@@ -29,7 +29,9 @@ mod phase_two;
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
-use tpc_common::{Backoff, Email, Operation, OperationKind, TxnId, UserId};
+use tpc_common::{
+    Backoff, Email, Fingerprint, Fingerprinter, Operation, OperationKind, TxnId, UserId,
+};
 
 /// The two participants every transaction spans.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -273,6 +275,8 @@ struct Txn {
     preparing_since: u64,
     /// When the deadline of the current round passes (ms).
     deadline_at: u64,
+    /// The request's payload digest (`None` for a transaction recovered from the log).
+    fingerprint: Option<Fingerprint>,
     phase: Phase,
 }
 
@@ -281,6 +285,21 @@ struct Txn {
 struct RequestKey {
     kind: OperationKind,
     user: UserId,
+    /// The whole payload's keyed digest, passwords included; `None` after a restart (the digest is
+    /// never written down), when kind and user are all there is to compare.
+    fingerprint: Option<Fingerprint>,
+}
+
+impl RequestKey {
+    /// Whether a request with `other` may be the same request again (a retry).
+    fn same_request(&self, other: &RequestKey) -> bool {
+        self.kind == other.kind
+            && self.user == other.user
+            && match (self.fingerprint, other.fingerprint) {
+                (Some(a), Some(b)) => a == b,
+                _ => true,
+            }
+    }
 }
 
 /// A transaction the engine is working on, for `ListTransactions`.
@@ -310,6 +329,8 @@ pub struct Engine {
     running: HashMap<String, TxnId>,
     /// Request ids of committed transactions still in the log.
     committed: HashMap<String, (TxnId, RequestKey)>,
+    /// Digests request payloads (a key of this process's, never written down).
+    fingerprints: Fingerprinter,
     committed_txns: HashSet<TxnId>,
 }
 
@@ -330,6 +351,7 @@ impl Engine {
             waiting: VecDeque::new(),
             running: HashMap::new(),
             committed: HashMap::new(),
+            fingerprints: Fingerprinter::new(),
             committed_txns: HashSet::new(),
         }
     }

@@ -23,6 +23,7 @@ impl Engine {
         let key = RequestKey {
             kind: t.kind,
             user: t.user.clone(),
+            fingerprint: t.fingerprint,
         };
         let clients = std::mem::take(&mut t.clients);
         self.running.remove(&request_id);
@@ -87,6 +88,7 @@ impl Engine {
             let key = RequestKey {
                 kind: record.kind,
                 user: record.user.clone(),
+                fingerprint: None,
             };
             self.committed
                 .insert(record.request_id.clone(), (record.txn, key));
@@ -107,6 +109,7 @@ impl Engine {
                     round: 0,
                     preparing_since: 0,
                     deadline_at: 0,
+                    fingerprint: None,
                     phase: Phase::Committing {
                         acked: HashSet::new(),
                     },

@@ -787,6 +787,54 @@ fn a_request_id_reused_for_another_request_is_refused() {
 }
 
 #[test]
+fn a_request_id_reused_with_another_password_is_refused_while_running_and_after_commit() {
+    let mut e = Engine::default();
+    let txn = begin(&mut e, "r1");
+    // Same user, same kind, another new password: not a retry.
+    let Operation::Update { user, current, .. } = update() else {
+        unreachable!()
+    };
+    let other_password = Operation::Update {
+        user,
+        current,
+        new: Password::new("new_password", "something else".into()).unwrap(),
+    };
+    for phase in ["while running", "after commit"] {
+        if phase == "after commit" {
+            yes(&mut e, txn);
+            e.handle(Event::CommitForced { txn }, NOW);
+        }
+        let client = TxnId::generate();
+        let out = e.handle(
+            Event::Begin {
+                txn: client,
+                request_id: "r1".into(),
+                op: other_password.clone(),
+            },
+            NOW,
+        );
+        assert!(
+            matches!(out.as_slice(), [Command::Reject { client: c, refusal: Refusal::RequestReused(_) }] if *c == client),
+            "{phase}: {out:?}"
+        );
+    }
+    // The true retry still gets the first outcome.
+    let retry = TxnId::generate();
+    let out = e.handle(
+        Event::Begin {
+            txn: retry,
+            request_id: "r1".into(),
+            op: update(),
+        },
+        NOW,
+    );
+    assert!(
+        matches!(out.as_slice(), [Command::Reply { outcome, .. }] if outcome.txn == txn && outcome.committed),
+        "{out:?}"
+    );
+}
+
+#[test]
 fn collecting_an_aborted_attempt_keeps_the_committed_retry() {
     let mut e = Engine::default();
     let aborted = begin(&mut e, "r1");

@@ -23,7 +23,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{Semaphore, mpsc, watch};
-use tpc_common::{Backoff, Operation, OperationKind, Strategy, TxnId, UserId, now_ms};
+use tpc_common::{
+    Backoff, Fingerprint, Fingerprinter, Operation, OperationKind, Strategy, TxnId, UserId, now_ms,
+};
 use tracing::{debug, error, info, warn};
 
 use crate::email;
@@ -73,6 +75,8 @@ struct Published {
     txn: TxnId,
     kind: OperationKind,
     user: UserId,
+    /// The payload's keyed digest (`None` after a restart: it is never written down).
+    fingerprint: Option<Fingerprint>,
     /// True once the change is durable (a retry that arrives while it is being forced waits for it).
     durable: watch::Receiver<bool>,
 }
@@ -84,6 +88,7 @@ struct Inner {
     outbox: mpsc::UnboundedSender<OutboxEntry>,
     consumers: HashMap<Consumer, mpsc::UnboundedSender<Delivery>>,
     requests: Mutex<HashMap<String, Published>>,
+    fingerprints: Fingerprinter,
     undelivered: AtomicUsize,
     /// Deliveries in flight to each consumer: after an outage, a backlog is worked off a bounded
     /// number at a time instead of all at once (each would time out behind the others and be retried,
@@ -118,6 +123,7 @@ impl Events {
                         txn: r.txn,
                         kind: r.kind,
                         user: r.user,
+                        fingerprint: None,
                         durable,
                     },
                 );
@@ -137,6 +143,7 @@ impl Events {
             outbox,
             consumers,
             requests: Mutex::new(requests),
+            fingerprints: Fingerprinter::new(),
             undelivered: AtomicUsize::new(0),
             in_flight: Consumer::ALL
                 .into_iter()
@@ -159,11 +166,16 @@ impl Events {
     ) -> Result<Answer, Stopped> {
         let inner = &self.inner;
         let (kind, user) = (op.kind(), op.user().clone());
+        let fingerprint = inner.fingerprints.of(&op);
         let done = watch::channel(false);
         let earlier = {
             let mut requests = lock(&inner.requests);
             match requests.get(&request_id) {
-                Some(p) if p.kind != kind || p.user != user => {
+                Some(p)
+                    if p.kind != kind
+                        || p.user != user
+                        || p.fingerprint.is_some_and(|f| f != fingerprint) =>
+                {
                     return Ok(Err(Refusal::RequestReused(request_id)));
                 }
                 Some(p) => Some((p.txn, p.durable.clone())),
@@ -174,6 +186,7 @@ impl Events {
                             txn,
                             kind,
                             user: user.clone(),
+                            fingerprint: Some(fingerprint),
                             durable: done.1,
                         },
                     );

@@ -19,7 +19,9 @@
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
 
-use tpc_common::{Backoff, Email, Operation, OperationKind, TxnId, UserId};
+use tpc_common::{
+    Backoff, Email, Fingerprint, Fingerprinter, Operation, OperationKind, TxnId, UserId,
+};
 
 use crate::engine::{AbortNote, CommitRecord, Outcome, Participant, Refusal};
 
@@ -188,6 +190,8 @@ struct Saga {
     request_id: String,
     kind: OperationKind,
     user: UserId,
+    /// The request's payload digest (`None` after a restart: it is never written down).
+    fingerprint: Option<Fingerprint>,
     email: Option<Email>,
     started_at: u64,
     clients: Vec<TxnId>,
@@ -201,7 +205,27 @@ pub struct Engine {
     /// Sagas of each user in arrival order; the first one runs.
     by_user: HashMap<UserId, VecDeque<TxnId>>,
     running: HashMap<String, TxnId>,
-    completed: HashMap<String, (TxnId, OperationKind, UserId)>,
+    completed: HashMap<String, (TxnId, RequestOf)>,
+    fingerprints: Fingerprinter,
+}
+
+/// What a request id stood for: a retry must match it; another request reusing the id is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RequestOf {
+    kind: OperationKind,
+    user: UserId,
+    fingerprint: Option<Fingerprint>,
+}
+
+impl RequestOf {
+    fn admits(&self, other: &RequestOf) -> bool {
+        self.kind == other.kind
+            && self.user == other.user
+            && match (self.fingerprint, other.fingerprint) {
+                (Some(a), Some(b)) => a == b,
+                _ => true,
+            }
+    }
 }
 
 impl Engine {
@@ -212,6 +236,7 @@ impl Engine {
             by_user: HashMap::new(),
             running: HashMap::new(),
             completed: HashMap::new(),
+            fingerprints: Fingerprinter::new(),
         }
     }
 
@@ -249,8 +274,13 @@ impl Engine {
 
     fn begin(&mut self, txn: TxnId, request_id: String, op: Operation, now: u64) -> Vec<Command> {
         let (kind, user) = (op.kind(), op.user().clone());
-        if let Some((done, k, u)) = self.completed.get(&request_id) {
-            if *k != kind || *u != user {
+        let this = RequestOf {
+            kind,
+            user: user.clone(),
+            fingerprint: Some(self.fingerprints.of(&op)),
+        };
+        if let Some((done, first)) = self.completed.get(&request_id) {
+            if !first.admits(&this) {
                 return vec![reused(txn, request_id)];
             }
             let outcome = Outcome {
@@ -267,7 +297,12 @@ impl Engine {
         if let Some(running) = self.running.get(&request_id).copied()
             && let Some(saga) = self.sagas.get_mut(&running)
         {
-            if saga.kind != kind || saga.user != user {
+            let first = RequestOf {
+                kind: saga.kind,
+                user: saga.user.clone(),
+                fingerprint: saga.fingerprint,
+            };
+            if !first.admits(&this) {
                 return vec![reused(txn, request_id)];
             }
             saga.clients.push(txn);
@@ -295,6 +330,7 @@ impl Engine {
                 request_id,
                 kind,
                 user,
+                fingerprint: this.fingerprint,
                 email,
                 started_at: now,
                 clients: vec![txn],
@@ -475,8 +511,12 @@ impl Engine {
             outcome,
         }];
         self.running.remove(&saga.request_id);
-        self.completed
-            .insert(saga.request_id.clone(), (txn, saga.kind, saga.user.clone()));
+        let first = RequestOf {
+            kind: saga.kind,
+            user: saga.user.clone(),
+            fingerprint: saga.fingerprint,
+        };
+        self.completed.insert(saga.request_id.clone(), (txn, first));
         out.extend(self.finish(txn));
         out
     }
@@ -538,7 +578,12 @@ impl Engine {
         completed: Vec<(String, TxnId, OperationKind, UserId)>,
     ) -> Vec<Command> {
         for (request_id, txn, kind, user) in completed {
-            self.completed.insert(request_id, (txn, kind, user));
+            let first = RequestOf {
+                kind,
+                user,
+                fingerprint: None,
+            };
+            self.completed.insert(request_id, (txn, first));
         }
         let mut out = Vec::new();
         for u in unfinished {
@@ -552,6 +597,7 @@ impl Engine {
                     request_id: u.request_id,
                     kind: u.kind,
                     user: u.user,
+                    fingerprint: None,
                     email: None,
                     started_at: u.started_at,
                     clients: Vec::new(),

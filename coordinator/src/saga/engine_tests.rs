@@ -399,3 +399,32 @@ fn stale_and_duplicate_answers_change_nothing() {
             .is_empty()
     );
 }
+
+#[test]
+fn a_request_id_reused_with_another_password_is_refused() {
+    let mut engine = Engine::new(Config::default());
+    started(&mut engine, "alice", "r1");
+    let other = Operation::Update {
+        user: user("alice"),
+        current: Password::new("current_password", "old".into()).unwrap(),
+        new: Password::new("new_password", "another".into()).unwrap(),
+    };
+    let out = engine.handle(
+        Event::Begin {
+            txn: TxnId::generate(),
+            request_id: "r1".into(),
+            op: other,
+        },
+        12,
+    );
+    assert!(
+        matches!(
+            &out[..],
+            [Command::Reject {
+                refusal: Refusal::RequestReused(_),
+                ..
+            }]
+        ),
+        "{out:?}"
+    );
+}

@@ -200,8 +200,8 @@ impl<R: Resource> Node<R> {
                         warn!(cause = %e, "collecting barrier records failed");
                         break;
                     }
-                    Err(e) => {
-                        warn!(cause = %e, "collecting barrier records failed");
+                    Err(_) => {
+                        warn!("the task collecting barrier records failed");
                         break;
                     }
                 }

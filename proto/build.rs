@@ -28,10 +28,7 @@ fn check_secrets_are_redacted(
         let package = file.package();
         for message in &file.message_type {
             let name = format!(".{package}.{}", message.name());
-            let secret = message
-                .field
-                .iter()
-                .any(|f| f.name().contains("password"));
+            let secret = message.field.iter().any(|f| f.name().contains("password"));
             if secret && !SECRET_MESSAGES.contains(&name.as_str()) {
                 unredacted.push(name);
             }

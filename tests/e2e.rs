@@ -97,7 +97,7 @@ async fn every_no_vote_aborts_without_effect_and_without_mail() -> Result {
     let cases = [
         (
             env.update("bob", "wrong-pw", "bob-pw-3", "").await?,
-            "current password is wrong",
+            "invalid credentials",
         ),
         (
             env.update("bob", "bob-pw-2", "bob-pw-1", "").await?,
@@ -107,7 +107,11 @@ async fn every_no_vote_aborts_without_effect_and_without_mail() -> Result {
             env.update("bob", "bob-pw-2", "bob-pw-2", "").await?,
             "password was used recently",
         ),
-        (env.update("nobody", "x", "y", "").await?, "unknown user"),
+        // The same answer as a wrong password: which user ids exist is nobody's business.
+        (
+            env.update("nobody", "x", "y", "").await?,
+            "invalid credentials",
+        ),
         (env.register("bob", "another-pw").await?, "user exists"),
     ];
     for (result, reason) in &cases {
@@ -207,8 +211,7 @@ async fn concurrent_updates_of_one_user_commit_exactly_once() -> Result {
             winners.push(result.txn_id);
         } else {
             assert!(
-                result.reason.starts_with("conflict")
-                    || result.reason == "current password is wrong",
+                result.reason.starts_with("conflict") || result.reason == "invalid credentials",
                 "{result:?}"
             );
         }
@@ -360,6 +363,8 @@ async fn bad_input_gets_a_clear_status_and_changes_nothing() -> Result {
         .unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
     assert_eq!(env.get_user_code("ghost").await?, Code::NotFound);
+    // Verifying an unknown user's password is a plain "no", like a wrong password.
+    assert!(!env.verify("ghost", "anything").await?);
 
     // Garbage bytes on every service's socket: the services keep serving.
     for service in Service::ALL {

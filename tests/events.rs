@@ -30,7 +30,7 @@ async fn a_published_change_reaches_every_consumer_and_the_mail_server() -> Resu
     let listed = env.cluster.list_transactions().await?;
     let t = listed.iter().find(|t| t.txn_id == unknown.txn_id).unwrap();
     assert!(
-        t.reason.contains("password refused: unknown user")
+        t.reason.contains("password refused: invalid credentials")
             && t.reason.contains("history refused: unknown user"),
         "{t:?}"
     );

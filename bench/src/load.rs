@@ -114,7 +114,7 @@ async fn client(
                 pushback,
             } => {
                 recorder.refused(at, &reason);
-                if reason.contains("current password is wrong") {
+                if reason.contains("invalid credentials") {
                     // An earlier change whose answer was lost did commit after all.
                     if let Some(maybe) = account.maybe.take() {
                         account.changed_to(maybe);

@@ -302,12 +302,20 @@ impl PasswordReader for PasswordApi {
         let req = request.into_inner();
         let user = UserId::parse(&req.user_id)?;
         let password = Password::new("password", req.password)?;
-        let account: Account = self.0.read(&user).await?;
+        // An unknown user is verified against the decoy: "no", in the same time as a wrong password,
+        // so the answer tells nobody which user ids exist.
+        let hash = match self.0.read::<Account>(&user).await {
+            Ok(account) => account.hash,
+            Err(status) if status.code() == tonic::Code::NotFound => {
+                self.0.resource().decoy().to_owned()
+            }
+            Err(status) => return Err(status),
+        };
         // The cost comes from the stored hash, whatever the hasher was made with.
         let hasher = crate::hashing::Hasher::new(Default::default());
         let valid = self
             .0
-            .hash_work(move || hasher.verify(&password, &account.hash))
+            .hash_work(move || hasher.verify(&password, &hash))
             .await?;
         Ok(Response::new(VerifyPasswordResponse { valid }))
     }

@@ -92,6 +92,10 @@ impl<R: Resource> Node<R> {
         &self.data
     }
 
+    pub fn resource(&self) -> &R {
+        &self.resource
+    }
+
     /// In-doubt transactions and the number of locked users.
     pub fn status(&self) -> (Vec<TxnId>, usize) {
         let engine = self.engine();

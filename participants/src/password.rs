@@ -30,6 +30,38 @@ pub struct PasswordChange {
 
 pub struct Passwords {
     pub hasher: Hasher,
+    /// A hash of nothing anyone knows, at the hasher's cost: an unknown user's "current password" is
+    /// verified against it, so that an unknown user and a wrong password take the same time.
+    decoy: String,
+}
+
+/// What a wrong current password and an unknown user both get: telling them apart would let anyone
+/// find out which user ids exist.
+pub const INVALID_CREDENTIALS: &str = "invalid credentials";
+
+impl Passwords {
+    /// The decoy hash (see the field).
+    pub fn decoy(&self) -> &str {
+        &self.decoy
+    }
+
+    pub fn new(hasher: Hasher) -> Self {
+        let mut secret = [0u8; 24];
+        let decoy = match getrandom::getrandom(&mut secret) {
+            Ok(()) => {
+                let text: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+                tpc_common::Password::new("decoy", text)
+                    .ok()
+                    .and_then(|p| hasher.hash(&p).ok())
+            }
+            Err(_) => None,
+        };
+        Self {
+            // Without a decoy an unknown user is answered sooner, never wrongly.
+            decoy: decoy.unwrap_or_default(),
+            hasher,
+        }
+    }
 }
 
 impl Resource for Passwords {
@@ -47,10 +79,13 @@ impl Resource for Passwords {
         let email = match (op, existing) {
             (Operation::Register { .. }, Some(_)) => return Ok(Err("user exists".into())),
             (Operation::Register { email, .. }, None) => email.clone(),
-            (Operation::Update { .. }, None) => return Ok(Err("unknown user".into())),
+            (Operation::Update { current, .. }, None) => {
+                let _ = self.hasher.verify(current, &self.decoy);
+                return Ok(Err(INVALID_CREDENTIALS.into()));
+            }
             (Operation::Update { current, .. }, Some(account)) => {
                 if !self.hasher.verify(current, &account.hash) {
-                    return Ok(Err("current password is wrong".into()));
+                    return Ok(Err(INVALID_CREDENTIALS.into()));
                 }
                 account.email
             }

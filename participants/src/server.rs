@@ -91,7 +91,7 @@ pub async fn run(
     let addr = listener.local_addr().ok();
     let (router, clock) = match config.role {
         Role::Password => {
-            let node = open(Passwords { hasher }, &config, coordinator)?;
+            let node = open(Passwords::new(hasher), &config, coordinator)?;
             let router =
                 tpc_common::serve::router(&["tpc.v1.Participant", "tpc.v1.PasswordReader"])
                     .await

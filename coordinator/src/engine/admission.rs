@@ -98,9 +98,7 @@ impl Engine {
             }
             // The operation (with its passwords) is kept in memory only while it waits.
             UserState::Finishing => Phase::Queued { op: op.clone() },
-            UserState::Free if self.has_turn() => Phase::Preparing {
-                votes: HashMap::new(),
-            },
+            UserState::Free if self.has_turn() => preparing(&op),
             UserState::Free => match self.limit.admit(self.waiting.len()) {
                 Ok(()) => Phase::Admitting { op: op.clone() },
                 Err(retry_after) => {
@@ -205,9 +203,7 @@ impl Engine {
         let mut out: Vec<Command> = prepare(next, op).collect();
         out.push(deadline);
         t.preparing_since = now;
-        t.phase = Phase::Preparing {
-            votes: HashMap::new(),
-        };
+        t.phase = preparing(op);
         self.preparing += 1;
         out
     }
@@ -241,9 +237,7 @@ impl Engine {
             };
             out.extend(prepare(next, op));
             t.preparing_since = now;
-            t.phase = Phase::Preparing {
-                votes: HashMap::new(),
-            };
+            t.phase = preparing(op);
             self.preparing += 1;
         }
         out
@@ -265,12 +259,30 @@ fn reused(client: TxnId, request_id: &str) -> Command {
     }
 }
 
+/// The first `Prepare`s of a transaction. A registration goes to both participants at once. An update
+/// goes to the password participant alone: the history participant is asked only once the current
+/// password is verified, so a wrong guess costs one argon2 verification, takes no lock at the history
+/// participant, and is answered as fast for an unknown user as for a known one.
 fn prepare(txn: TxnId, op: &Operation) -> impl Iterator<Item = Command> + '_ {
-    Participant::ALL
-        .iter()
-        .map(move |&to| Command::SendPrepare {
-            txn,
-            to,
-            op: op.clone(),
-        })
+    let to: &[Participant] = match op {
+        Operation::Register { .. } => &Participant::ALL,
+        Operation::Update { .. } => &[Participant::Password],
+    };
+    to.iter().map(move |&to| Command::SendPrepare {
+        txn,
+        to,
+        op: op.clone(),
+    })
+}
+
+/// The phase that goes with [`prepare`]: no vote yet, and an update's operation kept for the history
+/// participant.
+fn preparing(op: &Operation) -> Phase {
+    Phase::Preparing {
+        votes: HashMap::new(),
+        history_next: match op {
+            Operation::Register { .. } => None,
+            Operation::Update { .. } => Some(op.clone()),
+        },
+    }
 }

@@ -38,15 +38,13 @@ fn begin(e: &mut Engine, user: &str, now: u64) -> (TxnId, Vec<Command>) {
     (txn, out)
 }
 
+/// An update's first `Prepare`: to the password participant alone.
 fn prepares(txn: TxnId, user: &str) -> Vec<Command> {
-    Participant::ALL
-        .into_iter()
-        .map(|to| Command::SendPrepare {
-            txn,
-            to,
-            op: update(user),
-        })
-        .collect()
+    vec![Command::SendPrepare {
+        txn,
+        to: Participant::Password,
+        op: update(user),
+    }]
 }
 
 fn deadline(txn: TxnId) -> Command {

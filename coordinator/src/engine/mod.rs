@@ -245,6 +245,9 @@ enum Phase {
     },
     Preparing {
         votes: HashMap<Participant, Vote>,
+        /// An update's operation, kept (in memory only) until the password participant has checked
+        /// the current password: only then is the history participant asked (`phase_one.rs`).
+        history_next: Option<Operation>,
     },
     /// All voted yes; the COMMIT record is being forced.
     Forcing,

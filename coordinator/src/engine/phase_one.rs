@@ -18,14 +18,32 @@ impl Engine {
         let Some(t) = self.txns.get_mut(&txn) else {
             return Vec::new();
         };
-        let Phase::Preparing { votes } = &mut t.phase else {
+        let Phase::Preparing {
+            votes,
+            history_next,
+        } = &mut t.phase
+        else {
             return Vec::new();
         };
+        if from == Participant::History && history_next.is_some() {
+            // Not asked yet: no vote of its can be about this transaction.
+            return Vec::new();
+        }
         if let Vote::No { reason } = &vote {
             let reason = reason.clone();
             return self.abort(txn, reason, now);
         }
         votes.insert(from, vote);
+        if from == Participant::Password
+            && let Some(op) = history_next.take()
+        {
+            // The current password is right: now the history participant may lock and hash.
+            return vec![Command::SendPrepare {
+                txn,
+                to: Participant::History,
+                op,
+            }];
+        }
         if votes.len() < Participant::ALL.len() {
             return Vec::new();
         }

@@ -255,13 +255,9 @@ async fn update(
         let mut belief = work.belief(user);
         match &completion {
             Completion::Ok { .. } => belief.current = Some(new),
-            Completion::Fail { reason, .. }
-                if reason == "current password is wrong" || reason == "unknown user" =>
-            {
+            // A wrong password and an unknown user read the same: relearn finds out which.
+            Completion::Fail { reason, .. } if reason == "invalid credentials" => {
                 belief.current = None;
-                if reason == "unknown user" {
-                    belief.registered = false;
-                }
             }
             Completion::Info { .. } => belief.current = None,
             _ => {}
@@ -289,13 +285,18 @@ async fn relearn(
                 return Some(candidate);
             }
             Ok(Ok(_)) => continue,
-            Ok(Err(status)) if status.code() == tonic::Code::NotFound => {
-                work.belief(user).registered = false;
-                return None;
-            }
             // In doubt or unreachable: try another time.
             _ => return None,
         }
+    }
+    // No password works (a verification says "no" for an unknown user too): is there a user at all?
+    let request = tpc_proto::v1::GetUserRequest {
+        user_id: name.to_owned(),
+    };
+    if let Ok(Err(status)) = tokio::time::timeout(CALL_TIMEOUT, reader.get_user(request)).await
+        && status.code() == tonic::Code::NotFound
+    {
+        work.belief(user).registered = false;
     }
     None
 }

@@ -50,6 +50,26 @@ pub struct Tuning {
     /// Page cache of each sled database, in MiB (sled's own default is 1 GiB per database).
     #[arg(long, default_value_t = tpc_common::DEFAULT_CACHE_MIB)]
     cache_mib: u64,
+    /// Wrong passwords allowed per user and client address; after them each next attempt from that
+    /// address waits 2^n s (a right password resets the count).
+    #[arg(long, default_value_t = tpc_common::guard::GuardConfig::default().free_failures)]
+    free_guesses: u32,
+    /// The longest wait after wrong passwords, in seconds.
+    #[arg(long, default_value_t = 900)]
+    max_guess_wait_s: u64,
+    /// Password checks (UpdatePassword, VerifyPassword) per second per client address; 0: unlimited.
+    #[arg(long, default_value_t = tpc_common::guard::GuardConfig::default().per_address_per_s)]
+    checks_per_address: u32,
+}
+
+impl Tuning {
+    fn guard(&self) -> tpc_common::guard::GuardConfig {
+        tpc_common::guard::GuardConfig {
+            free_failures: self.free_guesses,
+            max_backoff: std::time::Duration::from_secs(self.max_guess_wait_s),
+            per_address_per_s: self.checks_per_address,
+        }
+    }
 }
 
 /// What the history participant keeps.

@@ -49,6 +49,7 @@ pub async fn coordinator(
     config.smtp = smtp;
     config.strategy = strategy;
     config.cache_mib = tuning.cache_mib;
+    config.guard = tuning.guard();
     coord::run(config, listener, tpc_common::shutdown::signal()).await?;
     Ok(ExitCode::SUCCESS)
 }
@@ -73,6 +74,7 @@ pub async fn participant(
     config.history_depth = history.history_depth.max(1);
     config.history_keep = history.history_keep.max(config.history_depth);
     config.cache_mib = tuning.cache_mib;
+    config.guard = tuning.guard();
     part::run(config, listener, tpc_common::shutdown::signal()).await?;
     Ok(ExitCode::SUCCESS)
 }
@@ -106,10 +108,12 @@ pub async fn up(
     coord_config.smtp = smtp.clone();
     coord_config.strategy = strategy;
     coord_config.cache_mib = tuning.cache_mib;
+    coord_config.guard = tuning.guard();
     let mut pass_config = part::Config::new(Role::Password, data_dir.clone(), url(0));
     pass_config.cost = cost(argon2);
     let mut hist_config = part::Config::new(Role::History, data_dir.clone(), url(0));
     pass_config.cache_mib = tuning.cache_mib;
+    pass_config.guard = tuning.guard();
     hist_config.cost = pass_config.cost;
     hist_config.cache_mib = tuning.cache_mib;
 

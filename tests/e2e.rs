@@ -700,3 +700,67 @@ async fn even_a_trace_log_holds_no_hash_and_no_password() -> Result {
     }
     Ok(())
 }
+
+/// Guessing is throttled per user and client address: after the free wrong passwords, an address
+/// waits (`RESOURCE_EXHAUSTED`, with the wait as `grpc-retry-pushback-ms`) and costs no argon2 work;
+/// the owner, calling from another address, changes the password at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guesses_are_throttled_per_address_and_the_owner_elsewhere_is_not() -> Result {
+    use tpc_proto::v1::UpdatePasswordRequest;
+    use tpc_proto::v1::password_service_client::PasswordServiceClient;
+    let env = env_with(tpc_harness::ClusterOptions {
+        throttle_guesses: true,
+        ..Default::default()
+    })
+    .await?;
+    env.register("erin", "erin-pw-1").await?;
+    let url = env.cluster.url(Service::Coordinator);
+    let from = |last: u8| {
+        let url = url.clone();
+        async move {
+            let channel = tonic::transport::Endpoint::from_shared(url)?
+                .local_address(Some(std::net::IpAddr::from([127, 0, 0, last])))
+                .connect()
+                .await?;
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(PasswordServiceClient::new(channel))
+        }
+    };
+    let guess = |i: usize| UpdatePasswordRequest {
+        user_id: "erin".into(),
+        current_password: format!("guess-{i}"),
+        new_password: "erin-pw-9".into(),
+        request_id: String::new(),
+    };
+    let mut attacker = from(2).await?;
+    let mut throttled = 0;
+    for i in 0..10 {
+        match attacker.update_password(guess(i)).await {
+            Ok(r) => {
+                let r = r.into_inner();
+                assert_eq!(r.reason, "invalid credentials", "guess {i}: {r:?}");
+                assert!(i < 6, "guess {i} should have been throttled");
+            }
+            Err(status) => {
+                assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                assert!(
+                    status.metadata().get("grpc-retry-pushback-ms").is_some(),
+                    "{status:?}"
+                );
+                throttled += 1;
+            }
+        }
+    }
+    assert_eq!(throttled, 4, "the free guesses, then the wait");
+    let mut owner = from(3).await?;
+    let changed = owner
+        .update_password(UpdatePasswordRequest {
+            user_id: "erin".into(),
+            current_password: "erin-pw-1".into(),
+            new_password: "erin-pw-2".into(),
+            request_id: String::new(),
+        })
+        .await?
+        .into_inner();
+    assert!(committed(&changed), "{changed:?}");
+    Ok(())
+}

@@ -48,6 +48,7 @@ pub async fn start_cluster(
         // The product's default: the last 100 changes per user.
         history_keep: None,
         strategy,
+        throttle_guesses: false,
     })
     .await
 }

@@ -15,6 +15,7 @@ mod email;
 pub mod fault;
 mod fingerprint;
 mod group_commit;
+pub mod guard;
 mod invalid;
 mod operation;
 mod password;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tpc_common::guard::{Guard, GuardConfig};
 use tpc_common::{Backoff, Strategy, now_ms};
 use tpc_proto::MAX_MESSAGE_BYTES;
 use tpc_proto::v1::password_service_server::PasswordServiceServer;
@@ -38,6 +39,8 @@ pub struct Config {
     pub cache_mib: u64,
     /// Two-phase commit, or one of the strategies it is compared with.
     pub strategy: Strategy,
+    /// Throttling of password guesses.
+    pub guard: GuardConfig,
 }
 
 impl Config {
@@ -51,6 +54,7 @@ impl Config {
             retention: Duration::from_secs(24 * 3600),
             cache_mib: tpc_common::DEFAULT_CACHE_MIB,
             strategy: Strategy::TwoPc,
+            guard: GuardConfig::default(),
         }
     }
 }
@@ -121,9 +125,11 @@ pub async fn run(
         config.retention,
     ));
 
+    let guard = Arc::new(Guard::new(config.guard));
     let api = || Api {
         coordinator: coordinator.clone(),
         log: log.clone(),
+        guard: guard.clone(),
     };
     let router =
         tpc_common::serve::router(&["tpc.v1.PasswordService", "tpc.v1.TransactionManager"])

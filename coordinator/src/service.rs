@@ -17,11 +17,17 @@ use tracing::{Instrument, debug, info, info_span};
 use crate::engine::{Active, Decision, Participant, Refusal};
 use crate::log::{Log, State, TxnRecord};
 use crate::runner::Runner;
+use tpc_common::guard::{self, Guard};
+
+/// What a wrong current password and an unknown user both get (the password participant says so).
+const INVALID_CREDENTIALS: &str = "invalid credentials";
 use crate::runtime::Stopped;
 
 pub struct Api {
     pub coordinator: Runner,
     pub log: Arc<Log>,
+    /// Throttles password guesses (`UpdatePassword` checks the current password).
+    pub guard: Arc<Guard>,
 }
 
 const MAX_REQUEST_ID: usize = 128;
@@ -104,13 +110,24 @@ impl PasswordService for Api {
         &self,
         request: Request<UpdatePasswordRequest>,
     ) -> Result<Response<TransactionResult>, Status> {
+        let from = request.remote_addr().map(|a| a.ip());
         let req = request.into_inner();
+        let user = UserId::parse(&req.user_id)?;
         let op = Operation::Update {
-            user: UserId::parse(&req.user_id)?,
+            user: user.clone(),
             current: Password::new("current_password", req.current_password)?,
             new: Password::new("new_password", req.new_password)?,
         };
-        self.run(req.request_id, op).await
+        // Refused before any work when this address has guessed too often.
+        self.guard.admit(&user, from).map_err(guard::throttled)?;
+        let answer = self.run(req.request_id, op).await?;
+        let result = answer.get_ref();
+        if result.outcome() == transaction_result::Outcome::Committed {
+            self.guard.succeeded(&user, from);
+        } else if result.reason == INVALID_CREDENTIALS {
+            self.guard.failed(&user, from);
+        }
+        Ok(answer)
     }
 }
 

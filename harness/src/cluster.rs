@@ -66,6 +66,10 @@ pub struct ClusterOptions {
     pub history_keep: Option<usize>,
     /// The coordinator's `--strategy` (default: two-phase commit).
     pub strategy: tpc_common::Strategy,
+    /// Throttle password guesses as the product does by default. Off unless asked: every client of
+    /// the harness calls from 127.0.0.1, and workloads that guess wrong on purpose (chaos) or at full
+    /// speed (bench) would measure the throttle instead of the protocol.
+    pub throttle_guesses: bool,
 }
 
 /// The network links between the processes, each through a [`FaultProxy`]: the coordinator calls each
@@ -219,6 +223,14 @@ impl Cluster {
         }
         if service == Service::Coordinator {
             args.extend(["--strategy".into(), self.options.strategy.as_str().into()]);
+        }
+        if !self.options.throttle_guesses {
+            args.extend([
+                "--free-guesses".into(),
+                u32::MAX.to_string(),
+                "--checks-per-address".into(),
+                "0".into(),
+            ]);
         }
         if let (Service::History, Some(keep)) = (service, self.options.history_keep) {
             args.extend(["--history-keep".into(), keep.to_string()]);

@@ -25,6 +25,7 @@ use crate::history::{Histories, entries};
 use crate::node::{Node, Reply, detached};
 use crate::password::{Account, Passwords};
 use crate::resource::Resource;
+use tpc_common::guard::Guard;
 
 /// `tpc.v1.Participant` for either resource.
 pub struct ParticipantApi<R: Resource>(pub Arc<Node<R>>);
@@ -291,7 +292,7 @@ fn failure(status: &Status) -> BatchStatus {
 }
 
 /// `tpc.v1.PasswordReader`.
-pub struct PasswordApi(pub Arc<Node<Passwords>>);
+pub struct PasswordApi(pub Arc<Node<Passwords>>, pub Arc<Guard>);
 
 #[tonic::async_trait]
 impl PasswordReader for PasswordApi {
@@ -299,9 +300,14 @@ impl PasswordReader for PasswordApi {
         &self,
         request: Request<VerifyPasswordRequest>,
     ) -> Result<Response<VerifyPasswordResponse>, Status> {
+        let from = request.remote_addr().map(|a| a.ip());
         let req = request.into_inner();
         let user = UserId::parse(&req.user_id)?;
         let password = Password::new("password", req.password)?;
+        // A guess like any other: throttled before any work.
+        self.1
+            .admit(&user, from)
+            .map_err(tpc_common::guard::throttled)?;
         // An unknown user is verified against the decoy: "no", in the same time as a wrong password,
         // so the answer tells nobody which user ids exist.
         let hash = match self.0.read::<Account>(&user).await {
@@ -317,6 +323,11 @@ impl PasswordReader for PasswordApi {
             .0
             .hash_work(move || hasher.verify(&password, &hash))
             .await?;
+        if valid {
+            self.1.succeeded(&user, from);
+        } else {
+            self.1.failed(&user, from);
+        }
         Ok(Response::new(VerifyPasswordResponse { valid }))
     }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tonic::transport::Endpoint;
+use tpc_common::guard::{Guard, GuardConfig};
 use tpc_proto::v1::history_reader_server::HistoryReaderServer;
 use tpc_proto::v1::participant_server::ParticipantServer;
 use tpc_proto::v1::password_reader_server::PasswordReaderServer;
@@ -44,6 +45,8 @@ pub struct Config {
     pub engine: engine::Config,
     /// The store's page cache, in MiB.
     pub cache_mib: u64,
+    /// Throttling of password guesses (`VerifyPassword`).
+    pub guard: GuardConfig,
 }
 
 impl Config {
@@ -58,6 +61,7 @@ impl Config {
             read_wait: Duration::from_secs(3),
             engine: engine::Config::default(),
             cache_mib: tpc_common::DEFAULT_CACHE_MIB,
+            guard: GuardConfig::default(),
         }
     }
 }
@@ -97,8 +101,11 @@ pub async fn run(
                     .await
                     .add_service(participant_server(node.clone()))
                     .add_service(
-                        PasswordReaderServer::new(PasswordApi(node.clone()))
-                            .max_decoding_message_size(MAX_MESSAGE_BYTES),
+                        PasswordReaderServer::new(PasswordApi(
+                            node.clone(),
+                            Arc::new(Guard::new(config.guard)),
+                        ))
+                        .max_decoding_message_size(MAX_MESSAGE_BYTES),
                     );
             tokio::spawn(node.clone().collect_barriers_forever());
             (router, tokio::spawn(node.tick_forever(TICK)))

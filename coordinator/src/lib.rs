@@ -19,6 +19,7 @@ pub mod log;
 pub mod mailer;
 pub mod outbox;
 pub mod peers;
+mod request;
 pub mod runner;
 pub mod runtime;
 pub mod saga;

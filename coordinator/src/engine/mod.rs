@@ -96,6 +96,7 @@ pub struct AbortNote {
     pub decided_at: u64,
 }
 
+use crate::request::RequestKey;
 pub use limit::LimitConfig;
 use limit::PrepareLimit;
 
@@ -281,28 +282,6 @@ struct Txn {
     /// The request's payload digest (`None` for a transaction recovered from the log).
     fingerprint: Option<Fingerprint>,
     phase: Phase,
-}
-
-/// What a request id stands for, so a reuse for another request can be refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct RequestKey {
-    kind: OperationKind,
-    user: UserId,
-    /// The whole payload's keyed digest, passwords included; `None` after a restart (the digest is
-    /// never written down), when kind and user are all there is to compare.
-    fingerprint: Option<Fingerprint>,
-}
-
-impl RequestKey {
-    /// Whether a request with `other` may be the same request again (a retry).
-    fn same_request(&self, other: &RequestKey) -> bool {
-        self.kind == other.kind
-            && self.user == other.user
-            && match (self.fingerprint, other.fingerprint) {
-                (Some(a), Some(b)) => a == b,
-                _ => true,
-            }
-    }
 }
 
 /// A transaction the engine is working on, for `ListTransactions`.

@@ -24,6 +24,7 @@ use tpc_common::{
 };
 
 use crate::engine::{AbortNote, CommitRecord, Outcome, Participant, Refusal};
+use crate::request::RequestKey;
 
 /// The steps, in the order they run (compensations are sent together, the last step's first).
 pub const STEPS: [Participant; 2] = [Participant::Password, Participant::History];
@@ -205,27 +206,8 @@ pub struct Engine {
     /// Sagas of each user in arrival order; the first one runs.
     by_user: HashMap<UserId, VecDeque<TxnId>>,
     running: HashMap<String, TxnId>,
-    completed: HashMap<String, (TxnId, RequestOf)>,
+    completed: HashMap<String, (TxnId, RequestKey)>,
     fingerprints: Fingerprinter,
-}
-
-/// What a request id stood for: a retry must match it; another request reusing the id is refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct RequestOf {
-    kind: OperationKind,
-    user: UserId,
-    fingerprint: Option<Fingerprint>,
-}
-
-impl RequestOf {
-    fn admits(&self, other: &RequestOf) -> bool {
-        self.kind == other.kind
-            && self.user == other.user
-            && match (self.fingerprint, other.fingerprint) {
-                (Some(a), Some(b)) => a == b,
-                _ => true,
-            }
-    }
 }
 
 impl Engine {
@@ -274,13 +256,13 @@ impl Engine {
 
     fn begin(&mut self, txn: TxnId, request_id: String, op: Operation, now: u64) -> Vec<Command> {
         let (kind, user) = (op.kind(), op.user().clone());
-        let this = RequestOf {
+        let this = RequestKey {
             kind,
             user: user.clone(),
             fingerprint: Some(self.fingerprints.of(&op)),
         };
         if let Some((done, first)) = self.completed.get(&request_id) {
-            if !first.admits(&this) {
+            if !first.same_request(&this) {
                 return vec![reused(txn, request_id)];
             }
             let outcome = Outcome {
@@ -297,12 +279,12 @@ impl Engine {
         if let Some(running) = self.running.get(&request_id).copied()
             && let Some(saga) = self.sagas.get_mut(&running)
         {
-            let first = RequestOf {
+            let first = RequestKey {
                 kind: saga.kind,
                 user: saga.user.clone(),
                 fingerprint: saga.fingerprint,
             };
-            if !first.admits(&this) {
+            if !first.same_request(&this) {
                 return vec![reused(txn, request_id)];
             }
             saga.clients.push(txn);
@@ -511,7 +493,7 @@ impl Engine {
             outcome,
         }];
         self.running.remove(&saga.request_id);
-        let first = RequestOf {
+        let first = RequestKey {
             kind: saga.kind,
             user: saga.user.clone(),
             fingerprint: saga.fingerprint,
@@ -578,7 +560,7 @@ impl Engine {
         completed: Vec<(String, TxnId, OperationKind, UserId)>,
     ) -> Vec<Command> {
         for (request_id, txn, kind, user) in completed {
-            let first = RequestOf {
+            let first = RequestKey {
                 kind,
                 user,
                 fingerprint: None,

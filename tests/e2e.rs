@@ -764,3 +764,40 @@ async fn guesses_are_throttled_per_address_and_the_owner_elsewhere_is_not() -> R
     assert!(committed(&changed), "{changed:?}");
     Ok(())
 }
+
+/// A participant's `Prepare` repeated under the same transaction id with another payload is not a
+/// retry: it votes no and the prepared change stays as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_prepare_with_another_payload_votes_no() -> Result {
+    use tpc_proto::v1::{AbortRequest, PrepareRequest, Update, prepare_request, prepare_response};
+    let env = env().await?;
+    env.register("fay", "fay-pw-1").await?;
+    let mut password = env.cluster.participant(Service::Password).await?;
+    let txn = uuid_like();
+    let prepare = |new: &str| PrepareRequest {
+        txn_id: txn.clone(),
+        operation: Some(prepare_request::Operation::Update(Update {
+            user_id: "fay".into(),
+            current_password: "fay-pw-1".into(),
+            new_password: new.into(),
+        })),
+    };
+    let first = password.prepare(prepare("fay-pw-2")).await?.into_inner();
+    assert_eq!(first.vote(), prepare_response::Vote::Yes);
+    let retry = password.prepare(prepare("fay-pw-2")).await?.into_inner();
+    assert_eq!(
+        retry.vote(),
+        prepare_response::Vote::Yes,
+        "the same request"
+    );
+    let other = password.prepare(prepare("fay-pw-3")).await?.into_inner();
+    assert_eq!(other.vote(), prepare_response::Vote::No, "{other:?}");
+    assert!(other.reason.contains("another request"), "{other:?}");
+    password
+        .abort(AbortRequest {
+            txn_id: txn.clone(),
+        })
+        .await?;
+    assert!(env.verify("fay", "fay-pw-1").await?);
+    Ok(())
+}

@@ -16,6 +16,7 @@ fn one_change(engine: &mut Engine<u64>, user: &UserId, now: u64) -> usize {
             txn,
             user: user.clone(),
             at: now,
+            payload: None,
         },
         Event::Validated {
             txn,

@@ -186,6 +186,7 @@ async fn prepare_one<R: Resource>(
         txn,
         user: op.user().clone(),
         at: now_ms(),
+        payload: Some(node.fingerprint(&op)),
     };
     match node.clone().step(event, Some(op)).await? {
         Reply::Vote(Vote::Yes(change)) => Ok(PrepareResponse {

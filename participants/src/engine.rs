@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 
-use tpc_common::{Backoff, TxnId, UserId};
+use tpc_common::{Backoff, Fingerprint, TxnId, UserId};
 
 /// A participant's vote. A yes-vote carries the prepared change, from which the runtime takes what the
 /// coordinator needs (the password participant's vote carries the user's e-mail address).
@@ -48,8 +48,13 @@ pub enum Refusal {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event<C> {
-    /// `Prepare` arrived at `at` (ms).
-    PrepareRequested { txn: TxnId, user: UserId, at: u64 },
+    /// `Prepare` arrived at `at` (ms), with its payload's keyed digest (`None` where unknown).
+    PrepareRequested {
+        txn: TxnId,
+        user: UserId,
+        at: u64,
+        payload: Option<Fingerprint>,
+    },
     /// The expensive checks finished: the change to prepare, or why to vote no.
     Validated {
         txn: TxnId,
@@ -77,6 +82,22 @@ pub enum Event<C> {
     },
     /// Time passed: ask about in-doubt transactions, forget old tombstones.
     Tick { now: u64 },
+}
+
+impl<C> Event<C> {
+    /// The transaction the event is about, if one.
+    fn txn(&self) -> Option<TxnId> {
+        match self {
+            Event::PrepareRequested { txn, .. }
+            | Event::Validated { txn, .. }
+            | Event::PreparedForced { txn, .. }
+            | Event::CommitRequested { txn }
+            | Event::CommitApplied { txn, .. }
+            | Event::AbortRequested { txn, .. }
+            | Event::DecisionLearned { txn, .. } => Some(*txn),
+            Event::Recovered { .. } | Event::Tick { .. } => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -163,12 +184,16 @@ enum State<C> {
 
 const ABORTED_REASON: &str = "transaction was aborted";
 const TOO_OLD: &str = "transaction is too old to prepare";
+const OTHER_PAYLOAD: &str = "another request was prepared under this transaction id";
 
 #[derive(Debug)]
 pub struct Engine<C> {
     config: Config,
     txns: HashMap<TxnId, State<C>>,
     locks: HashMap<UserId, TxnId>,
+    /// The payload digest of each transaction until it is decided: a repeated `Prepare` must carry
+    /// the same request. (Not kept across a restart: the digest is never written down.)
+    payloads: HashMap<TxnId, Fingerprint>,
 }
 
 impl<C: Clone> Engine<C> {
@@ -177,6 +202,7 @@ impl<C: Clone> Engine<C> {
             config,
             txns: HashMap::new(),
             locks: HashMap::new(),
+            payloads: HashMap::new(),
         }
     }
 
@@ -211,8 +237,28 @@ impl<C: Clone> Engine<C> {
     }
 
     pub fn handle(&mut self, event: Event<C>) -> Vec<Command<C>> {
+        let txn = event.txn();
+        let out = self.handle_event(event);
+        // A payload matters until the transaction is decided.
+        if let Some(txn) = txn
+            && !matches!(
+                self.txns.get(&txn),
+                Some(State::Validating { .. } | State::Forcing { .. } | State::Prepared { .. })
+            )
+        {
+            self.payloads.remove(&txn);
+        }
+        out
+    }
+
+    fn handle_event(&mut self, event: Event<C>) -> Vec<Command<C>> {
         match event {
-            Event::PrepareRequested { txn, user, at } => self.prepare(txn, user, at),
+            Event::PrepareRequested {
+                txn,
+                user,
+                at,
+                payload,
+            } => self.prepare(txn, user, at, payload),
             Event::Validated { txn, outcome } => self.validated(txn, outcome),
             Event::PreparedForced { txn, at } => self.prepared_forced(txn, at),
             Event::CommitRequested { txn } => self.commit(txn),
@@ -231,8 +277,22 @@ impl<C: Clone> Engine<C> {
         }
     }
 
-    fn prepare(&mut self, txn: TxnId, user: UserId, at: u64) -> Vec<Command<C>> {
+    fn prepare(
+        &mut self,
+        txn: TxnId,
+        user: UserId,
+        at: u64,
+        payload: Option<Fingerprint>,
+    ) -> Vec<Command<C>> {
         match self.txns.get(&txn) {
+            // The same transaction id with another payload is not a retry: no, and the prepared change
+            // stays as it is.
+            Some(State::Prepared { .. })
+                if payload.is_some()
+                    && self.payloads.get(&txn).is_some_and(|p| Some(*p) != payload) =>
+            {
+                vec![vote_no(txn, OTHER_PAYLOAD)]
+            }
             Some(State::Prepared { change, .. }) => vec![Command::Vote {
                 txn,
                 vote: Vote::Yes(change.clone()),
@@ -258,6 +318,9 @@ impl<C: Clone> Engine<C> {
             None => {
                 self.locks.insert(user.clone(), txn);
                 self.txns.insert(txn, State::Validating { user });
+                if let Some(payload) = payload {
+                    self.payloads.insert(txn, payload);
+                }
                 vec![Command::Validate { txn }]
             }
         }

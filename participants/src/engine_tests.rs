@@ -33,6 +33,7 @@ fn prepared(e: &mut Engine<C>, name: &str, change: C) -> TxnId {
         txn,
         user: user(name),
         at: tpc_common::now_ms(),
+        payload: None,
     });
     e.handle(Event::Validated {
         txn,
@@ -53,7 +54,8 @@ fn prepare_locks_the_user_and_asks_for_validation() {
         e.handle(Event::PrepareRequested {
             txn,
             user: user("alice"),
-            at: tpc_common::now_ms()
+            at: tpc_common::now_ms(),
+            payload: None,
         }),
         vec![Command::Validate { txn }]
     );
@@ -68,6 +70,7 @@ fn validated_change_is_forced_before_the_vote() {
         txn,
         user: user("alice"),
         at: tpc_common::now_ms(),
+        payload: None,
     });
     assert_eq!(
         e.handle(Event::Validated {
@@ -96,6 +99,7 @@ fn failed_validation_votes_no_and_forgets() {
         txn,
         user: user("alice"),
         at: tpc_common::now_ms(),
+        payload: None,
     });
     assert_eq!(
         e.handle(Event::Validated {
@@ -126,7 +130,8 @@ fn a_locked_user_makes_prepare_vote_no_without_waiting() {
         e.handle(Event::PrepareRequested {
             txn: other,
             user: user("alice"),
-            at: tpc_common::now_ms()
+            at: tpc_common::now_ms(),
+            payload: None,
         }),
         vec![no(
             other,
@@ -139,7 +144,8 @@ fn a_locked_user_makes_prepare_vote_no_without_waiting() {
         e.handle(Event::PrepareRequested {
             txn: bob,
             user: user("bob"),
-            at: tpc_common::now_ms()
+            at: tpc_common::now_ms(),
+            payload: None,
         }),
         vec![Command::Validate { txn: bob }]
     );
@@ -153,7 +159,8 @@ fn repeated_prepare_of_a_prepared_transaction_votes_yes_again() {
         e.handle(Event::PrepareRequested {
             txn,
             user: user("alice"),
-            at: tpc_common::now_ms()
+            at: tpc_common::now_ms(),
+            payload: None,
         }),
         vec![yes(txn, "h1")]
     );
@@ -167,12 +174,14 @@ fn prepare_while_the_first_prepare_is_running_is_refused_for_retry() {
         txn,
         user: user("alice"),
         at: tpc_common::now_ms(),
+        payload: None,
     });
     assert_eq!(
         e.handle(Event::PrepareRequested {
             txn,
             user: user("alice"),
-            at: tpc_common::now_ms()
+            at: tpc_common::now_ms(),
+            payload: None,
         }),
         vec![Command::Refuse {
             txn,
@@ -255,6 +264,7 @@ fn commit_of_an_aborted_or_unprepared_transaction_is_refused() {
         txn: validating,
         user: user("bob"),
         at: tpc_common::now_ms(),
+        payload: None,
     });
     assert_eq!(
         e.handle(Event::CommitRequested { txn: validating }),
@@ -298,7 +308,8 @@ fn abort_before_prepare_prevents_a_hanging_prepare() {
         e.handle(Event::PrepareRequested {
             txn,
             user: user("alice"),
-            at: tpc_common::now_ms()
+            at: tpc_common::now_ms(),
+            payload: None,
         }),
         vec![no(txn, "transaction was aborted")]
     );
@@ -313,6 +324,7 @@ fn abort_during_validation_releases_at_once_and_the_prepare_votes_no() {
         txn,
         user: user("alice"),
         at: tpc_common::now_ms(),
+        payload: None,
     });
     assert_eq!(
         e.handle(Event::AbortRequested { txn, at: 1 }),
@@ -340,6 +352,7 @@ fn abort_during_the_forced_write_undoes_it_when_it_lands() {
         txn,
         user: user("alice"),
         at: tpc_common::now_ms(),
+        payload: None,
     });
     e.handle(Event::Validated {
         txn,
@@ -389,7 +402,8 @@ fn abort_of_a_committed_transaction_is_refused() {
         e.handle(Event::PrepareRequested {
             txn,
             user: user("alice"),
-            at: tpc_common::now_ms()
+            at: tpc_common::now_ms(),
+            payload: None,
         }),
         vec![Command::Refuse {
             txn,
@@ -514,7 +528,8 @@ fn old_tombstones_are_forgotten() {
         e.handle(Event::PrepareRequested {
             txn: aborted,
             user: user("bob"),
-            at: tpc_common::now_ms()
+            at: tpc_common::now_ms(),
+            payload: None,
         }),
         vec![Command::Validate { txn: aborted }]
     );
@@ -548,6 +563,7 @@ fn a_prepare_too_old_for_any_tombstone_votes_no_and_locks_nothing() {
             txn,
             user: user("alice"),
             at: late,
+            payload: None,
         }),
         vec![no(txn, TOO_OLD)]
     );
@@ -556,4 +572,41 @@ fn a_prepare_too_old_for_any_tombstone_votes_no_and_locks_nothing() {
         Config::default().tombstone_ms > Config::default().prepare_max_age_ms,
         "an Abort that overtook its Prepare outlives the Prepare's acceptance"
     );
+}
+
+#[test]
+fn a_repeated_prepare_with_another_payload_votes_no_and_changes_nothing() {
+    let mut e = engine();
+    let f = tpc_common::Fingerprinter::new();
+    let op = |new: &str| tpc_common::Operation::Update {
+        user: user("alice"),
+        current: tpc_common::Password::new("current_password", "old".into()).unwrap(),
+        new: tpc_common::Password::new("new_password", new.into()).unwrap(),
+    };
+    let prepare = |txn, new: &str| Event::PrepareRequested {
+        txn,
+        user: user("alice"),
+        at: tpc_common::now_ms(),
+        payload: Some(f.of(&op(new))),
+    };
+    let txn = TxnId::generate();
+    assert_eq!(e.handle(prepare(txn, "a")), vec![Command::Validate { txn }]);
+    e.handle(Event::Validated {
+        txn,
+        outcome: Ok("h7"),
+    });
+    e.handle(Event::PreparedForced { txn, at: 1_000 });
+    assert_eq!(e.handle(prepare(txn, "a")), vec![yes(txn, "h7")], "a retry");
+    assert_eq!(
+        e.handle(prepare(txn, "b")),
+        vec![no(
+            txn,
+            "another request was prepared under this transaction id"
+        )]
+    );
+    assert_eq!(e.in_doubt(), vec![txn], "still prepared, as it was");
+    // After the decision the digest is forgotten.
+    e.handle(Event::CommitRequested { txn });
+    e.handle(Event::CommitApplied { txn, at: 1_001 });
+    assert!(e.payloads.is_empty());
 }

@@ -48,6 +48,8 @@ pub struct Node<R: Resource> {
     user_stripes: Vec<tokio::sync::Mutex<()>>,
     /// A saga step of an unknown transaction older than this is refused (`local.rs`).
     max_step_age_ms: u64,
+    /// Digests `Prepare` payloads, so a repeat with another payload can be told apart.
+    fingerprints: tpc_common::Fingerprinter,
 }
 
 impl<R: Resource> Node<R> {
@@ -85,6 +87,7 @@ impl<R: Resource> Node<R> {
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
             max_step_age_ms: config.prepare_max_age_ms,
+            fingerprints: tpc_common::Fingerprinter::new(),
         }))
     }
 
@@ -94,6 +97,11 @@ impl<R: Resource> Node<R> {
 
     pub fn resource(&self) -> &R {
         &self.resource
+    }
+
+    /// The keyed digest of a `Prepare`'s payload (under this process's key).
+    pub fn fingerprint(&self, op: &Operation) -> tpc_common::Fingerprint {
+        self.fingerprints.of(op)
     }
 
     /// In-doubt transactions and the number of locked users.
@@ -460,6 +468,7 @@ mod tests {
                 txn,
                 user: op.user().clone(),
                 at: now_ms(),
+                payload: None,
             };
             node.drive(event, Some(op)).await
         })

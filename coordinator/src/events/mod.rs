@@ -115,6 +115,17 @@ impl Events {
     ) -> Result<Self, crate::log::LogError> {
         let mut requests = HashMap::new();
         for r in log.records()? {
+            // Every consumer had it, but noting that (unforced) was lost in a crash after the last
+            // delivery's removal had reached the disk: note it now, or it would stay "committing".
+            if r.state == State::Committing {
+                let mut waiting = false;
+                for c in Consumer::ALL {
+                    waiting |= log.awaits(c.name(), r.txn)?;
+                }
+                if !waiting {
+                    log.set_state(r.txn, State::Committed)?;
+                }
+            }
             if matches!(r.state, State::Committing | State::Committed) {
                 let (_, durable) = watch::channel(true);
                 requests.insert(

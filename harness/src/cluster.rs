@@ -447,13 +447,25 @@ impl Cluster {
                 )));
             }
         }
-        for t in self.list_transactions().await? {
-            if matches!(
-                t.state(),
-                transaction::State::Active
-                    | transaction::State::Committing
-                    | transaction::State::Compensating
-            ) {
+        // Only the states still in flight, a few of each: after a long run the whole log is far
+        // larger than a gRPC message may be.
+        for state in [
+            transaction::State::Active,
+            transaction::State::Committing,
+            transaction::State::Compensating,
+        ] {
+            let request = ListTransactionsRequest {
+                state: state.into(),
+                limit: 1,
+            };
+            let listed = self
+                .transactions()
+                .await?
+                .list_transactions(request)
+                .await?
+                .into_inner()
+                .transactions;
+            if let Some(t) = listed.first() {
                 return Ok(Some(format!(
                     "coordinator: {} is {}",
                     t.txn_id,

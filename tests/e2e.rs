@@ -772,6 +772,8 @@ async fn a_repeated_prepare_with_another_payload_votes_no() -> Result {
     use tpc_proto::v1::{AbortRequest, PrepareRequest, Update, prepare_request, prepare_response};
     let env = env().await?;
     env.register("fay", "fay-pw-1").await?;
+    // The registration's phase two finishes after its client was answered: let it release fay.
+    converge(&env).await;
     let mut password = env.cluster.participant(Service::Password).await?;
     let txn = uuid_like();
     let prepare = |new: &str| PrepareRequest {
@@ -783,7 +785,7 @@ async fn a_repeated_prepare_with_another_payload_votes_no() -> Result {
         })),
     };
     let first = password.prepare(prepare("fay-pw-2")).await?.into_inner();
-    assert_eq!(first.vote(), prepare_response::Vote::Yes);
+    assert_eq!(first.vote(), prepare_response::Vote::Yes, "{first:?}");
     let retry = password.prepare(prepare("fay-pw-2")).await?.into_inner();
     assert_eq!(
         retry.vote(),

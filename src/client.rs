@@ -4,7 +4,12 @@ use std::io::{BufRead, IsTerminal};
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
-use tonic::transport::Channel;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tonic::transport::{Channel, Endpoint};
+use tpc_common::Principal;
+use tpc_common::tls::{self, Credentials, Internal};
 use tpc_proto::v1::history_reader_client::HistoryReaderClient;
 use tpc_proto::v1::password_reader_client::PasswordReaderClient;
 use tpc_proto::v1::password_service_client::PasswordServiceClient;
@@ -19,9 +24,13 @@ use crate::Result;
 
 #[derive(Args, Clone)]
 pub struct Conn {
-    /// The coordinator.
+    /// The coordinator's public listener (`https://…` for TLS).
     #[arg(long, default_value = "http://127.0.0.1:50051", global = true)]
     coordinator: String,
+    /// CA certificate (PEM) that `https://` servers are verified against (default: the public web's
+    /// roots).
+    #[arg(long, global = true)]
+    ca: Option<PathBuf>,
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
@@ -29,11 +38,12 @@ pub struct Conn {
 
 impl Conn {
     async fn channel(&self, url: &str) -> Result<Channel> {
-        Channel::from_shared(url.to_owned())
-            .map_err(|e| format!("{url}: {e}"))?
-            .connect()
-            .await
-            .map_err(|e| format!("cannot reach {url}: {e}").into())
+        let mut endpoint =
+            Endpoint::from_shared(url.to_owned()).map_err(|e| format!("{url}: {e}"))?;
+        if url.starts_with("https://") {
+            endpoint = endpoint.tls_config(tls::public_client(self.ca.as_deref())?)?;
+        }
+        connect(endpoint, url).await
     }
 
     /// A participant's URL: given explicitly, or the coordinator's port + `offset` (the `tpc up` layout).
@@ -122,14 +132,50 @@ pub enum TxnCommand {
         #[arg(long, default_value_t = 20)]
         limit: u32,
         #[command(flatten)]
-        conn: Conn,
+        admin: AdminConn,
     },
     /// Show one transaction.
     Show {
         txn: String,
         #[command(flatten)]
-        conn: Conn,
+        admin: AdminConn,
     },
+}
+
+async fn connect(endpoint: Endpoint, url: &str) -> Result<Channel> {
+    endpoint
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .map_err(|e| format!("cannot reach {url}: {e}").into())
+}
+
+/// The coordinator's internal listener, where the admin calls are, with an operator's certificate.
+#[derive(Args, Clone)]
+pub struct AdminConn {
+    /// The coordinator's internal listener (`tpc up`: PORT+3).
+    #[arg(long, default_value = "https://127.0.0.1:50054")]
+    internal: String,
+    /// The cluster's certificate directory, for its CA and `admin.pem`/`admin.key` (`tpc up` writes
+    /// one in DATA_DIR/certs).
+    #[arg(long, default_value = "./tpc-data/certs")]
+    certs: PathBuf,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+impl AdminConn {
+    async fn transactions(&self) -> Result<TransactionManagerClient<Channel>> {
+        let access = if self.internal.starts_with("https://") {
+            Internal::Mutual(Credentials::load(&self.certs, Principal::Admin)?)
+        } else {
+            Internal::Insecure
+        };
+        let endpoint = access.endpoint(&self.internal, Principal::Coordinator)?;
+        Ok(TransactionManagerClient::new(
+            connect(endpoint, &self.internal).await?,
+        ))
+    }
 }
 
 /// Reads secrets: prompted without echo on a terminal, else one per line from stdin.
@@ -309,14 +355,20 @@ pub async fn history(args: HistoryArgs) -> Result {
 
 pub async fn txn(cmd: TxnCommand) -> Result {
     match cmd {
-        TxnCommand::List { state, limit, conn } => {
+        TxnCommand::List {
+            state,
+            limit,
+            admin,
+        } => {
+            let conn = &admin.conn;
             let state = match state.as_deref() {
                 None => transaction::State::Unspecified,
                 Some(s) => transaction::State::from_str_name(&s.to_uppercase())
                     .ok_or("state must be active, committing, committed or aborted")?,
             };
-            let mut client = TransactionManagerClient::new(conn.channel(&conn.coordinator).await?);
-            let list = client
+            let list = admin
+                .transactions()
+                .await?
                 .list_transactions(ListTransactionsRequest {
                     state: state.into(),
                     limit,
@@ -346,9 +398,11 @@ pub async fn txn(cmd: TxnCommand) -> Result {
             }
             Ok(ExitCode::SUCCESS)
         }
-        TxnCommand::Show { txn, conn } => {
-            let mut client = TransactionManagerClient::new(conn.channel(&conn.coordinator).await?);
-            let t = client
+        TxnCommand::Show { txn, admin } => {
+            let conn = &admin.conn;
+            let t = admin
+                .transactions()
+                .await?
                 .get_transaction(GetTransactionRequest { txn_id: txn })
                 .await
                 .map_err(status)?

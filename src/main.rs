@@ -72,6 +72,38 @@ impl Tuning {
     }
 }
 
+/// How a server's listeners are protected (docs/security.md).
+#[derive(clap::Args, Clone)]
+pub struct Security {
+    /// The cluster's certificate directory (ca.pem, and this service's NAME.pem and NAME.key): mutual
+    /// TLS on the internal listener and on the calls to the other services' internal listeners, whose
+    /// URLs are then https://. Make one with `tpc certs`.
+    #[arg(long)]
+    certs: Option<PathBuf>,
+    /// Serve the internal listener without TLS on a non-loopback address. Only where the network admits
+    /// nothing but the cluster's own services: anyone who reaches it can commit changes.
+    #[arg(long, conflicts_with = "certs")]
+    insecure_internal: bool,
+    /// Certificate chain (PEM) for TLS on the public listener.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+}
+
+impl Security {
+    fn public_tls(&self) -> Option<tpc_common::tls::PublicTls> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(tpc_common::tls::PublicTls {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            _ => None,
+        }
+    }
+}
+
 /// What the history participant keeps.
 #[derive(clap::Args, Clone, Copy)]
 pub struct HistoryLimits {
@@ -114,12 +146,16 @@ pub enum RoleArg {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the coordinator on PORT and the password and history participants on PORT+1 and PORT+2.
+    /// Run the coordinator on PORT and the password and history participants on PORT+1 and PORT+2, their
+    /// internal listeners on PORT+3, PORT+4 and PORT+5 (mutual TLS with fresh certificates in
+    /// DATA_DIR/certs unless --certs or --insecure-internal).
     Up {
         #[arg(long, default_value = "./tpc-data")]
         data_dir: PathBuf,
-        #[arg(long, default_value_t = 50051)]
+        #[arg(long, default_value_t = 50051, value_parser = clap::value_parser!(u16).range(1..=65530))]
         port: u16,
+        #[command(flatten)]
+        security: Security,
         /// SMTP server for e-mail (smtp://host:port); default: .eml files in DATA_DIR/mail.
         #[arg(long)]
         smtp: Option<String>,
@@ -132,16 +168,22 @@ enum Command {
     },
     /// Run the transaction manager alone.
     Coordinator {
+        /// Address of the public listener (PasswordService), e.g. 0.0.0.0:50051.
         #[arg(long)]
         listen: String,
+        /// Address of the internal listener (decisions for the participants, admin calls).
+        #[arg(long)]
+        internal_listen: String,
         #[arg(long)]
         data_dir: PathBuf,
-        /// URL of the password participant.
+        /// URL of the password participant's internal listener.
         #[arg(long)]
         password: String,
-        /// URL of the history participant.
+        /// URL of the history participant's internal listener.
         #[arg(long)]
         history: String,
+        #[command(flatten)]
+        security: Security,
         #[arg(long)]
         smtp: Option<String>,
         /// How changes are made atomic; a data directory keeps the strategy it was first run with.
@@ -154,13 +196,19 @@ enum Command {
     Participant {
         #[arg(value_enum)]
         role: RoleArg,
+        /// Address of the public listener (PasswordReader or HistoryReader).
         #[arg(long)]
         listen: String,
+        /// Address of the internal listener (the protocol: Prepare, Commit, Abort…).
+        #[arg(long)]
+        internal_listen: String,
         #[arg(long)]
         data_dir: PathBuf,
-        /// URL of the coordinator, asked about in-doubt transactions.
+        /// URL of the coordinator's internal listener, asked about in-doubt transactions.
         #[arg(long)]
         coordinator: String,
+        #[command(flatten)]
+        security: Security,
         #[arg(long, value_enum, default_value = "owasp")]
         argon2: Argon2Arg,
         #[command(flatten)]
@@ -182,6 +230,16 @@ enum Command {
     Txn(client::TxnCommand),
     /// List the fail points (fault injection), with what a crash at each one tests.
     Failpoints,
+    /// Make a development CA and a certificate per service (coordinator, password, history, admin)
+    /// plus one for the public listeners, for `--certs` and `--tls-cert`. The CA's key is not kept.
+    Certs {
+        /// Directory to write them to.
+        #[arg(long)]
+        out: PathBuf,
+        /// More names (DNS or IP) for the public certificate, besides localhost, 127.0.0.1 and ::1.
+        #[arg(long, value_delimiter = ',')]
+        public_name: Vec<String>,
+    },
     /// Run real processes under a random schedule of faults while clients work, then check every
     /// invariant. Exit status 1 on any violation.
     Chaos {
@@ -245,6 +303,10 @@ enum Command {
         /// Fraction of changes that reuse one of the user's recent passwords (the history refuses it).
         #[arg(long, default_value_t = 0.0)]
         reuse_rate: f64,
+        /// Plaintext between the services instead of mutual TLS (the product's default), to measure
+        /// what TLS costs.
+        #[arg(long)]
+        insecure_internal: bool,
         /// Measure nothing: draw the report again from a saved `results.json`, beside it
         /// (`report.html`; `NAME-report.html` for `NAME-results.json`).
         #[arg(long, value_name = "RESULTS_JSON")]
@@ -269,39 +331,75 @@ async fn main() -> ExitCode {
         Command::Up {
             data_dir,
             port,
+            security,
             smtp,
             argon2,
             strategy,
             tuning,
         } => {
             telemetry::init(format);
-            servers::up(data_dir, port, smtp, argon2, strategy.into(), tuning).await
+            servers::up(servers::Up {
+                data_dir,
+                port,
+                security,
+                smtp,
+                argon2,
+                strategy: strategy.into(),
+                tuning,
+            })
+            .await
         }
         Command::Coordinator {
             listen,
+            internal_listen,
             data_dir,
             password,
             history,
+            security,
             smtp,
             strategy,
             tuning,
         } => {
             telemetry::init(format);
-            let strategy = strategy.into();
-            servers::coordinator(listen, data_dir, password, history, smtp, strategy, tuning).await
+            servers::coordinator(servers::CoordinatorArgs {
+                listen,
+                internal_listen,
+                data_dir,
+                password,
+                history,
+                security,
+                smtp,
+                strategy: strategy.into(),
+                tuning,
+            })
+            .await
         }
         Command::Participant {
             role,
             listen,
+            internal_listen,
             data_dir,
             coordinator,
+            security,
             argon2,
             history,
             tuning,
         } => {
             telemetry::init(format);
-            servers::participant(role, listen, data_dir, coordinator, argon2, history, tuning).await
+            servers::participant(servers::ParticipantArgs {
+                role,
+                listen,
+                internal_listen,
+                data_dir,
+                coordinator,
+                security,
+                argon2,
+                history,
+                tuning,
+            })
+            .await
         }
+        Command::Certs { out, public_name } => servers::certs(&out, &public_name),
         Command::User(cmd) => client::user(cmd).await,
         Command::Passwd(args) => client::passwd(args).await,
         Command::Verify(args) => client::verify(args).await,
@@ -332,6 +430,7 @@ async fn main() -> ExitCode {
             faults,
             readers,
             reuse_rate,
+            insecure_internal,
             render: None,
         } => {
             let strategies = strategies.into_iter().map(Into::into).collect();
@@ -355,6 +454,7 @@ async fn main() -> ExitCode {
                 }),
                 burst,
                 progress: true,
+                insecure_internal,
             })
             .await
         }

@@ -1,17 +1,19 @@
-//! `tpc up`, `tpc coordinator` and `tpc participant`: thin wrappers that bind sockets and run the
-//! services until Ctrl-C or SIGTERM.
+//! `tpc up`, `tpc coordinator`, `tpc participant` and `tpc certs`: thin wrappers that bind sockets and
+//! run the services until Ctrl-C or SIGTERM.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tpc_common::Strategy;
+use tpc_common::serve::Listeners;
+use tpc_common::tls::Internal;
+use tpc_common::{Principal, Strategy};
 use tpc_coordinator::server as coord;
 use tpc_participants::hashing::Cost;
 use tpc_participants::server::{self as part, Role};
 
-use crate::{Argon2Arg, HistoryLimits, Result, RoleArg, Tuning};
+use crate::{Argon2Arg, HistoryLimits, Result, RoleArg, Security, Tuning};
 
 fn cost(arg: Argon2Arg) -> Cost {
     match arg {
@@ -34,68 +36,153 @@ async fn bind(addr: &str) -> Result<TcpListener> {
         .map_err(|e| format!("cannot listen on {addr}: {e}").into())
 }
 
-pub async fn coordinator(
-    listen: String,
-    data_dir: PathBuf,
-    password: String,
-    history: String,
-    smtp: Option<String>,
-    strategy: Strategy,
-    tuning: Tuning,
-) -> Result {
+/// Binds both listeners and chooses the internal one's protection: a server whose internal listener
+/// is reachable from other hosts without TLS refuses to start (unless told it is on purpose).
+async fn listeners(
+    public: &str,
+    internal: &str,
+    security: &Security,
+    me: Principal,
+) -> Result<(Listeners, Internal)> {
+    let internal = bind(internal).await?;
+    let access = Internal::choose(
+        security.certs.as_deref(),
+        me,
+        security.insecure_internal,
+        internal.local_addr()?,
+    )?;
+    if let Internal::Insecure = access {
+        tracing::warn!(
+            addr = ?internal.local_addr().ok(),
+            "the internal listener has no TLS: every caller that reaches it is trusted"
+        );
+    }
+    let public = bind(public).await?;
+    Ok((Listeners { public, internal }, access))
+}
+
+pub struct CoordinatorArgs {
+    pub listen: String,
+    pub internal_listen: String,
+    pub data_dir: PathBuf,
+    pub password: String,
+    pub history: String,
+    pub security: Security,
+    pub smtp: Option<String>,
+    pub strategy: Strategy,
+    pub tuning: Tuning,
+}
+
+pub async fn coordinator(args: CoordinatorArgs) -> Result {
     fail_points()?;
-    let listener = bind(&listen).await?;
-    let mut config = coord::Config::new(data_dir, password, history);
-    config.smtp = smtp;
-    config.strategy = strategy;
-    config.cache_mib = tuning.cache_mib;
-    config.guard = tuning.guard();
-    coord::run(config, listener, tpc_common::shutdown::signal()).await?;
+    let (listeners, internal) = listeners(
+        &args.listen,
+        &args.internal_listen,
+        &args.security,
+        Principal::Coordinator,
+    )
+    .await?;
+    let mut config = coord::Config::new(args.data_dir, args.password, args.history);
+    config.smtp = args.smtp;
+    config.strategy = args.strategy;
+    config.cache_mib = args.tuning.cache_mib;
+    config.guard = args.tuning.guard();
+    config.internal = internal;
+    config.public_tls = args.security.public_tls();
+    coord::run(config, listeners, tpc_common::shutdown::signal()).await?;
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn participant(
-    role: RoleArg,
-    listen: String,
-    data_dir: PathBuf,
-    coordinator: String,
-    argon2: Argon2Arg,
-    history: HistoryLimits,
-    tuning: Tuning,
-) -> Result {
+pub struct ParticipantArgs {
+    pub role: RoleArg,
+    pub listen: String,
+    pub internal_listen: String,
+    pub data_dir: PathBuf,
+    pub coordinator: String,
+    pub security: Security,
+    pub argon2: Argon2Arg,
+    pub history: HistoryLimits,
+    pub tuning: Tuning,
+}
+
+pub async fn participant(args: ParticipantArgs) -> Result {
     fail_points()?;
-    let listener = bind(&listen).await?;
-    let role = match role {
-        RoleArg::Password => Role::Password,
-        RoleArg::History => Role::History,
+    let (role, me) = match args.role {
+        RoleArg::Password => (Role::Password, Principal::Password),
+        RoleArg::History => (Role::History, Principal::History),
     };
-    let mut config = part::Config::new(role, data_dir, coordinator);
-    config.cost = cost(argon2);
-    config.history_depth = history.history_depth.max(1);
-    config.history_keep = history.history_keep.max(config.history_depth);
-    config.cache_mib = tuning.cache_mib;
-    config.guard = tuning.guard();
-    part::run(config, listener, tpc_common::shutdown::signal()).await?;
+    let (listeners, internal) =
+        listeners(&args.listen, &args.internal_listen, &args.security, me).await?;
+    let mut config = part::Config::new(role, args.data_dir, args.coordinator);
+    config.cost = cost(args.argon2);
+    config.history_depth = args.history.history_depth.max(1);
+    config.history_keep = args.history.history_keep.max(config.history_depth);
+    config.cache_mib = args.tuning.cache_mib;
+    config.guard = args.tuning.guard();
+    config.internal = internal;
+    config.public_tls = args.security.public_tls();
+    part::run(config, listeners, tpc_common::shutdown::signal()).await?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// All three services in one process, on PORT, PORT+1 and PORT+2 of 127.0.0.1.
-pub async fn up(
-    data_dir: PathBuf,
-    port: u16,
-    smtp: Option<String>,
-    argon2: Argon2Arg,
-    strategy: Strategy,
-    tuning: Tuning,
-) -> Result {
-    fail_points()?;
-    let addr = |offset: u16| format!("127.0.0.1:{}", port + offset);
-    let url = |offset: u16| format!("http://{}", addr(offset));
-    let (coord_l, pass_l, hist_l) = (
-        bind(&addr(0)).await?,
-        bind(&addr(1)).await?,
-        bind(&addr(2)).await?,
+/// `tpc certs`.
+pub fn certs(out: &Path, public_names: &[String]) -> Result {
+    tpc_common::certs::issue(out, public_names)?;
+    println!(
+        "certificates in {}: ca.pem, and NAME.pem + NAME.key for coordinator, password, history, admin and public",
+        out.display()
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub struct Up {
+    pub data_dir: PathBuf,
+    pub port: u16,
+    pub security: Security,
+    pub smtp: Option<String>,
+    pub argon2: Argon2Arg,
+    pub strategy: Strategy,
+    pub tuning: Tuning,
+}
+
+/// All three services in one process: public listeners on PORT, PORT+1 and PORT+2 of 127.0.0.1,
+/// internal ones on PORT+3, PORT+4 and PORT+5, with mutual TLS from fresh certificates by default.
+pub async fn up(args: Up) -> Result {
+    fail_points()?;
+    let Up {
+        data_dir,
+        port,
+        mut security,
+        smtp,
+        argon2,
+        strategy,
+        tuning,
+    } = args;
+    let addr = |offset: u16| format!("127.0.0.1:{}", port + offset);
+    if security.certs.is_none() && !security.insecure_internal {
+        // Fresh every start: nothing to set up, and a directory left behind is no use to anyone later.
+        let dir = data_dir.join("certs");
+        tpc_common::certs::issue(&dir, &[])?;
+        security.certs = Some(dir);
+    }
+    let scheme = if security.certs.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let public_scheme = if security.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let url = |offset: u16| format!("{public_scheme}://{}", addr(offset));
+    let internal_url = |offset: u16| format!("{scheme}://{}", addr(offset + 3));
+    let (coord_l, coord_access) =
+        listeners(&addr(0), &addr(3), &security, Principal::Coordinator).await?;
+    let (pass_l, pass_access) =
+        listeners(&addr(1), &addr(4), &security, Principal::Password).await?;
+    let (hist_l, hist_access) =
+        listeners(&addr(2), &addr(5), &security, Principal::History).await?;
 
     let (stop, stopped) = watch::channel(false);
     let until_stopped = || {
@@ -104,32 +191,45 @@ pub async fn up(
             let _ = rx.wait_for(|s| *s).await;
         }
     };
-    let mut coord_config = coord::Config::new(data_dir.clone(), url(1), url(2));
+    let mut coord_config = coord::Config::new(data_dir.clone(), internal_url(1), internal_url(2));
     coord_config.smtp = smtp.clone();
     coord_config.strategy = strategy;
     coord_config.cache_mib = tuning.cache_mib;
     coord_config.guard = tuning.guard();
-    let mut pass_config = part::Config::new(Role::Password, data_dir.clone(), url(0));
-    pass_config.cost = cost(argon2);
-    let mut hist_config = part::Config::new(Role::History, data_dir.clone(), url(0));
-    pass_config.cache_mib = tuning.cache_mib;
-    pass_config.guard = tuning.guard();
-    hist_config.cost = pass_config.cost;
-    hist_config.cache_mib = tuning.cache_mib;
+    coord_config.internal = coord_access;
+    coord_config.public_tls = security.public_tls();
+    let participant = |role, access| {
+        let mut config = part::Config::new(role, data_dir.clone(), internal_url(0));
+        config.cost = cost(argon2);
+        config.cache_mib = tuning.cache_mib;
+        config.guard = tuning.guard();
+        config.internal = access;
+        config.public_tls = security.public_tls();
+        config
+    };
+    let pass_config = participant(Role::Password, pass_access);
+    let hist_config = participant(Role::History, hist_access);
 
     println!("tpc is up (data in {}):", data_dir.display());
-    println!(
-        "  coordinator           {}  (PasswordService, TransactionManager)",
-        url(0)
-    );
-    println!(
-        "  password participant  {}  (Participant, PasswordReader)",
-        url(1)
-    );
-    println!(
-        "  history participant   {}  (Participant, HistoryReader)",
-        url(2)
-    );
+    println!("                        public (clients)          internal (the protocol, admin)");
+    for (name, offset, services) in [
+        ("coordinator", 0, "PasswordService / TransactionManager"),
+        ("password participant", 1, "PasswordReader / Participant"),
+        ("history participant", 2, "HistoryReader / Participant"),
+    ] {
+        println!(
+            "  {name:<21} {:<25} {:<25} {services}",
+            url(offset),
+            internal_url(offset)
+        );
+    }
+    match &security.certs {
+        Some(dir) => println!(
+            "  internal calls        mutual TLS, certificates in {} (tpc txn uses admin.pem)",
+            dir.display()
+        ),
+        None => println!("  internal calls        NO TLS (--insecure-internal)"),
+    }
     println!(
         "  e-mail                {}",
         smtp.as_deref().map_or_else(

@@ -443,15 +443,11 @@ async fn participants_in_doubt_learn_presumed_abort_from_the_restarted_coordinat
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn participants_refuse_malformed_protocol_messages() -> Result {
-    use tpc_proto::v1::participant_client::ParticipantClient;
     use tpc_proto::v1::{CommitRequest, PrepareRequest, Register, prepare_request};
 
     let env = env().await?;
     for service in [Service::Password, Service::History] {
-        let channel = tonic::transport::Channel::from_shared(env.cluster.url(service))?
-            .connect()
-            .await?;
-        let mut participant = ParticipantClient::new(channel);
+        let mut participant = env.cluster.participant(service).await?;
         let register = prepare_request::Operation::Register(Register {
             user_id: "ivan".into(),
             email: "ivan@example.com".into(),
@@ -497,15 +493,11 @@ async fn participants_refuse_malformed_protocol_messages() -> Result {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_answers_each_transaction_on_its_own() -> Result {
-    use tpc_proto::v1::participant_client::ParticipantClient;
     use tpc_proto::v1::{PrepareBatchRequest, PrepareRequest, Register, TxnBatch, prepare_request};
 
     let env = env().await?;
     env.register("judy", "judys-first-pw").await?;
-    let channel = tonic::transport::Channel::from_shared(env.cluster.url(Service::Password))?
-        .connect()
-        .await?;
-    let mut participant = ParticipantClient::new(channel);
+    let mut participant = env.cluster.participant(Service::Password).await?;
     let register = |user: &str, password: &str| {
         Some(prepare_request::Operation::Register(Register {
             user_id: user.into(),
@@ -594,25 +586,25 @@ async fn every_server_has_health_and_lists_its_services_by_reflection() -> Resul
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
     let env = env().await?;
+    let public = tonic::transport::Channel::from_shared;
+    // Each listener reports its own services as serving, and lists them by reflection.
     let expected = [
-        (
-            Service::Coordinator,
-            ["tpc.v1.PasswordService", "tpc.v1.TransactionManager"],
-        ),
-        (
-            Service::Password,
-            ["tpc.v1.Participant", "tpc.v1.PasswordReader"],
-        ),
-        (
-            Service::History,
-            ["tpc.v1.Participant", "tpc.v1.HistoryReader"],
-        ),
+        (Service::Coordinator, false, "tpc.v1.PasswordService"),
+        (Service::Coordinator, true, "tpc.v1.TransactionManager"),
+        (Service::Password, false, "tpc.v1.PasswordReader"),
+        (Service::Password, true, "tpc.v1.Participant"),
+        (Service::History, false, "tpc.v1.HistoryReader"),
+        (Service::History, true, "tpc.v1.Participant"),
     ];
-    for (service, names) in expected {
-        let channel = tonic::transport::Channel::from_shared(env.cluster.url(service))?
-            .connect()
-            .await?;
-        for name in ["", names[0], names[1]] {
+    for (service, internal, name) in expected {
+        let channel = if internal {
+            env.cluster
+                .internal_channel(service, tpc_common::Principal::Admin)
+                .await?
+        } else {
+            public(env.cluster.url(service))?.connect().await?
+        };
+        for name in ["", name] {
             let status = HealthClient::new(channel.clone())
                 .check(HealthCheckRequest {
                     service: name.into(),
@@ -642,12 +634,13 @@ async fn every_server_has_health_and_lists_its_services_by_reflection() -> Resul
             return Err("unexpected reflection reply".into());
         };
         let listed: HashSet<String> = list.service.into_iter().map(|s| s.name).collect();
-        for name in names.iter().chain(&[
+        for name in [
+            name,
             "grpc.health.v1.Health",
             "grpc.reflection.v1.ServerReflection",
-        ]) {
+        ] {
             assert!(
-                listed.contains(*name),
+                listed.contains(name),
                 "{} lists {listed:?}, not {name}",
                 service.name()
             );

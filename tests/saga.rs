@@ -240,10 +240,13 @@ async fn a_data_directory_keeps_its_strategy() -> Result {
     env.register("alice", "pw-0").await?;
     env.cluster.stop(Service::Coordinator).await?;
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_tpc"))
-        .args(["coordinator", "--listen", "127.0.0.1:0", "--password"])
-        .arg(env.cluster.url(Service::Password))
+        .args(["coordinator", "--listen", "127.0.0.1:0"])
+        .args(["--internal-listen", "127.0.0.1:0", "--password"])
+        .arg(env.cluster.internal_url(Service::Password))
         .arg("--history")
-        .arg(env.cluster.url(Service::History))
+        .arg(env.cluster.internal_url(Service::History))
+        .arg("--certs")
+        .arg(env.cluster.certs_dir())
         .arg("--data-dir")
         .arg(env.cluster.data_dir(Service::Coordinator))
         .args(["--strategy", "2pc"])

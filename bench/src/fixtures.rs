@@ -91,6 +91,7 @@ pub fn results(clients: &[usize]) -> Results {
             fault_seed: crate::faults::SEED,
             readers: 0,
             reuse_rate: 0.0,
+            internal_tls: true,
         },
         floors: Floors {
             rpc_per_s: runs

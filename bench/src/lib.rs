@@ -97,6 +97,8 @@ pub struct Config {
     pub burst: Option<usize>,
     /// Draw progress bars on stderr (only where it is a terminal).
     pub progress: bool,
+    /// Plaintext between the services instead of the default mutual TLS.
+    pub insecure_internal: bool,
 }
 
 impl Config {
@@ -142,6 +144,7 @@ pub async fn run(config: Config) -> Result<Results, BoxError> {
         fault_seed: faults::SEED,
         readers: config.readers,
         reuse_rate: config.reuse_rate,
+        internal_tls: !config.insecure_internal,
     };
     print!("{}", table::header(&machine, &record, &config.out));
 

@@ -107,6 +107,15 @@ fn setup(out: &mut String, r: &Results) {
         ),
         ("readers", c.readers.to_string()),
         (
+            "between the services",
+            if c.internal_tls {
+                "mutual TLS (the default)"
+            } else {
+                "plaintext (--insecure-internal)"
+            }
+            .into(),
+        ),
+        (
             "reused passwords",
             format!("{:.1}% of changes", c.reuse_rate * 100.0),
         ),

@@ -43,6 +43,10 @@ pub struct ConfigRecord {
     /// Fraction of changes that reuse a recent password (`--reuse-rate`).
     #[serde(default)]
     pub reuse_rate: f64,
+    /// Mutual TLS between the services, as the product runs by default (results from before it
+    /// existed read as `false`, which is what they measured).
+    #[serde(default)]
+    pub internal_tls: bool,
 }
 
 fn no_faults() -> Vec<String> {

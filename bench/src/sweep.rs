@@ -49,6 +49,7 @@ pub async fn start_cluster(
         history_keep: None,
         strategy,
         throttle_guesses: false,
+        insecure_internal: config.insecure_internal,
     })
     .await
 }

@@ -6,9 +6,12 @@
 //!   on the blocking pool.
 //! - [`Backoff`]: the capped exponential backoff every retry loop uses.
 //! - [`fault`]: fail points, where a test makes a process crash, stall or lose a message.
+//! - [`tls`], [`Principal`] and [`certs`]: mutual TLS between the services, who may call what, and
+//!   development certificates.
 //! - [`serve`], [`telemetry`] and [`shutdown`]: what every tpc gRPC server needs around its services.
 
 mod backoff;
+pub mod certs;
 mod clock;
 mod database;
 mod email;
@@ -19,10 +22,12 @@ pub mod guard;
 mod invalid;
 mod operation;
 mod password;
+mod principal;
 pub mod serve;
 pub mod shutdown;
 mod strategy;
 pub mod telemetry;
+pub mod tls;
 mod txn_id;
 mod user_id;
 pub mod wire;
@@ -36,6 +41,7 @@ pub use group_commit::GroupCommit;
 pub use invalid::InvalidInput;
 pub use operation::{Operation, OperationKind};
 pub use password::Password;
+pub use principal::Principal;
 pub use strategy::Strategy;
 pub use txn_id::TxnId;
 pub use user_id::UserId;

@@ -6,12 +6,17 @@ use std::future::Future;
 use tokio::net::TcpListener;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::ServerTlsConfig;
 use tonic::transport::server::Router;
 use tonic_health::ServingStatus;
 
-/// A server builder with health and reflection already added. `services` are the fully qualified names
-/// reported as SERVING by the health service (the empty name, the whole server, always is).
-pub async fn router(services: &[&str]) -> Router {
+/// A server builder with health and reflection already added, over TLS if `tls` is given. `services`
+/// are the fully qualified names reported as SERVING by the health service (the empty name, the whole
+/// server, always is).
+pub async fn router(
+    services: &[&str],
+    tls: Option<ServerTlsConfig>,
+) -> Result<Router, tonic::transport::Error> {
     let (reporter, health) = tonic_health::server::health_reporter();
     for name in services {
         reporter
@@ -24,9 +29,48 @@ pub async fn router(services: &[&str]) -> Router {
         .build_v1()
         // The descriptor sets are compiled into the binary; failing to parse them is a build bug.
         .expect("compiled-in descriptor sets are valid");
-    tonic::transport::Server::builder()
-        .add_service(health)
-        .add_service(reflection)
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        server = server.tls_config(tls)?;
+    }
+    Ok(server.add_service(health).add_service(reflection))
+}
+
+/// A service's two listeners: clients on `public`, the cluster's own calls on `internal`.
+pub struct Listeners {
+    pub public: TcpListener,
+    pub internal: TcpListener,
+}
+
+/// Serves `public` and `internal` on their listeners until `shutdown` completes; if either server fails,
+/// the other is stopped too.
+pub async fn run_both(
+    public: Router,
+    internal: Router,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let until = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let public = run(public, listeners.public, until(stopped.clone()));
+    let internal = run(internal, listeners.internal, until(stopped));
+    tokio::pin!(public, internal, shutdown);
+    tokio::select! {
+        _ = &mut shutdown => {}
+        done = &mut public => {
+            let _ = stop.send(true);
+            return done.and(internal.await);
+        }
+        done = &mut internal => {
+            let _ = stop.send(true);
+            return done.and(public.await);
+        }
+    }
+    let _ = stop.send(true);
+    let (public, internal) = tokio::join!(public, internal);
+    public.and(internal)
 }
 
 /// Serves `router` on `listener` until `shutdown` completes, then lets in-flight RPCs finish.

@@ -7,7 +7,8 @@
 use std::time::Duration;
 
 use tonic::transport::{Channel, Endpoint};
-use tpc_common::{Email, Operation, Strategy, TxnId, UserId};
+use tpc_common::tls::{Internal, TlsError};
+use tpc_common::{Email, Operation, Principal, Strategy, TxnId, UserId};
 use tpc_proto::MAX_BATCH;
 use tpc_proto::v1::participant_client::ParticipantClient;
 use tpc_proto::v1::password_reader_client::PasswordReaderClient;
@@ -43,10 +44,18 @@ pub struct Peers {
 
 impl Peers {
     /// Must run inside a tokio runtime (it starts the batchers).
-    pub fn new(password_url: &str, history_url: &str, timeout: Duration) -> Result<Self, String> {
+    pub fn new(
+        internal: &Internal,
+        password_url: &str,
+        history_url: &str,
+        timeout: Duration,
+    ) -> Result<Self, TlsError> {
         Ok(Self {
-            password: link(password_url, timeout)?,
-            history: link(history_url, timeout)?,
+            password: link(
+                internal.endpoint(password_url, Principal::Password)?,
+                timeout,
+            ),
+            history: link(internal.endpoint(history_url, Principal::History)?, timeout),
         })
     }
 
@@ -157,9 +166,8 @@ fn wire_strategy(strategy: Strategy) -> tpc_proto::v1::Strategy {
     }
 }
 
-fn link(url: &str, timeout: Duration) -> Result<Link, String> {
-    let channel = Endpoint::from_shared(url.to_owned())
-        .map_err(|e| format!("{url}: {e}"))?
+fn link(endpoint: Endpoint, timeout: Duration) -> Link {
+    let channel = endpoint
         .connect_timeout(Duration::from_secs(1))
         // A call never outlives the prepare deadline, and a dead or partitioned connection is noticed
         // by keepalive and replaced, instead of swallowing every later call.
@@ -218,13 +226,13 @@ fn link(url: &str, timeout: Duration) -> Result<Link, String> {
         })
     };
     let (commit, abort) = (decide(true), decide(false));
-    Ok(Link {
+    Link {
         client,
         reader,
         prepare,
         commit,
         abort,
-    })
+    }
 }
 
 fn vote(response: tpc_proto::v1::PrepareResponse) -> Result<Vote, String> {

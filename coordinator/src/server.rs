@@ -6,8 +6,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
 use tpc_common::guard::{Guard, GuardConfig};
+use tpc_common::serve::Listeners;
+use tpc_common::tls::{Internal, PublicTls, TlsError};
 use tpc_common::{Backoff, Strategy, now_ms};
 use tpc_proto::MAX_MESSAGE_BYTES;
 use tpc_proto::v1::password_service_server::PasswordServiceServer;
@@ -41,6 +42,10 @@ pub struct Config {
     pub strategy: Strategy,
     /// Throttling of password guesses.
     pub guard: GuardConfig,
+    /// How the internal listener and the calls to the participants are protected.
+    pub internal: Internal,
+    /// Server TLS on the public listener, if any.
+    pub public_tls: Option<PublicTls>,
 }
 
 impl Config {
@@ -55,6 +60,8 @@ impl Config {
             cache_mib: tpc_common::DEFAULT_CACHE_MIB,
             strategy: Strategy::TwoPc,
             guard: GuardConfig::default(),
+            internal: Internal::Insecure,
+            public_tls: None,
         }
     }
 }
@@ -65,18 +72,19 @@ pub enum ServeError {
     Log(#[from] LogError),
     #[error(transparent)]
     Mailer(#[from] MailerError),
-    #[error("participant URL: {0}")]
-    Peer(String),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     #[error(transparent)]
     Transport(#[from] tonic::transport::Error),
     #[error("strategy: {0}")]
     Strategy(String),
 }
 
-/// Recovers from the log, then serves on `listener` until `shutdown` completes.
+/// Recovers from the log, then serves until `shutdown` completes: `PasswordService` on the public
+/// listener, `TransactionManager` (decisions for the participants, the admin calls) on the internal one.
 pub async fn run(
     config: Config,
-    listener: TcpListener,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let log = Arc::new(Log::open(
@@ -88,11 +96,16 @@ pub async fn run(
         None => Mailer::files(config.data_dir.join("mail"))?,
     };
     let peers = Peers::new(
+        &config.internal,
         &config.password_url,
         &config.history_url,
         config.engine.prepare_deadline,
-    )
-    .map_err(ServeError::Peer)?;
+    )?;
+    let public_tls = config
+        .public_tls
+        .as_ref()
+        .map(PublicTls::server)
+        .transpose()?;
 
     check_strategy(&log, config.strategy)?;
     let (outbox, fresh_mail) = tokio::sync::mpsc::unbounded_channel();
@@ -130,18 +143,27 @@ pub async fn run(
         coordinator: coordinator.clone(),
         log: log.clone(),
         guard: guard.clone(),
+        access: config.internal.clone(),
     };
-    let router =
-        tpc_common::serve::router(&["tpc.v1.PasswordService", "tpc.v1.TransactionManager"])
-            .await
-            .add_service(
-                PasswordServiceServer::new(api()).max_decoding_message_size(MAX_MESSAGE_BYTES),
-            )
+    let public = tpc_common::serve::router(&["tpc.v1.PasswordService"], public_tls)
+        .await?
+        .add_service(
+            PasswordServiceServer::new(api()).max_decoding_message_size(MAX_MESSAGE_BYTES),
+        );
+    let internal =
+        tpc_common::serve::router(&["tpc.v1.TransactionManager"], config.internal.server())
+            .await?
             .add_service(
                 TransactionManagerServer::new(api()).max_decoding_message_size(MAX_MESSAGE_BYTES),
             );
-    info!(addr = ?listener.local_addr().ok(), data_dir = %config.data_dir.display(), "coordinator listening");
-    let served = tpc_common::serve::run(router, listener, shutdown).await;
+    info!(
+        addr = ?listeners.public.local_addr().ok(),
+        internal_addr = ?listeners.internal.local_addr().ok(),
+        mutual_tls = matches!(config.internal, Internal::Mutual(_)),
+        data_dir = %config.data_dir.display(),
+        "coordinator listening"
+    );
+    let served = tpc_common::serve::run_both(public, internal, listeners, shutdown).await;
     dispatcher.abort();
     collector.abort();
     info!("coordinator stopped");

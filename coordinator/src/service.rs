@@ -17,7 +17,9 @@ use tracing::{Instrument, debug, info, info_span};
 use crate::engine::{Active, Decision, Participant, Refusal};
 use crate::log::{Log, State, TxnRecord};
 use crate::runner::Runner;
+use tpc_common::Principal;
 use tpc_common::guard::{self, Guard};
+use tpc_common::tls::Internal;
 
 /// What a wrong current password and an unknown user both get (the password participant says so).
 const INVALID_CREDENTIALS: &str = "invalid credentials";
@@ -28,6 +30,8 @@ pub struct Api {
     pub log: Arc<Log>,
     /// Throttles password guesses (`UpdatePassword` checks the current password).
     pub guard: Arc<Guard>,
+    /// Who may call the internal service: see [`ADMIN`] and [`PARTICIPANTS`].
+    pub access: Internal,
 }
 
 const MAX_REQUEST_ID: usize = 128;
@@ -131,12 +135,18 @@ impl PasswordService for Api {
     }
 }
 
+/// Every user id and request id the coordinator holds: for operators only.
+const ADMIN: &[Principal] = &[Principal::Admin];
+/// A decision is asked for by the participants in doubt (and an operator may look).
+const PARTICIPANTS: &[Principal] = &[Principal::Password, Principal::History, Principal::Admin];
+
 #[tonic::async_trait]
 impl TransactionManager for Api {
     async fn get_transaction(
         &self,
         request: Request<GetTransactionRequest>,
     ) -> Result<Response<Transaction>, Status> {
+        self.access.authorize(&request, ADMIN)?;
         let txn = TxnId::parse(&request.get_ref().txn_id)?;
         let active = self.coordinator.active().await?;
         if let Some(a) = active.iter().find(|a| a.txn == txn && !a.decided) {
@@ -154,6 +164,7 @@ impl TransactionManager for Api {
         &self,
         request: Request<ListTransactionsRequest>,
     ) -> Result<Response<ListTransactionsResponse>, Status> {
+        self.access.authorize(&request, ADMIN)?;
         let req = request.into_inner();
         let limit = match req.limit {
             0 => 100,
@@ -183,6 +194,7 @@ impl TransactionManager for Api {
         &self,
         request: Request<QueryDecisionRequest>,
     ) -> Result<Response<QueryDecisionResponse>, Status> {
+        self.access.authorize(&request, PARTICIPANTS)?;
         let txn = TxnId::parse(&request.get_ref().txn_id)?;
         let decision = match self.coordinator.decision(txn).await? {
             Decision::Pending => query_decision_response::Decision::Pending,

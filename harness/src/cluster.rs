@@ -18,6 +18,9 @@ use tpc_proto::v1::{
     ListTransactionsRequest, ParticipantStatus, StatusRequest, Transaction, transaction,
 };
 
+use tpc_common::Principal;
+use tpc_common::tls::{Credentials, Internal};
+
 use super::proxy::FaultProxy;
 
 /// One of the three processes.
@@ -41,6 +44,15 @@ impl Service {
 
     fn index(self) -> usize {
         self as usize
+    }
+
+    /// The identity its certificate names.
+    pub fn principal(self) -> Principal {
+        match self {
+            Service::Coordinator => Principal::Coordinator,
+            Service::Password => Principal::Password,
+            Service::History => Principal::History,
+        }
     }
 }
 
@@ -70,10 +82,14 @@ pub struct ClusterOptions {
     /// the harness calls from 127.0.0.1, and workloads that guess wrong on purpose (chaos) or at full
     /// speed (bench) would measure the throttle instead of the protocol.
     pub throttle_guesses: bool,
+    /// Internal listeners in plaintext (`--insecure-internal`) instead of mutual TLS with fresh
+    /// certificates, the default, as in production.
+    pub insecure_internal: bool,
 }
 
-/// The network links between the processes, each through a [`FaultProxy`]: the coordinator calls each
-/// participant, and each participant calls the coordinator (`QueryDecision`).
+/// The network links between the processes' internal listeners, each through a [`FaultProxy`] (TLS
+/// passes through it untouched): the coordinator calls each participant, and each participant calls
+/// the coordinator (`QueryDecision`).
 pub const LINKS: [(Service, Service); 4] = [
     (Service::Coordinator, Service::Password),
     (Service::Coordinator, Service::History),
@@ -83,7 +99,10 @@ pub const LINKS: [(Service, Service); 4] = [
 
 pub struct Cluster {
     options: ClusterOptions,
+    /// Public listeners.
     ports: [u16; 3],
+    /// Internal listeners.
+    internal_ports: [u16; 3],
     children: [Option<Child>; 3],
     links: HashMap<(Service, Service), FaultProxy>,
 }
@@ -94,15 +113,20 @@ impl Cluster {
     /// Starts all three processes and waits until each accepts connections.
     pub async fn start(options: ClusterOptions) -> Result<Self, BoxError> {
         std::fs::create_dir_all(options.dir.join("logs"))?;
+        if !options.insecure_internal {
+            tpc_common::certs::issue(&options.dir.join("certs"), &[])?;
+        }
         let ports = [free_port()?, free_port()?, free_port()?];
+        let internal_ports = [free_port()?, free_port()?, free_port()?];
         let mut links = HashMap::new();
         for (from, to) in LINKS.into_iter().filter(|_| !options.direct_links) {
-            let target = ([127, 0, 0, 1], ports[to.index()]).into();
+            let target = ([127, 0, 0, 1], internal_ports[to.index()]).into();
             links.insert((from, to), FaultProxy::start(target).await?);
         }
         let mut cluster = Self {
             options,
             ports,
+            internal_ports,
             children: [None, None, None],
             links,
         };
@@ -112,8 +136,52 @@ impl Cluster {
         Ok(cluster)
     }
 
+    /// The public listener of `service`.
     pub fn url(&self, service: Service) -> String {
         format!("http://127.0.0.1:{}", self.ports[service.index()])
+    }
+
+    /// The internal listener of `service` (`https://` unless the cluster is insecure).
+    pub fn internal_url(&self, service: Service) -> String {
+        self.internal_url_at(([127, 0, 0, 1], self.internal_ports[service.index()]).into())
+    }
+
+    fn internal_url_at(&self, addr: std::net::SocketAddr) -> String {
+        let scheme = if self.options.insecure_internal {
+            "http"
+        } else {
+            "https"
+        };
+        format!("{scheme}://{addr}")
+    }
+
+    /// The cluster's certificate directory (absent when insecure).
+    pub fn certs_dir(&self) -> PathBuf {
+        self.options.dir.join("certs")
+    }
+
+    /// How a caller holding `principal`'s certificate reaches internal listeners.
+    pub fn access_as(&self, principal: Principal) -> Result<Internal, BoxError> {
+        Ok(if self.options.insecure_internal {
+            Internal::Insecure
+        } else {
+            Internal::Mutual(Credentials::load(&self.certs_dir(), principal)?)
+        })
+    }
+
+    /// A channel to `service`'s internal listener, presenting `principal`'s certificate.
+    pub async fn internal_channel(
+        &self,
+        service: Service,
+        principal: Principal,
+    ) -> Result<Channel, BoxError> {
+        Ok(self
+            .access_as(principal)?
+            .endpoint(&self.internal_url(service), service.principal())?
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(10))
+            .connect()
+            .await?)
     }
 
     /// The proxy on the link from `from` to `to` (the direction of the calls). Panics on a cluster
@@ -122,11 +190,11 @@ impl Cluster {
         &self.links[&(from, to)]
     }
 
-    /// The URL `from` uses to call `to`: through the link's proxy, if there is one.
+    /// The URL `from` uses to call `to`'s internal listener: through the link's proxy, if there is one.
     fn url_via_link(&self, from: Service, to: Service) -> String {
         match self.links.get(&(from, to)) {
-            Some(proxy) => format!("http://{}", proxy.addr()),
-            None => self.url(to),
+            Some(proxy) => self.internal_url_at(proxy.addr()),
+            None => self.internal_url(to),
         }
     }
 
@@ -194,6 +262,7 @@ impl Cluster {
         fail_points: Option<&str>,
     ) -> Result<(), BoxError> {
         let listen = format!("127.0.0.1:{}", self.ports[service.index()]);
+        let internal_listen = format!("127.0.0.1:{}", self.internal_ports[service.index()]);
         let data_dir = self.data_dir(service).display().to_string();
         let mut args: Vec<String> = match service {
             Service::Coordinator => vec![
@@ -217,7 +286,17 @@ impl Cluster {
                 .into(),
             ],
         };
-        args.extend(["--listen".into(), listen, "--data-dir".into(), data_dir]);
+        args.extend([
+            "--listen".into(),
+            listen,
+            "--internal-listen".into(),
+            internal_listen,
+            "--data-dir".into(),
+            data_dir,
+        ]);
+        if !self.options.insecure_internal {
+            args.extend(["--certs".into(), self.certs_dir().display().to_string()]);
+        }
         if let (Service::Coordinator, Some(smtp)) = (service, &self.options.smtp) {
             args.extend(["--smtp".into(), smtp.clone()]);
         }
@@ -277,9 +356,9 @@ impl Cluster {
             {
                 return Err(format!("{} exited while starting: {status}", service.name()).into());
             }
-            if tokio::net::TcpStream::connect(("127.0.0.1", self.ports[service.index()]))
-                .await
-                .is_ok()
+            let up = |port: u16| tokio::net::TcpStream::connect(("127.0.0.1", port));
+            if up(self.ports[service.index()]).await.is_ok()
+                && up(self.internal_ports[service.index()]).await.is_ok()
             {
                 return Ok(());
             }
@@ -374,9 +453,11 @@ impl Cluster {
         ))
     }
 
+    /// The coordinator's internal service, as an operator (admin certificate).
     pub async fn transactions(&self) -> Result<TransactionManagerClient<Channel>, BoxError> {
         Ok(TransactionManagerClient::new(
-            self.channel(Service::Coordinator).await?,
+            self.internal_channel(Service::Coordinator, Principal::Admin)
+                .await?,
         ))
     }
 
@@ -397,7 +478,9 @@ impl Cluster {
         &self,
         service: Service,
     ) -> Result<ParticipantStatus, BoxError> {
-        let channel = Channel::from_shared(self.url(service))?
+        let channel = self
+            .access_as(Principal::Admin)?
+            .endpoint(&self.internal_url(service), service.principal())?
             .connect_timeout(Duration::from_millis(500))
             .timeout(Duration::from_secs(2))
             .connect()
@@ -409,13 +492,15 @@ impl Cluster {
     }
 
     /// A client of `service`'s participant protocol (`Apply`, `Compensate`, `Prepare`…), for tests that
-    /// play the coordinator.
+    /// play the coordinator (with its certificate).
     pub async fn participant(
         &self,
         service: Service,
     ) -> Result<ParticipantClient<Channel>, BoxError> {
-        let channel = Channel::from_shared(self.url(service))?.connect().await?;
-        Ok(ParticipantClient::new(channel))
+        Ok(ParticipantClient::new(
+            self.internal_channel(service, Principal::Coordinator)
+                .await?,
+        ))
     }
 
     /// Every transaction the coordinator knows, newest first.

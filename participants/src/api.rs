@@ -25,10 +25,22 @@ use crate::history::{Histories, entries};
 use crate::node::{Node, Reply, detached};
 use crate::password::{Account, Passwords};
 use crate::resource::Resource;
+use tpc_common::Principal;
 use tpc_common::guard::Guard;
+use tpc_common::tls::Internal;
 
-/// `tpc.v1.Participant` for either resource.
-pub struct ParticipantApi<R: Resource>(pub Arc<Node<R>>);
+/// `tpc.v1.Participant` for either resource, on the internal listener.
+pub struct ParticipantApi<R: Resource> {
+    pub node: Arc<Node<R>>,
+    /// Who may call: the protocol is the coordinator's alone, the status an operator's.
+    pub access: Internal,
+}
+
+/// The protocol's callers: a participant that let anyone else Prepare or Commit would let a client
+/// change a password the coordinator never heard of.
+const DRIVER: &[Principal] = &[Principal::Coordinator];
+/// In-doubt transactions and lock counts: for operators, not for the public.
+const OBSERVER: &[Principal] = &[Principal::Admin];
 
 fn txn_span<T>(
     request: &Request<T>,
@@ -51,23 +63,26 @@ impl<R: Resource> Participant for ParticipantApi<R> {
         &self,
         request: Request<PrepareRequest>,
     ) -> Result<Response<PrepareResponse>, Status> {
+        self.access.authorize(&request, DRIVER)?;
         let span = txn_span(&request, "Prepare", R::NAME, &request.get_ref().txn_id);
-        let node = self.0.clone();
+        let node = self.node.clone();
         let work = async move { prepare_one(&node, request.into_inner()).await };
         detached(work.instrument(span)).await.map(Response::new)
     }
 
     async fn commit(&self, request: Request<CommitRequest>) -> Result<Response<Ack>, Status> {
+        self.access.authorize(&request, DRIVER)?;
         let span = txn_span(&request, "Commit", R::NAME, &request.get_ref().txn_id);
-        let node = self.0.clone();
+        let node = self.node.clone();
         let work = async move { decide(&node, &request.get_ref().txn_id, Decide::Commit).await };
         detached(work.instrument(span)).await?;
         Ok(Response::new(Ack {}))
     }
 
     async fn abort(&self, request: Request<AbortRequest>) -> Result<Response<Ack>, Status> {
+        self.access.authorize(&request, DRIVER)?;
         let span = txn_span(&request, "Abort", R::NAME, &request.get_ref().txn_id);
-        let node = self.0.clone();
+        let node = self.node.clone();
         let work = async move { decide(&node, &request.get_ref().txn_id, Decide::Abort).await };
         detached(work.instrument(span)).await?;
         Ok(Response::new(Ack {}))
@@ -77,9 +92,10 @@ impl<R: Resource> Participant for ParticipantApi<R> {
         &self,
         request: Request<PrepareBatchRequest>,
     ) -> Result<Response<PrepareBatchResponse>, Status> {
+        self.access.authorize(&request, DRIVER)?;
         let prepares = request.into_inner().prepares;
         check_batch(prepares.len())?;
-        let results = each(&self.0, prepares, |node, req| async move {
+        let results = each(&self.node, prepares, |node, req| async move {
             let span =
                 info_span!("rpc", rpc = "Prepare", participant = R::NAME, txn_id = %req.txn_id);
             match prepare_one(&node, req).instrument(span).await {
@@ -101,22 +117,25 @@ impl<R: Resource> Participant for ParticipantApi<R> {
         &self,
         request: Request<TxnBatch>,
     ) -> Result<Response<BatchResults>, Status> {
-        decide_batch(&self.0, request.into_inner(), Decide::Commit).await
+        self.access.authorize(&request, DRIVER)?;
+        decide_batch(&self.node, request.into_inner(), Decide::Commit).await
     }
 
     async fn abort_batch(
         &self,
         request: Request<TxnBatch>,
     ) -> Result<Response<BatchResults>, Status> {
-        decide_batch(&self.0, request.into_inner(), Decide::Abort).await
+        self.access.authorize(&request, DRIVER)?;
+        decide_batch(&self.node, request.into_inner(), Decide::Abort).await
     }
 
     async fn apply(
         &self,
         request: Request<ApplyRequest>,
     ) -> Result<Response<ApplyResponse>, Status> {
+        self.access.authorize(&request, DRIVER)?;
         let span = txn_span(&request, "Apply", R::NAME, &request.get_ref().txn_id);
-        let node = self.0.clone();
+        let node = self.node.clone();
         let work = async move {
             let req = request.into_inner();
             let txn = TxnId::parse(&req.txn_id)?;
@@ -139,8 +158,9 @@ impl<R: Resource> Participant for ParticipantApi<R> {
         &self,
         request: Request<CompensateRequest>,
     ) -> Result<Response<Ack>, Status> {
+        self.access.authorize(&request, DRIVER)?;
         let span = txn_span(&request, "Compensate", R::NAME, &request.get_ref().txn_id);
-        let node = self.0.clone();
+        let node = self.node.clone();
         let work = async move {
             let req = request.into_inner();
             let txn = TxnId::parse(&req.txn_id)?;
@@ -154,9 +174,10 @@ impl<R: Resource> Participant for ParticipantApi<R> {
 
     async fn status(
         &self,
-        _: Request<StatusRequest>,
+        request: Request<StatusRequest>,
     ) -> Result<Response<ParticipantStatus>, Status> {
-        let (in_doubt, locked) = self.0.status();
+        self.access.authorize(&request, OBSERVER)?;
+        let (in_doubt, locked) = self.node.status();
         Ok(Response::new(ParticipantStatus {
             in_doubt: in_doubt.iter().map(TxnId::to_string).collect(),
             locked_users: locked as u32,

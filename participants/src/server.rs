@@ -5,9 +5,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
-use tonic::transport::Endpoint;
+use tpc_common::Principal;
 use tpc_common::guard::{Guard, GuardConfig};
+use tpc_common::serve::Listeners;
+use tpc_common::tls::{Internal, PublicTls, TlsError};
 use tpc_proto::v1::history_reader_server::HistoryReaderServer;
 use tpc_proto::v1::participant_server::ParticipantServer;
 use tpc_proto::v1::password_reader_server::PasswordReaderServer;
@@ -47,6 +48,10 @@ pub struct Config {
     pub cache_mib: u64,
     /// Throttling of password guesses (`VerifyPassword`).
     pub guard: GuardConfig,
+    /// How the internal listener (the protocol) and the calls to the coordinator are protected.
+    pub internal: Internal,
+    /// Server TLS on the public listener (the readers), if any.
+    pub public_tls: Option<PublicTls>,
 }
 
 impl Config {
@@ -62,6 +67,8 @@ impl Config {
             engine: engine::Config::default(),
             cache_mib: tpc_common::DEFAULT_CACHE_MIB,
             guard: GuardConfig::default(),
+            internal: Internal::Insecure,
+            public_tls: None,
         }
     }
 }
@@ -70,21 +77,23 @@ impl Config {
 pub enum ServeError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("bad coordinator URL: {0}")]
-    CoordinatorUrl(String),
     #[error(transparent)]
     Transport(#[from] tonic::transport::Error),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
-/// Serves the participant on `listener` until `shutdown` completes.
+/// Serves the participant until `shutdown` completes: the readers on the public listener, the protocol on
+/// the internal one.
 pub async fn run(
     config: Config,
-    listener: TcpListener,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     std::fs::create_dir_all(&config.data_dir).map_err(|e| StoreError::Sled(e.into()))?;
-    let coordinator = Endpoint::from_shared(config.coordinator.clone())
-        .map_err(|e| ServeError::CoordinatorUrl(e.to_string()))?
+    let coordinator = config
+        .internal
+        .endpoint(&config.coordinator, Principal::Coordinator)?
         .connect_timeout(Duration::from_secs(1))
         .timeout(Duration::from_secs(2))
         .http2_keep_alive_interval(Duration::from_secs(1))
@@ -92,23 +101,34 @@ pub async fn run(
         .keep_alive_while_idle(true)
         .connect_lazy();
     let hasher = Hasher::new(config.cost);
-    let addr = listener.local_addr().ok();
-    let (router, clock) = match config.role {
+    let public_tls = config
+        .public_tls
+        .as_ref()
+        .map(PublicTls::server)
+        .transpose()?;
+    let addr = listeners.public.local_addr().ok();
+    let internal_addr = listeners.internal.local_addr().ok();
+    let internal =
+        tpc_common::serve::router(&["tpc.v1.Participant"], config.internal.server()).await?;
+    let (public, internal, clock) = match config.role {
         Role::Password => {
             let node = open(Passwords::new(hasher), &config, coordinator)?;
-            let router =
-                tpc_common::serve::router(&["tpc.v1.Participant", "tpc.v1.PasswordReader"])
-                    .await
-                    .add_service(participant_server(node.clone()))
-                    .add_service(
-                        PasswordReaderServer::new(PasswordApi(
-                            node.clone(),
-                            Arc::new(Guard::new(config.guard)),
-                        ))
-                        .max_decoding_message_size(MAX_MESSAGE_BYTES),
-                    );
+            let reader = || {
+                PasswordReaderServer::new(PasswordApi(
+                    node.clone(),
+                    Arc::new(Guard::new(config.guard)),
+                ))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            };
+            let public = tpc_common::serve::router(&["tpc.v1.PasswordReader"], public_tls)
+                .await?
+                .add_service(reader());
+            // The events strategy's coordinator looks up e-mail addresses over its own link.
+            let internal = internal
+                .add_service(participant_server(node.clone(), &config.internal))
+                .add_service(reader());
             tokio::spawn(node.clone().collect_barriers_forever());
-            (router, tokio::spawn(node.tick_forever(TICK)))
+            (public, internal, tokio::spawn(node.tick_forever(TICK)))
         }
         Role::History => {
             let histories = Histories {
@@ -117,19 +137,26 @@ pub async fn run(
                 keep: config.history_keep,
             };
             let node = open(histories, &config, coordinator)?;
-            let router = tpc_common::serve::router(&["tpc.v1.Participant", "tpc.v1.HistoryReader"])
-                .await
-                .add_service(participant_server(node.clone()))
+            let public = tpc_common::serve::router(&["tpc.v1.HistoryReader"], public_tls)
+                .await?
                 .add_service(
                     HistoryReaderServer::new(HistoryApi(node.clone()))
                         .max_decoding_message_size(MAX_MESSAGE_BYTES),
                 );
+            let internal = internal.add_service(participant_server(node.clone(), &config.internal));
             tokio::spawn(node.clone().collect_barriers_forever());
-            (router, tokio::spawn(node.tick_forever(TICK)))
+            (public, internal, tokio::spawn(node.tick_forever(TICK)))
         }
     };
-    info!(?addr, role = ?config.role, data_dir = %config.data_dir.display(), "participant listening");
-    let served = tpc_common::serve::run(router, listener, shutdown).await;
+    info!(
+        ?addr,
+        ?internal_addr,
+        mutual_tls = matches!(config.internal, Internal::Mutual(_)),
+        role = ?config.role,
+        data_dir = %config.data_dir.display(),
+        "participant listening"
+    );
+    let served = tpc_common::serve::run_both(public, internal, listeners, shutdown).await;
     clock.abort();
     served?;
     info!("participant stopped");
@@ -154,6 +181,13 @@ fn open<R: Resource>(
     )
 }
 
-fn participant_server<R: Resource>(node: Arc<Node<R>>) -> ParticipantServer<ParticipantApi<R>> {
-    ParticipantServer::new(ParticipantApi(node)).max_decoding_message_size(MAX_BATCH_MESSAGE_BYTES)
+fn participant_server<R: Resource>(
+    node: Arc<Node<R>>,
+    access: &Internal,
+) -> ParticipantServer<ParticipantApi<R>> {
+    ParticipantServer::new(ParticipantApi {
+        node,
+        access: access.clone(),
+    })
+    .max_decoding_message_size(MAX_BATCH_MESSAGE_BYTES)
 }

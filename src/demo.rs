@@ -93,6 +93,18 @@ pub async fn run(keep: bool) -> Result {
         "  history      {}  remembers the last 5 hashes, refuses reuse",
         cluster.url(Service::History)
     ));
+    say("the protocol runs between their internal listeners, over mutual TLS:");
+    say(&format!(
+        "  coordinator {}, password {}, history {}",
+        cluster.internal_url(Service::Coordinator),
+        cluster.internal_url(Service::Password),
+        cluster.internal_url(Service::History)
+    ));
+    say(&format!(
+        "  each with a certificate from a CA made just now ({}); a participant takes",
+        cluster.certs_dir().display()
+    ));
+    say("  Prepare and Commit only from the coordinator's certificate.");
 
     let mut client = cluster.client().await?;
     let mut reader = cluster.passwords().await?;

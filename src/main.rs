@@ -104,6 +104,24 @@ impl Security {
     }
 }
 
+/// Where e-mail goes.
+#[derive(clap::Args, Clone)]
+pub struct Smtp {
+    /// SMTP relay: smtp://host[:port] (plaintext), smtp://host[:port]?tls=required (STARTTLS) or
+    /// smtps://host[:port] (TLS); a user name (smtps://USER@host) turns on AUTH. Default: .eml files
+    /// in DATA_DIR/mail.
+    #[arg(long)]
+    smtp: Option<String>,
+    /// CA certificate (PEM) the relay's certificate is verified against (default: the public web's
+    /// roots).
+    #[arg(long, requires = "smtp")]
+    smtp_ca: Option<PathBuf>,
+    /// File holding the AUTH password (default: the TPC_SMTP_PASSWORD environment variable). Never on
+    /// the command line.
+    #[arg(long, requires = "smtp")]
+    smtp_password_file: Option<PathBuf>,
+}
+
 /// What the history participant keeps.
 #[derive(clap::Args, Clone, Copy)]
 pub struct HistoryLimits {
@@ -156,9 +174,8 @@ enum Command {
         port: u16,
         #[command(flatten)]
         security: Security,
-        /// SMTP server for e-mail (smtp://host:port); default: .eml files in DATA_DIR/mail.
-        #[arg(long)]
-        smtp: Option<String>,
+        #[command(flatten)]
+        smtp: Smtp,
         #[arg(long, value_enum, default_value = "owasp")]
         argon2: Argon2Arg,
         #[arg(long, value_enum, default_value = "2pc")]
@@ -184,8 +201,8 @@ enum Command {
         history: String,
         #[command(flatten)]
         security: Security,
-        #[arg(long)]
-        smtp: Option<String>,
+        #[command(flatten)]
+        smtp: Smtp,
         /// How changes are made atomic; a data directory keeps the strategy it was first run with.
         #[arg(long, value_enum, default_value = "2pc")]
         strategy: StrategyArg,

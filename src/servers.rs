@@ -13,7 +13,9 @@ use tpc_coordinator::server as coord;
 use tpc_participants::hashing::Cost;
 use tpc_participants::server::{self as part, Role};
 
-use crate::{Argon2Arg, HistoryLimits, Result, RoleArg, Security, Tuning};
+use tpc_coordinator::mailer::{SmtpAccess, SmtpPassword};
+
+use crate::{Argon2Arg, HistoryLimits, Result, RoleArg, Security, Smtp, Tuning};
 
 fn cost(arg: Argon2Arg) -> Cost {
     match arg {
@@ -68,10 +70,30 @@ pub struct CoordinatorArgs {
     pub password: String,
     pub history: String,
     pub security: Security,
-    pub smtp: Option<String>,
+    pub smtp: Smtp,
     pub strategy: Strategy,
     pub tuning: Tuning,
 }
+
+/// The relay's CA and AUTH password: from a file, or from `TPC_SMTP_PASSWORD`.
+fn smtp_access(smtp: &Smtp) -> Result<SmtpAccess> {
+    let password = match &smtp.smtp_password_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+                .trim_end_matches(['\r', '\n'])
+                .to_owned(),
+        ),
+        None => std::env::var(SMTP_PASSWORD_ENV).ok(),
+    };
+    Ok(SmtpAccess {
+        ca: smtp.smtp_ca.clone(),
+        password: password.filter(|p| !p.is_empty()).map(SmtpPassword),
+    })
+}
+
+/// Where the SMTP AUTH password comes from when no file is given.
+pub const SMTP_PASSWORD_ENV: &str = "TPC_SMTP_PASSWORD";
 
 pub async fn coordinator(args: CoordinatorArgs) -> Result {
     fail_points()?;
@@ -83,7 +105,8 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result {
     )
     .await?;
     let mut config = coord::Config::new(args.data_dir, args.password, args.history);
-    config.smtp = args.smtp;
+    config.smtp_access = smtp_access(&args.smtp)?;
+    config.smtp = args.smtp.smtp;
     config.strategy = args.strategy;
     config.cache_mib = args.tuning.cache_mib;
     config.guard = args.tuning.guard();
@@ -139,7 +162,7 @@ pub struct Up {
     pub data_dir: PathBuf,
     pub port: u16,
     pub security: Security,
-    pub smtp: Option<String>,
+    pub smtp: Smtp,
     pub argon2: Argon2Arg,
     pub strategy: Strategy,
     pub tuning: Tuning,
@@ -192,7 +215,8 @@ pub async fn up(args: Up) -> Result {
         }
     };
     let mut coord_config = coord::Config::new(data_dir.clone(), internal_url(1), internal_url(2));
-    coord_config.smtp = smtp.clone();
+    coord_config.smtp_access = smtp_access(&smtp)?;
+    coord_config.smtp = smtp.smtp.clone();
     coord_config.strategy = strategy;
     coord_config.cache_mib = tuning.cache_mib;
     coord_config.guard = tuning.guard();
@@ -232,7 +256,7 @@ pub async fn up(args: Up) -> Result {
     }
     println!(
         "  e-mail                {}",
-        smtp.as_deref().map_or_else(
+        smtp.smtp.as_deref().map_or_else(
             || format!("{}/mail/*.eml", data_dir.display()),
             str::to_owned
         )

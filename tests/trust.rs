@@ -389,3 +389,70 @@ async fn clients_reach_a_tls_public_listener_with_the_ca_file() -> Result {
     coordinator.kill().await?;
     Ok(())
 }
+
+/// E-mail through a relay that requires TLS and AUTH, as a real one does: implicit TLS and STARTTLS,
+/// verified against the relay's CA, the password from the environment. A wrong password delivers
+/// nothing (the e-mail waits in the outbox), and the password is in no log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e_mail_leaves_through_a_tls_relay_with_auth() -> Result {
+    use tpc_harness::{Cluster, ClusterOptions, MailSecurity, MailServer};
+    let relay_password = "relay-pw-7f3a91";
+    for (implicit, given_password) in [
+        (true, relay_password),
+        (false, relay_password),
+        (true, "wrong-pw"),
+    ] {
+        let dir = tempfile::tempdir()?;
+        let relay_certs = dir.path().join("relay-certs");
+        tpc_common::certs::issue(&relay_certs, &[])?;
+        let read = |name: &str| std::fs::read(relay_certs.join(name));
+        let mail = MailServer::start_with(MailSecurity {
+            tls: Some((read("public.pem")?, read("public.key")?)),
+            implicit,
+            auth: Some(("tpc".into(), relay_password.into())),
+        })
+        .await?;
+        let cluster = Cluster::start(ClusterOptions {
+            exe: env!("CARGO_BIN_EXE_tpc").into(),
+            dir: dir.path().join("cluster"),
+            smtp: Some(mail.url()),
+            smtp_ca: Some(relay_certs.join("ca.pem")),
+            smtp_password: Some(given_password.into()),
+            ..Default::default()
+        })
+        .await?;
+        let result = cluster
+            .client()
+            .await?
+            .register_user(tpc_proto::v1::RegisterUserRequest {
+                user_id: "peggy".into(),
+                email: "peggy@example.com".into(),
+                password: "peggys-pw".into(),
+                request_id: String::new(),
+            })
+            .await?
+            .into_inner();
+        assert!(committed(&result), "{result:?}");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let expect_mail = given_password == relay_password;
+        while mail.mails().is_empty() && tokio::time::Instant::now() < deadline && expect_mail {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if !expect_mail {
+            // Long enough for several attempts of the outbox.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        let mails = mail.mails();
+        assert_eq!(
+            mails.len(),
+            usize::from(expect_mail),
+            "{} relay, password {}: {mails:?}",
+            if implicit { "TLS" } else { "STARTTLS" },
+            if expect_mail { "right" } else { "wrong" }
+        );
+        let log = std::fs::read_to_string(cluster.log_file(Service::Coordinator))?;
+        assert!(!log.contains(given_password), "the password is in the log");
+        assert!(!log.contains("peggys-pw"));
+    }
+    Ok(())
+}

@@ -41,6 +41,8 @@ pub async fn start_cluster(
         exe: config.exe.clone(),
         dir: dir.to_path_buf(),
         smtp,
+        smtp_ca: None,
+        smtp_password: None,
         rust_log: None,
         owasp_cost: config.owasp(),
         narrate: false,

@@ -1,4 +1,5 @@
-//! Where e-mail goes: an SMTP server (lettre), or `.eml` files in a directory.
+//! Where e-mail goes: an SMTP server (lettre; plaintext, STARTTLS or implicit TLS, with AUTH), or
+//! `.eml` files in a directory.
 //!
 //! The files are written by tpc itself, a batch at a time: each as `<txn-id>.eml` through a temporary
 //! name and a rename (so a reader never sees half a message, and an e-mail resent after a crash replaces
@@ -11,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use lettre::message::header::ContentType;
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use tpc_common::TxnId;
 
@@ -22,7 +25,11 @@ pub const FROM: &str = "tpc <no-reply@tpc.local>";
 #[derive(Clone)]
 pub enum Mailer {
     /// An SMTP server.
-    Smtp(AsyncSmtpTransport<Tokio1Executor>),
+    Smtp {
+        transport: AsyncSmtpTransport<Tokio1Executor>,
+        /// What the logs say about it: host, port, TLS and user, never the password.
+        described: String,
+    },
     /// `.eml` files in a directory.
     Files(PathBuf),
 }
@@ -33,6 +40,52 @@ pub enum MailerError {
     Url(String),
     #[error("cannot create the mail directory: {0}")]
     Dir(#[from] std::io::Error),
+}
+
+/// What an SMTP relay needs besides its URL.
+#[derive(Debug, Clone, Default)]
+pub struct SmtpAccess {
+    /// A CA (PEM) to verify the relay's certificate against, instead of the public web's roots.
+    pub ca: Option<PathBuf>,
+    /// AUTH's password, for the user named in the URL.
+    pub password: Option<SmtpPassword>,
+}
+
+/// The relay's password: never printed.
+#[derive(Clone)]
+pub struct SmtpPassword(pub String);
+
+impl std::fmt::Debug for SmtpPassword {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SmtpTls {
+    None,
+    StartTls,
+    Implicit,
+}
+
+/// The URL as it may be shown: without anything after the user name's `:`.
+fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) => {
+            if parsed.password().is_some() {
+                let _ = parsed.set_password(Some("redacted"));
+            }
+            parsed.to_string()
+        }
+        Err(_) => "the SMTP URL".into(),
+    }
+}
+
+/// `user%40example.com` in a URL is the user name `user@example.com`.
+fn percent_decode(raw: &str) -> String {
+    percent_encoding::percent_decode_str(raw)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 /// What became of one e-mail.
@@ -47,29 +100,90 @@ pub enum Delivery {
 }
 
 impl Mailer {
-    /// `smtp://host[:port]` (port 25 by default). Plaintext: this build has no TLS, which keeps it free
-    /// of system libraries; point it at a local relay.
-    pub fn smtp(url: &str) -> Result<Self, MailerError> {
-        let rest = url
-            .strip_prefix("smtp://")
-            .ok_or_else(|| MailerError::Url(format!("{url}: expected smtp://host:port")))?;
-        let rest = rest.trim_end_matches('/');
-        let (host, port) = match rest.rsplit_once(':') {
-            Some((host, port)) => (
-                host,
-                port.parse::<u16>()
-                    .map_err(|_| MailerError::Url(format!("{url}: bad port")))?,
-            ),
-            None => (rest, 25),
-        };
-        if host.is_empty() {
-            return Err(MailerError::Url(format!("{url}: no host")));
+    /// An SMTP relay: `smtp://host[:port]` (plaintext, port 25), `smtp://host[:port]?tls=required`
+    /// (STARTTLS, port 587) or `smtps://host[:port]` (implicit TLS, port 465). A user name in the URL
+    /// (`smtps://tpc@host`) turns on AUTH with `access.password`; a password in the URL is refused (it
+    /// would sit in the process list and the shell's history), and so is AUTH without TLS.
+    pub fn smtp(url: &str, access: &SmtpAccess) -> Result<Self, MailerError> {
+        let bad = |why: &str| MailerError::Url(format!("{}: {why}", redact_url(url)));
+        let parsed = url::Url::parse(url).map_err(|e| bad(&e.to_string()))?;
+        if !parsed.password().unwrap_or_default().is_empty() {
+            return Err(bad(
+                "a password in the URL is refused: set TPC_SMTP_PASSWORD or --smtp-password-file",
+            ));
         }
-        let transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)
+        let host = parsed
+            .host_str()
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| bad("no host"))?
+            .trim_matches(|c| c == '[' || c == ']')
+            .to_owned();
+        let mut tls_required = false;
+        for (key, value) in parsed.query_pairs() {
+            match (key.as_ref(), value.as_ref()) {
+                ("tls", "required") => tls_required = true,
+                ("tls", "none") => {}
+                _ => return Err(bad("the only option is tls=required (STARTTLS)")),
+            }
+        }
+        let (mode, default_port) = match parsed.scheme() {
+            "smtps" if tls_required => return Err(bad("smtps:// is TLS already; drop ?tls=")),
+            "smtps" => (SmtpTls::Implicit, 465),
+            "smtp" if tls_required => (SmtpTls::StartTls, 587),
+            "smtp" => (SmtpTls::None, 25),
+            _ => return Err(bad("expected smtp:// or smtps://")),
+        };
+        let port = parsed.port().unwrap_or(default_port);
+        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&host)
             .port(port)
-            .timeout(Some(Duration::from_secs(5)))
-            .build();
-        Ok(Mailer::Smtp(transport))
+            .timeout(Some(Duration::from_secs(5)));
+        if mode != SmtpTls::None {
+            let mut params = TlsParameters::builder(host.clone());
+            if let Some(ca) = &access.ca {
+                let pem = std::fs::read(ca).map_err(|e| {
+                    MailerError::Url(format!("cannot read the SMTP CA {}: {e}", ca.display()))
+                })?;
+                params =
+                    params.add_root_certificate(Certificate::from_pem(&pem).map_err(|e| {
+                        MailerError::Url(format!("the SMTP CA {}: {e}", ca.display()))
+                    })?);
+            }
+            let params = params
+                .build_rustls()
+                .map_err(|e| MailerError::Url(format!("SMTP TLS: {e}")))?;
+            builder = builder.tls(match mode {
+                SmtpTls::Implicit => Tls::Wrapper(params),
+                _ => Tls::Required(params),
+            });
+        }
+        let user = percent_decode(parsed.username());
+        if !user.is_empty() {
+            if mode == SmtpTls::None {
+                return Err(bad(
+                    "AUTH sends the password: use smtps:// or smtp://…?tls=required",
+                ));
+            }
+            let password = access.password.clone().ok_or_else(|| {
+                bad("a user name needs its password in TPC_SMTP_PASSWORD or --smtp-password-file")
+            })?;
+            builder = builder.credentials(Credentials::new(user.clone(), password.0));
+        }
+        Ok(Mailer::Smtp {
+            transport: builder.build(),
+            described: format!(
+                "SMTP {host}:{port}, {}{}",
+                match mode {
+                    SmtpTls::None => "plaintext",
+                    SmtpTls::StartTls => "STARTTLS",
+                    SmtpTls::Implicit => "TLS",
+                },
+                if user.is_empty() {
+                    String::new()
+                } else {
+                    format!(", AUTH as {user}")
+                }
+            ),
+        })
     }
 
     pub fn files(dir: PathBuf) -> Result<Self, MailerError> {
@@ -79,7 +193,7 @@ impl Mailer {
 
     pub fn describe(&self) -> String {
         match self {
-            Mailer::Smtp(_) => "SMTP".into(),
+            Mailer::Smtp { described, .. } => described.clone(),
             Mailer::Files(dir) => format!(".eml files in {}", dir.display()),
         }
     }
@@ -170,6 +284,72 @@ mod tests {
             body: "hello".into(),
             message_id: format!("<{txn}@tpc.local>"),
         }
+    }
+
+    fn described(url: &str, access: &SmtpAccess) -> Result<String, String> {
+        Mailer::smtp(url, access)
+            .map(|m| m.describe())
+            .map_err(|e| e.to_string())
+    }
+
+    /// (In a runtime: lettre's connection pool starts a task.)
+    #[tokio::test]
+    async fn smtp_urls_choose_tls_and_auth_and_never_take_a_password() {
+        let none = SmtpAccess::default();
+        let with_password = SmtpAccess {
+            ca: None,
+            password: Some(SmtpPassword("s3cret-relay-pw".into())),
+        };
+        let cases = [
+            (
+                "smtp://mail.local",
+                &none,
+                Ok("SMTP mail.local:25, plaintext"),
+            ),
+            (
+                "smtp://mail.local:2525",
+                &none,
+                Ok("SMTP mail.local:2525, plaintext"),
+            ),
+            (
+                "smtp://mail.local?tls=required",
+                &none,
+                Ok("SMTP mail.local:587, STARTTLS"),
+            ),
+            ("smtps://mail.local", &none, Ok("SMTP mail.local:465, TLS")),
+            (
+                "smtps://tpc%40example.com@mail.local:4650",
+                &with_password,
+                Ok("SMTP mail.local:4650, TLS, AUTH as tpc@example.com"),
+            ),
+            ("smtps://tpc@mail.local", &none, Err("TPC_SMTP_PASSWORD")),
+            (
+                "smtp://tpc@mail.local",
+                &with_password,
+                Err("AUTH sends the password"),
+            ),
+            (
+                "smtps://tpc:hunter2@mail.local",
+                &none,
+                Err("a password in the URL is refused"),
+            ),
+            ("smtps://mail.local?tls=required", &none, Err("TLS already")),
+            ("smtp://mail.local?tls=maybe", &none, Err("tls=required")),
+            ("http://mail.local", &none, Err("expected smtp://")),
+            ("smtp://", &none, Err("no host")),
+        ];
+        for (url, access, expected) in cases {
+            let got = described(url, access);
+            match expected {
+                Ok(description) => assert_eq!(got.as_deref(), Ok(description), "{url}"),
+                Err(part) => {
+                    let message = got.expect_err(url);
+                    assert!(message.contains(part), "{url}: {message}");
+                    assert!(!message.contains("hunter2"), "{message}");
+                }
+            }
+        }
+        assert!(!format!("{with_password:?}").contains("s3cret"));
     }
 
     #[test]

@@ -93,7 +93,7 @@ async fn deliver_all(
                 Err(_) => vec![Delivery::Failed("e-mail task failed".into()); batch.len()],
             }
         }
-        Mailer::Smtp(transport) => send_all(transport, &batch).await,
+        Mailer::Smtp { transport, .. } => send_all(transport, &batch).await,
     };
     let (mut sent, mut failed) = (Vec::new(), Vec::new());
     for (entry, delivery) in batch.into_iter().zip(done) {

@@ -18,7 +18,7 @@ use tracing::{info, warn};
 use crate::engine::{self, Engine, Event};
 use crate::events::{Events, Sealer};
 use crate::log::{Log, LogError, State};
-use crate::mailer::{Mailer, MailerError};
+use crate::mailer::{Mailer, MailerError, SmtpAccess};
 use crate::outbox;
 use crate::peers::Peers;
 use crate::runner::Runner;
@@ -31,8 +31,11 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub password_url: String,
     pub history_url: String,
-    /// `smtp://host:port`; without it e-mails are `.eml` files in `<data-dir>/mail/`.
+    /// `smtp://host:port`, `smtps://…` or `smtp://…?tls=required`; without it e-mails are `.eml` files
+    /// in `<data-dir>/mail/`.
     pub smtp: Option<String>,
+    /// The SMTP relay's CA and AUTH password.
+    pub smtp_access: SmtpAccess,
     pub engine: engine::Config,
     /// Finished transactions are kept this long for `tpc txn` and request-id deduplication.
     pub retention: Duration,
@@ -55,6 +58,7 @@ impl Config {
             password_url,
             history_url,
             smtp: None,
+            smtp_access: SmtpAccess::default(),
             engine: engine::Config::default(),
             retention: Duration::from_secs(24 * 3600),
             cache_mib: tpc_common::DEFAULT_CACHE_MIB,
@@ -92,7 +96,7 @@ pub async fn run(
         config.cache_mib,
     )?);
     let mailer = match &config.smtp {
-        Some(url) => Mailer::smtp(url)?,
+        Some(url) => Mailer::smtp(url, &config.smtp_access)?,
         None => Mailer::files(config.data_dir.join("mail"))?,
     };
     let peers = Peers::new(

@@ -64,6 +64,10 @@ pub struct ClusterOptions {
     pub dir: PathBuf,
     /// `smtp://…`; without it the coordinator writes `.eml` files.
     pub smtp: Option<String>,
+    /// `--smtp-ca` of the coordinator.
+    pub smtp_ca: Option<PathBuf>,
+    /// The SMTP AUTH password, passed to the coordinator in `TPC_SMTP_PASSWORD`.
+    pub smtp_password: Option<String>,
     /// `RUST_LOG` for the processes (default `info`).
     pub rust_log: Option<String>,
     /// Hash at OWASP cost instead of the insecure fast one tests use.
@@ -96,6 +100,9 @@ pub const LINKS: [(Service, Service); 4] = [
     (Service::Password, Service::Coordinator),
     (Service::History, Service::Coordinator),
 ];
+
+/// Where `tpc coordinator` reads the SMTP AUTH password from.
+const SMTP_PASSWORD_ENV: &str = "TPC_SMTP_PASSWORD";
 
 pub struct Cluster {
     options: ClusterOptions,
@@ -299,6 +306,9 @@ impl Cluster {
         }
         if let (Service::Coordinator, Some(smtp)) = (service, &self.options.smtp) {
             args.extend(["--smtp".into(), smtp.clone()]);
+            if let Some(ca) = &self.options.smtp_ca {
+                args.extend(["--smtp-ca".into(), ca.display().to_string()]);
+            }
         }
         if service == Service::Coordinator {
             args.extend(["--strategy".into(), self.options.strategy.as_str().into()]);
@@ -321,11 +331,15 @@ impl Cluster {
                 self.options.rust_log.as_deref().unwrap_or("info"),
             )
             .env_remove(tpc_common::fault::FAILPOINTS_ENV)
+            .env_remove(SMTP_PASSWORD_ENV)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .kill_on_drop(true);
         if let Some(spec) = fail_points {
             cmd.env(tpc_common::fault::FAILPOINTS_ENV, spec);
+        }
+        if let (Service::Coordinator, Some(password)) = (service, &self.options.smtp_password) {
+            cmd.env(SMTP_PASSWORD_ENV, password);
         }
         if self.options.narrate {
             cmd.env("RUST_LOG", "tpc::protocol=debug,error")

@@ -760,6 +760,70 @@ async fn guesses_are_throttled_per_address_and_the_owner_elsewhere_is_not() -> R
 
 /// A participant's `Prepare` repeated under the same transaction id with another payload is not a
 /// retry: it votes no and the prepared change stays as it was.
+/// Wrong guesses in flight for a user (from another address) do not make the owner's change conflict:
+/// it waits for them and commits. (Guesses are not throttled here, so that they overlap the owner's
+/// change every round; throttling is the test above.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guesses_in_flight_never_make_the_owners_change_conflict() -> Result {
+    use tpc_proto::v1::UpdatePasswordRequest;
+    use tpc_proto::v1::password_service_client::PasswordServiceClient;
+    // At the secure cost a guess holds the user for a whole argon2 verification.
+    let env = env_with(tpc_harness::ClusterOptions {
+        owasp_cost: true,
+        ..Default::default()
+    })
+    .await?;
+    env.register("frank", "frank-pw-0").await?;
+    let url = env.cluster.url(Service::Coordinator);
+    let from = |last: u8| {
+        let url = url.clone();
+        async move {
+            let channel = tonic::transport::Endpoint::from_shared(url)?
+                .local_address(Some(std::net::IpAddr::from([127, 0, 0, last])))
+                .connect()
+                .await?;
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(PasswordServiceClient::new(channel))
+        }
+    };
+    let attacker = from(2).await?;
+    let mut owner = from(3).await?;
+    for round in 0..4 {
+        let guesses: Vec<_> = (0..3)
+            .map(|i| {
+                let mut attacker = attacker.clone();
+                tokio::spawn(async move {
+                    attacker
+                        .update_password(UpdatePasswordRequest {
+                            user_id: "frank".into(),
+                            current_password: format!("guess-{round}-{i}"),
+                            new_password: "franks-stolen-pw".into(),
+                            request_id: String::new(),
+                        })
+                        .await
+                })
+            })
+            .collect();
+        // The guesses are on their way; the owner changes the password meanwhile.
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        let changed = owner
+            .update_password(UpdatePasswordRequest {
+                user_id: "frank".into(),
+                current_password: format!("frank-pw-{round}"),
+                new_password: format!("frank-pw-{}", round + 1),
+                request_id: String::new(),
+            })
+            .await?
+            .into_inner();
+        assert!(committed(&changed), "round {round}: {changed:?}");
+        for guess in guesses {
+            let answer = guess.await??.into_inner();
+            assert_eq!(answer.reason, "invalid credentials", "{answer:?}");
+        }
+    }
+    assert!(env.verify("frank", "frank-pw-4").await?);
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_repeated_prepare_with_another_payload_votes_no() -> Result {
     use tpc_proto::v1::{AbortRequest, PrepareRequest, Update, prepare_request, prepare_response};

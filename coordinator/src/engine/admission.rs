@@ -13,11 +13,17 @@ use super::{
 enum UserState {
     /// Nothing in flight.
     Free,
-    /// A transaction is collecting votes (or waiting for its turn to): a new one conflicts.
-    Preparing,
-    /// Transactions are decided and finishing (or queued behind those): a new one queues.
-    Finishing,
+    /// A transaction is in flight; `queued` more wait behind it, each for the one before.
+    Busy { queued: usize },
 }
+
+/// How many changes of one user may wait behind the one in flight; one more conflicts at once.
+///
+/// Waiting, not conflicting, is what keeps a password guess from spoiling the owner's change: a wrong
+/// guess holds the user for one argon2 verification, and the owner's change, arriving meanwhile, runs
+/// right after it instead of aborting with `conflict`. The bound keeps the memory of the waiting
+/// requests (with their passwords) small whatever is sent; each waits at most one prepare deadline.
+pub(super) const MAX_QUEUED_PER_USER: usize = 8;
 
 /// Why a new transaction waits that long for the user's previous one, and gives up.
 pub(super) const STILL_FINISHING: &str = "an earlier change of this user is still finishing";
@@ -71,9 +77,9 @@ impl Engine {
         }
 
         let phase = match self.user_state(&key.user) {
-            UserState::Preparing => {
-                // No-wait, as at the participants: another change of this user is collecting votes.
-                // Nothing was sent, so there is nothing to abort: note it and answer.
+            UserState::Busy { queued } if queued >= MAX_QUEUED_PER_USER => {
+                // Too many changes of this user already wait. Nothing was sent, so there is nothing
+                // to abort: note it and answer.
                 let note = AbortNote {
                     txn,
                     request_id: request_id.clone(),
@@ -97,7 +103,7 @@ impl Engine {
                 ];
             }
             // The operation (with its passwords) is kept in memory only while it waits.
-            UserState::Finishing => Phase::Queued { op: op.clone() },
+            UserState::Busy { .. } => Phase::Queued { op: op.clone() },
             UserState::Free if self.has_turn() => preparing(&op),
             UserState::Free => match self.limit.admit(self.waiting.len()) {
                 Ok(()) => Phase::Admitting { op: op.clone() },
@@ -156,13 +162,14 @@ impl Engine {
     fn user_state(&self, user: &UserId) -> UserState {
         let mut state = UserState::Free;
         for (_, t) in self.txns_of(user) {
-            match t.phase {
-                Phase::Preparing { .. } | Phase::Admitting { .. } => return UserState::Preparing,
-                Phase::Queued { .. }
-                | Phase::Forcing
-                | Phase::Committing { .. }
-                | Phase::Aborting { .. } => state = UserState::Finishing,
-            }
+            let queued = match state {
+                UserState::Free => 0,
+                UserState::Busy { queued } => queued,
+            };
+            let more = usize::from(matches!(t.phase, Phase::Queued { .. }));
+            state = UserState::Busy {
+                queued: queued + more,
+            };
         }
         state
     }

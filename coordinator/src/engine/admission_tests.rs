@@ -1,5 +1,6 @@
 //! The admission queue in front of preparing: one event in, the exact commands out.
 
+use super::admission::MAX_QUEUED_PER_USER;
 use super::*;
 use tpc_common::Password;
 
@@ -160,13 +161,17 @@ fn a_change_still_waiting_at_its_deadline_is_refused_not_aborted() {
 }
 
 #[test]
-fn a_second_change_of_a_waiting_user_conflicts() {
+fn changes_of_a_busy_user_wait_behind_it_up_to_a_bound() {
     let mut e = engine();
     begin(&mut e, "alice", NOW);
     begin(&mut e, "bob", NOW);
-    let (second, out) = begin(&mut e, "bob", NOW);
+    for _ in 0..MAX_QUEUED_PER_USER {
+        let (queued, out) = begin(&mut e, "bob", NOW);
+        assert_eq!(out, [deadline(queued)], "it waits for bob's first change");
+    }
+    let (one_more, out) = begin(&mut e, "bob", NOW);
     assert!(
-        out.iter().any(|c| matches!(c, Command::Reply { clients, outcome } if clients == &[second] && outcome.reason == CONFLICT)),
+        out.iter().any(|c| matches!(c, Command::Reply { clients, outcome } if clients == &[one_more] && outcome.reason == CONFLICT)),
         "{out:?}"
     );
 }

@@ -13,8 +13,9 @@
 //! - a `request_id` seen again returns the first outcome (committed) or joins the running transaction;
 //!   an aborted request may run again, since abort means nothing happened; a `request_id` reused for a
 //!   different request is refused;
-//! - one change per user is in flight: a change meeting one that collects votes conflicts at once
-//!   (no-wait, as at the participants); one meeting a change that is decided and finishing waits for it;
+//! - one change per user is in flight: a change meeting another of its user waits for it to finish
+//!   both phases (so a password guess in flight never makes the owner's change conflict), up to
+//!   `MAX_QUEUED_PER_USER` waiting, each for at most a prepare deadline; one more conflicts at once;
 //! - only as many transactions collect votes at once as can finish within the deadline (`limit.rs`);
 //!   the others wait in a short queue, or are refused at once as overloaded, never started to fail.
 //!
@@ -230,13 +231,13 @@ impl Default for Config {
     }
 }
 
-/// The reason given when another change of the same user is being prepared.
+/// The reason given when too many changes of the same user wait already.
 pub const CONFLICT: &str = "conflict: another transaction is changing this user";
 
 #[derive(Debug)]
 enum Phase {
-    /// Waiting for an earlier transaction of the same user to finish phase two: its participants still
-    /// hold the user's lock, so preparing now would only meet a conflict.
+    /// Waiting for an earlier transaction of the same user to finish both phases: its participants
+    /// hold the user's lock until then, so preparing now would only meet a conflict.
     Queued {
         op: Operation,
     },

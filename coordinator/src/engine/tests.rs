@@ -691,22 +691,51 @@ fn a_queued_change_gives_up_at_the_deadline() {
 }
 
 #[test]
-fn a_second_change_while_the_first_collects_votes_conflicts_at_once() {
+fn a_second_change_while_the_first_collects_votes_waits_and_starts_after_it() {
+    // A wrong guess (the first) in flight must not make the owner's change (the second) conflict.
     let mut e = Engine::default();
-    begin(&mut e, "r1");
-    let second = TxnId::generate();
+    let guess = begin(&mut e, "r1");
+    let owner = TxnId::generate();
     let out = e.handle(
         Event::Begin {
-            txn: second,
+            txn: owner,
             request_id: "r2".into(),
             op: update(),
         },
         NOW,
     );
     assert!(
-        matches!(out.as_slice(), [Command::LogAbort { .. }, Command::Reply { clients, outcome }]
-            if *clients == [second] && !outcome.committed && outcome.reason == CONFLICT),
-        "nothing sent, nothing to abort: {out:?}"
+        matches!(out.as_slice(), [Command::StartDeadline { txn, .. }] if *txn == owner),
+        "it waits, nothing sent: {out:?}"
+    );
+    assert_eq!(e.decision(owner), Decision::Pending);
+    e.handle(
+        Event::Voted {
+            txn: guess,
+            from: Participant::Password,
+            vote: Vote::No {
+                reason: "invalid credentials".into(),
+            },
+        },
+        NOW + 30,
+    );
+    e.handle(
+        Event::AbortDelivered {
+            txn: guess,
+            to: Participant::Password,
+        },
+        NOW + 31,
+    );
+    let out = e.handle(
+        Event::AbortDelivered {
+            txn: guess,
+            to: Participant::History,
+        },
+        NOW + 32,
+    );
+    assert!(
+        out.iter().any(|c| matches!(c, Command::SendPrepare { txn, to: Participant::Password, .. } if *txn == owner)),
+        "the owner's change starts once the guess is over: {out:?}"
     );
 }
 

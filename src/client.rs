@@ -34,6 +34,9 @@ pub struct Conn {
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
+    /// Seconds to wait for a server's answer (and for a connection) before giving up.
+    #[arg(long, default_value_t = 10, global = true)]
+    timeout: u64,
 }
 
 impl Conn {
@@ -43,7 +46,44 @@ impl Conn {
         if url.starts_with("https://") {
             endpoint = endpoint.tls_config(tls::public_client(self.ca.as_deref())?)?;
         }
-        connect(endpoint, url).await
+        connect(endpoint, url, self.timeout()).await
+    }
+
+    fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout.max(1))
+    }
+
+    /// Sends a change and prints its outcome. A call that was sent but got no answer may have committed:
+    /// the user is told so, with the request id that tells them which (exit status 3).
+    async fn change<F, Fut>(&self, request_id: String, send: F) -> Result
+    where
+        F: FnOnce(PasswordServiceClient<Channel>, String) -> Fut,
+        Fut: std::future::Future<
+                Output = std::result::Result<tonic::Response<TransactionResult>, tonic::Status>,
+            >,
+    {
+        let client = PasswordServiceClient::new(self.channel(&self.coordinator).await?);
+        // Made here when not given, so that it can be named if the answer never comes.
+        let request_id = if request_id.is_empty() {
+            uuid::Uuid::now_v7().to_string()
+        } else {
+            request_id
+        };
+        match send(client, request_id.clone()).await {
+            Ok(result) => Ok(print_result(&result.into_inner(), self.json)),
+            Err(e) if outcome_unknown(&e) => {
+                eprintln!(
+                    "tpc: no answer from {} within {} s ({}): the outcome is unknown.\n     \
+                     Request id {request_id}: run the same command again with --request-id {request_id} \
+                     (it returns the first outcome, or makes the change if it never happened).",
+                    self.coordinator,
+                    self.timeout().as_secs(),
+                    e.message()
+                );
+                Ok(ExitCode::from(OUTCOME_UNKNOWN))
+            }
+            Err(e) => Err(status(e)),
+        }
     }
 
     /// A participant's URL: given explicitly, or the coordinator's port + `offset` (the `tpc up` layout).
@@ -142,9 +182,26 @@ pub enum TxnCommand {
     },
 }
 
-async fn connect(endpoint: Endpoint, url: &str) -> Result<Channel> {
+/// The exit status of a change whose outcome is unknown (sent, never answered).
+const OUTCOME_UNKNOWN: u8 = 3;
+
+/// Whether a failed call may still have reached the coordinator and run: it was sent on a connection
+/// that then broke, or its answer did not come in time. (A refusal has a code of its own.)
+fn outcome_unknown(e: &tonic::Status) -> bool {
+    matches!(
+        e.code(),
+        tonic::Code::Cancelled
+            | tonic::Code::DeadlineExceeded
+            | tonic::Code::Unavailable
+            | tonic::Code::Unknown
+            | tonic::Code::Internal
+    )
+}
+
+async fn connect(endpoint: Endpoint, url: &str, timeout: Duration) -> Result<Channel> {
     endpoint
-        .connect_timeout(Duration::from_secs(5))
+        .connect_timeout(timeout)
+        .timeout(timeout)
         .connect()
         .await
         .map_err(|e| format!("cannot reach {url}: {e}").into())
@@ -173,7 +230,7 @@ impl AdminConn {
         };
         let endpoint = access.endpoint(&self.internal, Principal::Coordinator)?;
         Ok(TransactionManagerClient::new(
-            connect(endpoint, &self.internal).await?,
+            connect(endpoint, &self.internal, self.conn.timeout()).await?,
         ))
     }
 }
@@ -242,18 +299,17 @@ pub async fn user(cmd: UserCommand) -> Result {
         } => {
             let mut secrets = Secrets::new(password_stdin);
             let password = secrets.read("Password: ")?;
-            let mut client = PasswordServiceClient::new(conn.channel(&conn.coordinator).await?);
-            let result = client
-                .register_user(RegisterUserRequest {
-                    user_id: user,
-                    email,
-                    password,
-                    request_id,
-                })
-                .await
-                .map_err(status)?
-                .into_inner();
-            Ok(print_result(&result, conn.json))
+            conn.change(request_id, |mut client, request_id| async move {
+                client
+                    .register_user(RegisterUserRequest {
+                        user_id: user,
+                        email,
+                        password,
+                        request_id,
+                    })
+                    .await
+            })
+            .await
         }
         UserCommand::Show {
             user,
@@ -287,18 +343,19 @@ pub async fn passwd(args: PasswdArgs) -> Result {
     let mut secrets = Secrets::new(args.password_stdin);
     let current_password = secrets.read("Current password: ")?;
     let new_password = secrets.read("New password: ")?;
-    let mut client = PasswordServiceClient::new(args.conn.channel(&args.conn.coordinator).await?);
-    let result = client
-        .update_password(UpdatePasswordRequest {
-            user_id: args.user,
-            current_password,
-            new_password,
-            request_id: args.request_id,
+    let user = args.user;
+    args.conn
+        .change(args.request_id, |mut client, request_id| async move {
+            client
+                .update_password(UpdatePasswordRequest {
+                    user_id: user,
+                    current_password,
+                    new_password,
+                    request_id,
+                })
+                .await
         })
         .await
-        .map_err(status)?
-        .into_inner();
-    Ok(print_result(&result, args.conn.json))
 }
 
 pub async fn verify(args: VerifyArgs) -> Result {

@@ -137,8 +137,8 @@ impl PasswordService for Api {
 
 /// Every user id and request id the coordinator holds: for operators only.
 const ADMIN: &[Principal] = &[Principal::Admin];
-/// A decision is asked for by the participants in doubt (and an operator may look).
-const PARTICIPANTS: &[Principal] = &[Principal::Password, Principal::History, Principal::Admin];
+/// A decision is asked for by the participants in doubt (an operator has `GetTransaction`).
+const PARTICIPANTS: &[Principal] = &[Principal::Password, Principal::History];
 
 #[tonic::async_trait]
 impl TransactionManager for Api {

@@ -56,12 +56,18 @@ async fn a_committed_change_reaches_both_services_and_sends_one_mail() -> Result
         .into_inner();
     assert_eq!(shown.kind, "update");
     assert_eq!(shown.user_id, "alice");
-    let decision = tm
-        .query_decision(QueryDecisionRequest {
-            txn_id: upd.txn_id.clone(),
-        })
-        .await?
-        .into_inner();
+    // What a participant in doubt asks (with its own certificate).
+    let as_participant = env
+        .cluster
+        .internal_channel(Service::Coordinator, tpc_common::Principal::Password)
+        .await?;
+    let decision =
+        tpc_proto::v1::transaction_manager_client::TransactionManagerClient::new(as_participant)
+            .query_decision(QueryDecisionRequest {
+                txn_id: upd.txn_id.clone(),
+            })
+            .await?
+            .into_inner();
     assert_eq!(
         decision.decision(),
         query_decision_response::Decision::Committed

@@ -629,6 +629,7 @@ async fn every_server_has_health_and_lists_its_services_by_reflection() -> Resul
             host: String::new(),
             message_request: Some(MessageRequest::ListServices(String::new())),
         };
+        let channel_again = channel.clone();
         let mut replies = ServerReflectionClient::new(channel)
             .server_reflection_info(tokio_stream::iter([request]))
             .await?
@@ -640,10 +641,44 @@ async fn every_server_has_health_and_lists_its_services_by_reflection() -> Resul
             return Err("unexpected reflection reply".into());
         };
         let listed: HashSet<String> = list.service.into_iter().map(|s| s.name).collect();
+        // The older version, which some tools still speak.
+        let request = tonic_reflection::pb::v1alpha::ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(
+                tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest::ListServices(
+                    String::new(),
+                ),
+            ),
+        };
+        let mut replies =
+            tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient::new(
+                channel_again,
+            )
+            .server_reflection_info(tokio_stream::iter([request]))
+            .await?
+            .into_inner();
+        let Some(reply) = replies.message().await? else {
+            return Err("no v1alpha reflection reply".into());
+        };
+        let Some(
+            tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse::ListServicesResponse(
+                old,
+            ),
+        ) = reply.message_response
+        else {
+            return Err("unexpected v1alpha reflection reply".into());
+        };
+        assert!(
+            old.service.iter().any(|s| s.name == name),
+            "{} v1alpha lists {:?}",
+            service.name(),
+            old.service
+        );
         for name in [
             name,
             "grpc.health.v1.Health",
             "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
         ] {
             assert!(
                 listed.contains(name),

@@ -1,5 +1,5 @@
 //! What every tpc gRPC server has around its own services: the standard health service, server
-//! reflection (so `grpcurl list` works), a request size limit, and graceful shutdown.
+//! reflection in both versions (so `grpcurl list` works, and older tools too), a request size limit, and graceful shutdown.
 
 use std::future::Future;
 
@@ -23,17 +23,31 @@ pub async fn router(
             .set_service_status(*name, ServingStatus::Serving)
             .await;
     }
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(tpc_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    // Both versions of reflection: grpcurl speaks v1, but older tools (grpcui, the grpcio reflection
+    // client) speak only v1alpha and would see nothing.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(tpc_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    // The descriptor sets are compiled into the binary; failing to parse them is a build bug.
+    // Each lists its own version; each is told of the other, so both list both.
+    let v1 = reflection()
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
         .build_v1()
-        // The descriptor sets are compiled into the binary; failing to parse them is a build bug.
+        .expect("compiled-in descriptor sets are valid");
+    let v1alpha = reflection()
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
         .expect("compiled-in descriptor sets are valid");
     let mut server = tonic::transport::Server::builder();
     if let Some(tls) = tls {
         server = server.tls_config(tls)?;
     }
-    Ok(server.add_service(health).add_service(reflection))
+    Ok(server
+        .add_service(health)
+        .add_service(v1)
+        .add_service(v1alpha))
 }
 
 /// A service's two listeners: clients on `public`, the cluster's own calls on `internal`.

@@ -399,6 +399,18 @@ async fn bad_input_gets_a_clear_status_and_changes_nothing() -> Result {
         1,
         "only the valid request became a transaction"
     );
+    // An unknown enum value is an error, not "all".
+    let status = env
+        .cluster
+        .transactions()
+        .await?
+        .list_transactions(ListTransactionsRequest {
+            state: 42,
+            limit: 10,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     Ok(())
 }
 

@@ -170,7 +170,13 @@ impl TransactionManager for Api {
             0 => 100,
             n => n.min(1_000_000) as usize,
         };
-        let wanted = req.state();
+        // An unknown state is a mistake to say so, not "all" (what prost's default would make of it).
+        let wanted = transaction::State::try_from(req.state).map_err(|_| {
+            Status::invalid_argument(format!(
+                "unknown state {}: expected ACTIVE, COMMITTING, COMMITTED, ABORTED or COMPENSATING (or none)",
+                req.state
+            ))
+        })?;
         let active = self.coordinator.active().await?;
         let records = self.log.records().map_err(internal)?;
         let logged: std::collections::HashSet<TxnId> = records.iter().map(|r| r.txn).collect();

@@ -115,3 +115,49 @@ async fn a_change_sent_to_a_frozen_coordinator_is_reported_unknown_with_its_requ
     assert_eq!(env.history("grace").await?.len(), 2, "one change, not two");
     Ok(())
 }
+
+/// SIGTERM stops a server within a few seconds even when a peer holding a connection to it is frozen
+/// (it would never close that connection, and a graceful shutdown waits for connections to close).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_a_server_promptly_even_with_a_frozen_peer() -> Result {
+    let mut env = env().await?;
+    env.register("heidi", "heidis-pw-1").await?;
+    // The coordinator holds connections to both participants; it freezes.
+    env.cluster.pause(Service::Coordinator)?;
+    let pid = env.cluster.pid(Service::Password).ok_or("no pid")?;
+    let started = Instant::now();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()?;
+    assert!(killed.success());
+    let status = env
+        .cluster
+        .wait_exit(Service::Password, Duration::from_secs(15))
+        .await?;
+    let took = started.elapsed();
+    assert!(status.success(), "{status:?}");
+    assert!(took < Duration::from_secs(8), "took {took:?} to stop");
+    env.cluster.resume(Service::Coordinator)?;
+    Ok(())
+}
+
+/// `tpc up` derives five more ports from `--port`: one that would wrap past 65535, or start at the
+/// privileged 0, 1, 2…, is refused before anything starts.
+#[test]
+fn tpc_up_refuses_ports_out_of_range_before_starting() {
+    let dir = tempfile::tempdir().unwrap();
+    for port in ["65535", "65531", "0"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tpc"))
+            .args(["up", "--port", port, "--data-dir"])
+            .arg(dir.path().join("data"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "--port {port}: {stderr}");
+        assert!(stderr.contains("65530"), "--port {port}: {stderr}");
+        assert!(
+            !dir.path().join("data").exists(),
+            "--port {port} started something"
+        );
+    }
+}

@@ -75,16 +75,36 @@ pub async fn run_both(
         _ = &mut shutdown => {}
         done = &mut public => {
             let _ = stop.send(true);
-            return done.and(internal.await);
+            return done.and(drain(internal).await);
         }
         done = &mut internal => {
             let _ = stop.send(true);
-            return done.and(public.await);
+            return done.and(drain(public).await);
         }
     }
     let _ = stop.send(true);
-    let (public, internal) = tokio::join!(public, internal);
+    let (public, internal) = tokio::join!(drain(public), drain(internal));
     public.and(internal)
+}
+
+/// How long a stopping server waits for its connections to finish their calls and close. A peer that is
+/// frozen (SIGSTOP, a dead host behind a live route) never closes its connection, and a graceful
+/// shutdown would wait for it forever; past this, the remaining connections are dropped.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+async fn drain(
+    server: impl Future<Output = Result<(), tonic::transport::Error>>,
+) -> Result<(), tonic::transport::Error> {
+    match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
+        Ok(done) => done,
+        Err(_) => {
+            tracing::warn!(
+                grace_s = SHUTDOWN_GRACE.as_secs(),
+                "connections still open after the shutdown grace period: dropped"
+            );
+            Ok(())
+        }
+    }
 }
 
 /// Serves `router` on `listener` until `shutdown` completes, then lets in-flight RPCs finish.

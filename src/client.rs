@@ -188,14 +188,16 @@ const OUTCOME_UNKNOWN: u8 = 3;
 /// Whether a failed call may still have reached the coordinator and run: it was sent on a connection
 /// that then broke, or its answer did not come in time. (A refusal has a code of its own.)
 fn outcome_unknown(e: &tonic::Status) -> bool {
-    matches!(
-        e.code(),
-        tonic::Code::Cancelled
-            | tonic::Code::DeadlineExceeded
-            | tonic::Code::Unavailable
-            | tonic::Code::Unknown
-            | tonic::Code::Internal
-    )
+    // A refusal that says when to retry (overload, an unreachable participant) started nothing.
+    e.metadata().get("grpc-retry-pushback-ms").is_none()
+        && matches!(
+            e.code(),
+            tonic::Code::Cancelled
+                | tonic::Code::DeadlineExceeded
+                | tonic::Code::Unavailable
+                | tonic::Code::Unknown
+                | tonic::Code::Internal
+        )
 }
 
 async fn connect(endpoint: Endpoint, url: &str, timeout: Duration) -> Result<Channel> {

@@ -425,3 +425,88 @@ async fn chaos_run(strategy: tpc_common::Strategy) -> Result<tpc_harness::chaos:
     assert!(out.path().join("history.jsonl").exists());
     Ok(report)
 }
+
+/// The circuit breaker: with a participant killed, a few changes fail finding out, then each is refused
+/// at once (`UNAVAILABLE`, with a retry hint) instead of trying; once the participant serves again,
+/// changes commit within a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_participant_down_changes_are_refused_at_once_and_commit_again_when_it_is_back()
+-> Result {
+    use tpc_proto::v1::RegisterUserRequest;
+    let mut env = env().await?;
+    env.register("olivia", "olivias-pw").await?;
+    env.cluster.kill(Service::History).await?;
+    let mut client = env.cluster.client().await?;
+    let register = |i: usize| RegisterUserRequest {
+        user_id: format!("down{i}"),
+        email: format!("down{i}@example.com"),
+        password: format!("down{i}-pw"),
+        request_id: String::new(),
+    };
+    let (mut aborted, mut refused, mut fast) = (0, 0, 0);
+    for i in 0..30 {
+        let started = Instant::now();
+        let answer = client.register_user(register(i)).await;
+        let took = started.elapsed();
+        match answer {
+            Ok(result) => {
+                let result = result.into_inner();
+                assert!(
+                    !committed(&result)
+                        && result.reason.contains("history participant unavailable"),
+                    "{result:?}"
+                );
+                aborted += 1;
+            }
+            Err(status) => {
+                assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+                assert!(
+                    status.message().contains("history participant unreachable"),
+                    "{status:?}"
+                );
+                assert!(
+                    status.metadata().get("grpc-retry-pushback-ms").is_some(),
+                    "{status:?}"
+                );
+                refused += 1;
+                fast += usize::from(took < Duration::from_millis(50));
+            }
+        }
+    }
+    assert!(
+        aborted >= 3,
+        "the breaker opens after failures, not before: {aborted} aborted"
+    );
+    assert!(
+        refused >= 20,
+        "then it refuses: {refused} refused, {aborted} aborted"
+    );
+    assert!(
+        fast * 10 >= refused * 9,
+        "{fast} of {refused} refusals within 50 ms"
+    );
+    for i in 0..30 {
+        assert_eq!(
+            env.get_user_code(&format!("down{i}")).await?,
+            Code::NotFound
+        );
+    }
+
+    env.cluster.start_service(Service::History).await?;
+    let serving = Instant::now();
+    let mut i = 100;
+    loop {
+        if let Ok(result) = client.register_user(register(i)).await
+            && committed(&result.into_inner())
+        {
+            break;
+        }
+        assert!(
+            serving.elapsed() < Duration::from_secs(1),
+            "no change committed within 1 s of the participant serving again"
+        );
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}

@@ -263,6 +263,20 @@ impl Actor {
                     }
                 });
             }
+            Command::BreakerTurned {
+                participant,
+                opened: true,
+            } => warn!(
+                participant = participant.name(),
+                "participant unreachable: prepares failed in a row; new changes are refused at once until it answers again"
+            ),
+            Command::BreakerTurned {
+                participant,
+                opened: false,
+            } => warn!(
+                participant = participant.name(),
+                "participant answers again: changes are accepted"
+            ),
             Command::LogEnd { txn } => {
                 let log = self.log.clone();
                 let backoff = self.engine.config().commit_backoff;

@@ -220,6 +220,13 @@ fn refusal_status(refusal: Refusal) -> Status {
     match &refusal {
         Refusal::RequestReused(_) => Status::failed_precondition(refusal.to_string()),
         Refusal::Internal(_) => Status::internal(refusal.to_string()),
+        Refusal::Unavailable { retry_after, .. } => {
+            let mut status = Status::unavailable(refusal.to_string());
+            if let Ok(value) = retry_after.as_millis().to_string().parse() {
+                status.metadata_mut().insert(RETRY_PUSHBACK, value);
+            }
+            status
+        }
         Refusal::Overloaded { retry_after } => {
             let mut status = Status::resource_exhausted(refusal.to_string());
             if let Ok(value) = retry_after.as_millis().to_string().parse() {

@@ -6,7 +6,8 @@ use std::collections::HashMap;
 use tpc_common::{Operation, TxnId, UserId};
 
 use super::{
-    AbortNote, CONFLICT, Command, Engine, Outcome, Participant, Phase, Refusal, RequestKey, Txn,
+    AbortNote, Breaker, CONFLICT, Command, Engine, Outcome, Participant, Phase, Refusal,
+    RequestKey, Turn, Txn,
 };
 
 /// Where a user's transactions stand at this coordinator.
@@ -74,6 +75,26 @@ impl Engine {
             // The client retried while the first attempt runs: it gets that attempt's outcome.
             running.clients.push(txn);
             return Vec::new();
+        }
+
+        // A participant known to be unreachable: refused at once, nothing started (one change at a
+        // time goes through to find out whether it is back).
+        if let Some((participant, retry_after)) = Participant::ALL.into_iter().find_map(|p| {
+            self.breakers[&p]
+                .refuses(now)
+                .map(|retry_after| (p, retry_after))
+        }) {
+            return vec![Command::Reject {
+                client: txn,
+                refusal: Refusal::Unavailable {
+                    participant,
+                    retry_after,
+                },
+            }];
+        }
+        // Let through: where a breaker is open, this change is its probe.
+        for breaker in self.breakers.values_mut() {
+            breaker.admit(txn, now);
         }
 
         let phase = match self.user_state(&key.user) {
@@ -152,6 +173,32 @@ impl Engine {
             round: 0,
         });
         out
+    }
+
+    /// `from` answered a call: its breaker closes if it was open.
+    pub(super) fn answered(&mut self, from: Participant) -> Vec<Command> {
+        match self.breakers.get_mut(&from).and_then(Breaker::answered) {
+            Some(Turn::Closed) => vec![Command::BreakerTurned {
+                participant: from,
+                opened: false,
+            }],
+            _ => Vec::new(),
+        }
+    }
+
+    /// A prepare of `txn` could not reach `from`.
+    pub(super) fn unreachable(&mut self, txn: TxnId, from: Participant, now: u64) -> Vec<Command> {
+        match self
+            .breakers
+            .get_mut(&from)
+            .and_then(|b| b.failed(txn, now))
+        {
+            Some(Turn::Opened) => vec![Command::BreakerTurned {
+                participant: from,
+                opened: true,
+            }],
+            _ => Vec::new(),
+        }
     }
 
     /// Whether a new transaction may start preparing now: under the limit, and nobody queued before it.

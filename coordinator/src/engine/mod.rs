@@ -23,6 +23,7 @@
 //! admission queue), `phase_one.rs` (votes, abort), `phase_two.rs` (commit, recovery, forgetting).
 
 mod admission;
+mod breaker;
 mod limit;
 mod phase_one;
 mod phase_two;
@@ -30,6 +31,7 @@ mod phase_two;
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
+use breaker::{Breaker, Turn};
 use tpc_common::{
     Backoff, Email, Fingerprint, Fingerprinter, Operation, OperationKind, TxnId, UserId,
 };
@@ -111,6 +113,12 @@ pub enum Refusal {
     Overloaded { retry_after: Duration },
     #[error("internal error: {0}")]
     Internal(String),
+    /// A participant failed several prepares in a row: nothing was started; retry after this long.
+    #[error("{} participant unreachable, retry in {} ms", .participant.name(), .retry_after.as_millis())]
+    Unavailable {
+        participant: Participant,
+        retry_after: Duration,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -204,6 +212,12 @@ pub enum Command {
     },
     /// Every participant acknowledged: write END (unforced); the record may now be collected.
     LogEnd { txn: TxnId },
+    /// A participant's circuit breaker opened (it failed prepares in a row) or closed (it answers
+    /// again): for the operator's log.
+    BreakerTurned {
+        participant: Participant,
+        opened: bool,
+    },
 }
 
 /// The answer to a participant's `QueryDecision`.
@@ -315,6 +329,8 @@ pub struct Engine {
     /// Digests request payloads (a key of this process's, never written down).
     fingerprints: Fingerprinter,
     committed_txns: HashSet<TxnId>,
+    /// Per participant: refuse at once while it is unreachable (`breaker.rs`).
+    breakers: HashMap<Participant, Breaker>,
 }
 
 impl Default for Engine {
@@ -336,6 +352,10 @@ impl Engine {
             committed: HashMap::new(),
             fingerprints: Fingerprinter::new(),
             committed_txns: HashSet::new(),
+            breakers: Participant::ALL
+                .into_iter()
+                .map(|p| (p, Breaker::new(config.prepare_deadline)))
+                .collect(),
         }
     }
 
@@ -418,19 +438,31 @@ impl Engine {
                 request_id,
                 op,
             } => self.begin(txn, request_id, op, now),
-            Event::Voted { txn, from, vote } => self.voted(txn, from, vote, now),
-            Event::PrepareFailed { txn, from, error } => self.voted(
-                txn,
-                from,
-                Vote::No {
-                    reason: format!("{} participant unavailable: {error}", from.name()),
-                },
-                now,
-            ),
+            Event::Voted { txn, from, vote } => {
+                let mut out = self.answered(from);
+                out.extend(self.voted(txn, from, vote, now));
+                out
+            }
+            Event::PrepareFailed { txn, from, error } => {
+                let mut out = self.unreachable(txn, from, now);
+                out.extend(self.voted(
+                    txn,
+                    from,
+                    Vote::No {
+                        reason: format!("{} participant unavailable: {error}", from.name()),
+                    },
+                    now,
+                ));
+                out
+            }
             Event::PrepareDeadline { txn, round } => self.deadline(txn, round, now),
             Event::AbortDelivered { txn, to } => self.abort_delivered(txn, to, now),
             Event::CommitForced { txn } => self.commit_forced(txn),
-            Event::CommitAcked { txn, from } => self.commit_acked(txn, from, now),
+            Event::CommitAcked { txn, from } => {
+                let mut out = self.answered(from);
+                out.extend(self.commit_acked(txn, from, now));
+                out
+            }
             Event::CommitFailed { txn, from, attempt } => self.commit_failed(txn, from, attempt),
             Event::Recovered { records } => self.recovered(records),
             Event::Forgotten { txn, request_id } => self.forgotten(txn, &request_id),
@@ -440,6 +472,9 @@ impl Engine {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod breaker_tests;
 
 #[cfg(test)]
 mod admission_tests;

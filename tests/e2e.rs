@@ -913,3 +913,83 @@ async fn a_repeated_prepare_with_another_payload_votes_no() -> Result {
     assert!(env.verify("fay", "fay-pw-1").await?);
     Ok(())
 }
+
+/// The outbox: an e-mail the server refuses for good (550) is parked with the reason, shown by
+/// `GetTransaction`; one refused for now (451) is retried on its own backoff; neither holds up the
+/// e-mails of other changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_e_mail_is_parked_and_never_holds_up_the_others() -> Result {
+    use std::time::{Duration, Instant};
+    use tpc_proto::v1::RegisterUserRequest;
+    let env = env().await?;
+    let mut client = env.cluster.client().await?;
+    let register = |user: &str, email: String| RegisterUserRequest {
+        user_id: user.into(),
+        email,
+        password: format!("{user}-pw"),
+        request_id: String::new(),
+    };
+    let refused = client
+        .register_user(register(
+            "mallory",
+            format!("{}@example.com", tpc_harness::REFUSED_MAILBOX),
+        ))
+        .await?
+        .into_inner();
+    let busy = client
+        .register_user(register(
+            "oscar",
+            format!("{}@example.com", tpc_harness::BUSY_MAILBOX),
+        ))
+        .await?
+        .into_inner();
+    assert!(committed(&refused) && committed(&busy));
+    // Long enough for the busy e-mail's backoff to reach its cap.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    for i in 0..5 {
+        let user = format!("peer{i}");
+        let started = Instant::now();
+        let result = client
+            .register_user(register(&user, format!("{user}@example.com")))
+            .await?
+            .into_inner();
+        assert!(committed(&result));
+        let to = format!("{user}@example.com");
+        while !env.mail.mails().iter().any(|m| m.to.contains(&to)) {
+            assert!(
+                started.elapsed() < Duration::from_millis(500),
+                "{user}'s e-mail waited behind the refused ones"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let mut tm = env.cluster.transactions().await?;
+    let parked = tm
+        .get_transaction(GetTransactionRequest {
+            txn_id: refused.txn_id.clone(),
+        })
+        .await?
+        .into_inner();
+    assert!(!parked.email_sent);
+    assert!(
+        parked.email_error.contains("refused by the mail server")
+            && parked.email_error.contains("550"),
+        "{parked:?}"
+    );
+    let waiting = tm
+        .get_transaction(GetTransactionRequest {
+            txn_id: busy.txn_id.clone(),
+        })
+        .await?
+        .into_inner();
+    assert!(
+        !waiting.email_sent && waiting.email_error.is_empty(),
+        "{waiting:?}"
+    );
+    assert_eq!(
+        env.mail.mails().len(),
+        5,
+        "only the five deliverable e-mails"
+    );
+    Ok(())
+}

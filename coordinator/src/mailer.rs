@@ -93,7 +93,8 @@ fn percent_decode(raw: &str) -> String {
 pub enum Delivery {
     /// Accepted by the mail server, or on disk as a file.
     Sent,
-    /// Can never be built or sent (the reason): it leaves the outbox unsent.
+    /// Can never be built or delivered (the reason): the message is malformed, or the mail server
+    /// refused it for good (5xx). It leaves the outbox unsent, parked with the reason.
     Undeliverable(String),
     /// Not this time (the reason): try again later.
     Failed(String),
@@ -209,6 +210,10 @@ impl Mailer {
         };
         match transport.send(message).await {
             Ok(_) => Delivery::Sent,
+            // 5xx: the server says no retry will succeed (no such mailbox, refused domain).
+            Err(e) if e.is_permanent() => {
+                Delivery::Undeliverable(format!("refused by the mail server: {e}"))
+            }
             Err(e) => Delivery::Failed(e.to_string()),
         }
     }

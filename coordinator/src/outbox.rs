@@ -3,8 +3,9 @@
 //! Entries reach the outbox only in the batch that commits their transaction, and are sent only once
 //! that batch is on disk (the runtime hands each entry over after the forced write; at start,
 //! `Log::outbox` reads what is left), so an aborted transaction never produces mail. An entry leaves the
-//! outbox only after the mail server (or the file transport) accepted it; failures are retried with
-//! capped exponential backoff. A crash between delivery and marking resends the mail with the same
+//! outbox only after the mail server (or the file transport) accepted it; failures are retried, each
+//! entry with its own capped exponential backoff, and one the server refuses for good (5xx) is parked
+//! with the reason. A crash between delivery and marking resends the mail with the same
 //! `Message-ID`, which receivers can deduplicate.
 
 use std::collections::VecDeque;
@@ -43,19 +44,30 @@ pub async fn dispatch_forever(
             VecDeque::new()
         }
     };
-    let mut failures = 0u32;
+    // Entries that failed, each waiting out its own backoff: one e-mail the server keeps refusing
+    // for now never delays the others.
+    let mut retries = Retries::default();
     loop {
         if pending.is_empty() {
-            match fresh.recv().await {
-                Some(entry) => pending.push_back(entry),
-                None => return,
+            let due = retries.next_due();
+            tokio::select! {
+                entry = fresh.recv() => match entry {
+                    Some(entry) => pending.push_back(entry),
+                    None => return,
+                },
+                _ = sleep_until(due), if due.is_some() => {}
             }
         }
         while let Ok(entry) = fresh.try_recv() {
             pending.push_back(entry);
         }
+        pending.extend(retries.take_due(tokio::time::Instant::now()));
+        if pending.is_empty() {
+            continue;
+        }
         let take = pending.len().min(MARK_BATCH);
         let batch: Vec<OutboxEntry> = pending.drain(..take).collect();
+        let tried: Vec<TxnId> = batch.iter().map(|e| e.txn).collect();
         let (sent, failed) = deliver_all(&log, &mailer, batch).await;
         if !sent.is_empty()
             && let Err(cause) = log.mark_sent(&sent).await
@@ -63,16 +75,55 @@ pub async fn dispatch_forever(
             // They will be sent again after a restart, with the same Message-IDs.
             warn!(%cause, "sent, but could not mark the e-mails sent");
         }
-        if failed.is_empty() {
-            failures = 0;
-            continue;
+        // Sent or parked: done with them.
+        let again: std::collections::HashSet<TxnId> = failed.iter().map(|e| e.txn).collect();
+        for txn in tried.into_iter().filter(|t| !again.contains(t)) {
+            retries.forget(txn);
         }
-        // Retried first, in order, after a pause.
-        for entry in failed.into_iter().rev() {
-            pending.push_front(entry);
+        let now = tokio::time::Instant::now();
+        for entry in failed {
+            retries.later(entry, now, &backoff);
         }
-        tokio::time::sleep(backoff.delay(failures)).await;
-        failures = failures.saturating_add(1);
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Failed entries and when each may be tried again (capped exponential backoff per entry).
+#[derive(Default)]
+struct Retries {
+    waiting: Vec<(tokio::time::Instant, OutboxEntry)>,
+    failures: std::collections::HashMap<TxnId, u32>,
+}
+
+impl Retries {
+    fn later(&mut self, entry: OutboxEntry, now: tokio::time::Instant, backoff: &Backoff) {
+        let failures = self.failures.entry(entry.txn).or_default();
+        let at = now + backoff.delay(*failures);
+        *failures = failures.saturating_add(1);
+        self.waiting.push((at, entry));
+    }
+
+    fn forget(&mut self, txn: TxnId) {
+        self.failures.remove(&txn);
+    }
+
+    fn next_due(&self) -> Option<tokio::time::Instant> {
+        self.waiting.iter().map(|(at, _)| *at).min()
+    }
+
+    /// The entries due by `now`, oldest failure first.
+    fn take_due(&mut self, now: tokio::time::Instant) -> Vec<OutboxEntry> {
+        let (due, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiting)
+            .into_iter()
+            .partition(|(at, _)| *at <= now);
+        self.waiting = waiting;
+        due.into_iter().map(|(_, entry)| entry).collect()
     }
 }
 
@@ -103,8 +154,8 @@ async fn deliver_all(
                 sent.push(entry);
             }
             Delivery::Undeliverable(cause) => {
-                // No retry can fix a message that cannot be built: park it, and say so loudly.
-                error!(txn_id = %entry.txn, %cause, "e-mail cannot be built; giving up on it");
+                // No retry can fix it: park it with the reason (`tpc txn show` says why).
+                warn!(txn_id = %entry.txn, %cause, "e-mail can never be delivered; parked");
                 if log.mark_undeliverable(entry.txn, &cause).await.is_err() {
                     failed.push(entry);
                 }

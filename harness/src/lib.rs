@@ -12,6 +12,6 @@ mod output;
 mod proxy;
 
 pub use cluster::{Cluster, ClusterOptions, LINKS, Service};
-pub use mail_server::{Mail, MailSecurity, MailServer};
+pub use mail_server::{BUSY_MAILBOX, Mail, MailSecurity, MailServer, REFUSED_MAILBOX};
 pub use output::fresh_output_dir;
 pub use proxy::{FaultProxy, LinkFaults};

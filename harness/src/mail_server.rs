@@ -183,7 +183,22 @@ impl Collector {
     }
 }
 
+/// Recipients the server refuses for good (550), whatever is retried: a mailbox that does not exist.
+pub const REFUSED_MAILBOX: &str = "no-such-mailbox";
+/// Recipients the server refuses for now (451), every time: a mailbox that is never available.
+pub const BUSY_MAILBOX: &str = "mailbox-busy";
+
 impl Handler for Collector {
+    fn rcpt(&mut self, to: &str) -> Response {
+        if to.contains(REFUSED_MAILBOX) {
+            mailin::response::NO_MAILBOX
+        } else if to.contains(BUSY_MAILBOX) {
+            mailin::response::INTERNAL_ERROR
+        } else {
+            mailin::response::OK
+        }
+    }
+
     fn auth_plain(&mut self, _authz: &str, user: &str, password: &str) -> Response {
         self.check(user, password)
     }

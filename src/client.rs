@@ -479,7 +479,11 @@ pub async fn txn(cmd: TxnCommand) -> Result {
                 println!("acked by    {}", t.acked_by.join(", "));
                 println!(
                     "e-mail      {}",
-                    if t.email_sent { "sent" } else { "not sent" }
+                    match (t.email_sent, t.email_error.is_empty()) {
+                        (true, _) => "sent".to_owned(),
+                        (false, true) => "not sent".to_owned(),
+                        (false, false) => format!("never sent: {}", t.email_error),
+                    }
                 );
                 if !t.reason.is_empty() {
                     println!("reason      {}", t.reason);

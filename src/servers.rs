@@ -27,8 +27,10 @@ fn cost(arg: Argon2Arg) -> Cost {
     }
 }
 
-/// Arms the fail points named in `TPC_FAILPOINTS`, if any.
+/// What every server does first: arm the fail points named in `TPC_FAILPOINTS`, if any, and allow as
+/// many open files (connections) as the system lets it.
 fn fail_points() -> Result<()> {
+    tpc_common::serve::raise_open_files_limit();
     tpc_common::fault::setup_from_env().map_err(|e| e.into())
 }
 

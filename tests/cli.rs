@@ -161,3 +161,80 @@ fn tpc_up_refuses_ports_out_of_range_before_starting() {
         );
     }
 }
+
+/// A server started with a low soft limit on open files raises it, and one that runs out of
+/// descriptors anyway keeps serving the connections it has, says so in its log, and does not spin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_out_of_file_descriptors_says_so_and_recovers() -> Result {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+
+    let dir = tempfile::tempdir()?;
+    let log = dir.path().join("participant.log");
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
+        probe.local_addr()?.port()
+    };
+    // A hard limit of 64 descriptors: the process cannot raise it, and runs out.
+    let script = format!(
+        "ulimit -n 64; exec {} participant password --listen 127.0.0.1:{port} \
+         --internal-listen 127.0.0.1:0 --coordinator http://127.0.0.1:9 --argon2 fast --data-dir {}",
+        env!("CARGO_BIN_EXE_tpc"),
+        dir.path().join("data").display()
+    );
+    let mut server = tokio::process::Command::new("sh")
+        .args(["-c", &script])
+        .stderr(std::fs::File::create(&log)?)
+        .kill_on_drop(true)
+        .spawn()?;
+    let url = format!("http://127.0.0.1:{port}");
+    let health = async |url: String| {
+        let channel = tonic::transport::Endpoint::from_shared(url)?
+            .connect_timeout(Duration::from_secs(1))
+            .timeout(Duration::from_secs(2))
+            .connect()
+            .await?;
+        HealthClient::new(channel)
+            .check(HealthCheckRequest::default())
+            .await?;
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while health(url.clone()).await.is_err() {
+        assert!(Instant::now() < deadline, "the participant did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // One channel that stays connected, then more connections than descriptors.
+    let kept = tonic::transport::Endpoint::from_shared(url.clone())?
+        .connect()
+        .await?;
+    let mut flood = Vec::new();
+    for _ in 0..100 {
+        if let Ok(socket) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+            flood.push(socket);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    HealthClient::new(kept.clone())
+        .check(HealthCheckRequest::default())
+        .await?;
+    let logged = std::fs::read_to_string(&log)?;
+    assert!(logged.contains("cannot accept connections"), "{logged}");
+    assert_eq!(
+        logged.matches("cannot accept connections").count(),
+        1,
+        "warned once, not per attempt"
+    );
+    // The flood leaves: new clients are served again.
+    drop(flood);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while health(url.clone()).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "new clients were not served again"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.kill().await?;
+    Ok(())
+}

@@ -40,7 +40,11 @@ pub async fn router(
         .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .expect("compiled-in descriptor sets are valid");
-    let mut server = tonic::transport::Server::builder();
+    // A peer that vanished (a dead host, a cut link) is noticed by keepalive pings and its connection
+    // closed, instead of holding a descriptor forever.
+    let mut server = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)));
     if let Some(tls) = tls {
         server = server.tls_config(tls)?;
     }
@@ -117,14 +121,70 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
-    let incoming = TcpListenerStream::new(listener).map(|accepted| {
-        accepted.inspect(|stream| {
-            if let Err(e) = stream.set_nodelay(true) {
-                tracing::warn!(cause = %e, "cannot set TCP_NODELAY on an accepted connection");
+    let mut warned_at: Option<std::time::Instant> = None;
+    let incoming = TcpListenerStream::new(listener).then(move |accepted| {
+        let pause = match &accepted {
+            Ok(stream) => {
+                if let Err(e) = stream.set_nodelay(true) {
+                    tracing::warn!(cause = %e, "cannot set TCP_NODELAY on an accepted connection");
+                }
+                None
             }
-        })
+            // Out of file descriptors (EMFILE) or the like: the listener would fail again at once, so
+            // wait a moment, and say so (once in a while, not per attempt).
+            Err(e) => {
+                if warned_at.is_none_or(|at| at.elapsed() >= ACCEPT_WARN_EVERY) {
+                    tracing::warn!(
+                        cause = %e,
+                        "cannot accept connections (out of file descriptors?); new clients wait"
+                    );
+                    warned_at = Some(std::time::Instant::now());
+                }
+                Some(ACCEPT_PAUSE)
+            }
+        };
+        async move {
+            if let Some(pause) = pause {
+                tokio::time::sleep(pause).await;
+            }
+            accepted
+        }
     });
     router
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
+}
+
+/// After a failed accept, the listener waits this long before trying again.
+const ACCEPT_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
+/// A failing listener warns at most this often.
+const ACCEPT_WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Raises this process's soft limit on open files to its hard limit: each client connection is a file
+/// descriptor, and the usual soft limit (1,024) is far below what a server meets.
+pub fn raise_open_files_limit() {
+    #[cfg(unix)]
+    {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit and setrlimit only read and write the struct passed, which outlives them.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0
+                && limit.rlim_cur < limit.rlim_max
+            {
+                let raised = libc::rlimit {
+                    rlim_cur: limit.rlim_max,
+                    rlim_max: limit.rlim_max,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) != 0 {
+                    tracing::warn!(
+                        soft = limit.rlim_cur,
+                        "cannot raise the limit on open files"
+                    );
+                }
+            }
+        }
+    }
 }

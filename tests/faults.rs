@@ -510,3 +510,42 @@ async fn with_a_participant_down_changes_are_refused_at_once_and_commit_again_wh
     }
     Ok(())
 }
+
+/// A user's stored record that no longer decodes (damaged, or written by a build whose format this one
+/// does not read): that user's changes vote no with a clear reason that quotes none of the data, and
+/// the participant keeps serving everyone else (it used to abort, and crash again at every retry).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_that_does_not_decode_refuses_its_user_and_crashes_nothing() -> Result {
+    let mut env = env().await?;
+    env.register("rita", "ritas-pw-1").await?;
+    env.register("sam", "sams-pw-1").await?;
+    env.cluster.stop(Service::Password).await?;
+    {
+        let db = sled::open(env.cluster.data_dir(Service::Password).join("password"))?;
+        let key = db
+            .scan_prefix(b"d/")
+            .keys()
+            .filter_map(|k| k.ok())
+            .find(|k| k.ends_with(b"rita"))
+            .ok_or("rita's record")?;
+        db.insert(key, br#"{"hash": ["$argon2id$not-a-record"]}"#.to_vec())?;
+        db.flush()?;
+    }
+    env.cluster.start_service(Service::Password).await?;
+    let refused = env.update("rita", "ritas-pw-1", "ritas-pw-2", "").await?;
+    assert!(!committed(&refused));
+    assert!(
+        refused
+            .reason
+            .contains("cannot read this user's stored data")
+            && refused.reason.contains("d/rita"),
+        "{refused:?}"
+    );
+    assert!(!refused.reason.contains("argon2"), "{refused:?}");
+    // The participant is still up, and serves the others.
+    assert!(committed(
+        &env.update("sam", "sams-pw-1", "sams-pw-2", "").await?
+    ));
+    assert!(env.verify("sam", "sams-pw-2").await?);
+    Ok(())
+}

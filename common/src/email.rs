@@ -7,9 +7,17 @@ use crate::InvalidInput;
 /// An e-mail address, checked to be a storage value and an SMTP recipient: `dot-atom@host.name`, at
 /// most 254 bytes. Everything accepted here is accepted by lettre (a test in the coordinator checks),
 /// so a committed registration can always be mailed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(into = "String")]
 pub struct Email(String);
+
+/// Read back from tpc's own storage, where it was checked when written (see `UserId`'s): a rule
+/// tightened later must not make old records unreadable. Input goes through [`Email::parse`].
+impl<'de> Deserialize<'de> for Email {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(Self)
+    }
+}
 
 impl Email {
     pub fn parse(raw: &str) -> Result<Self, InvalidInput> {

@@ -299,7 +299,7 @@ impl Log {
                     Some(encode(&record))
                 }
                 Err(e) => {
-                    corrupt = Some(e.to_string());
+                    corrupt = Some(tpc_common::decode_error(&e));
                     Some(old.to_vec())
                 }
             }
@@ -469,7 +469,7 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 }
 
 fn decode<T: serde::de::DeserializeOwned>(raw: &[u8]) -> Result<T, LogError> {
-    serde_json::from_slice(raw).map_err(|e| LogError::Corrupt(e.to_string()))
+    serde_json::from_slice(raw).map_err(|e| LogError::Corrupt(tpc_common::decode_error(&e)))
 }
 
 #[cfg(test)]

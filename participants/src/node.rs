@@ -168,7 +168,13 @@ impl<R: Resource> Node<R> {
                     };
                     let outcome = blocking(slot, move || resource.validate(&data, &op))
                         .await?
-                        .unwrap_or_else(|e| fatal(e));
+                        .unwrap_or_else(|e| {
+                            // A read that fails breaks no promise: the change votes no, and the
+                            // process keeps serving every other user (a record that cannot be
+                            // decoded would otherwise crash it at every retry).
+                            error!(participant = R::NAME, %txn, cause = %e, "cannot read the user's stored data; voting no");
+                            Err(format!("{} participant cannot read this user's stored data: {e}", R::NAME))
+                        });
                     match &outcome {
                         Ok(_) => {
                             debug!(target: "tpc::protocol", participant = R::NAME, %txn, "{}: checks passed, forcing PREPARED record", R::NAME)

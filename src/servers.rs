@@ -62,7 +62,14 @@ async fn listeners(
         );
     }
     let public = bind(public).await?;
-    Ok((Listeners { public, internal }, access))
+    Ok((
+        Listeners {
+            public,
+            internal,
+            ready: None,
+        },
+        access,
+    ))
 }
 
 pub struct CoordinatorArgs {
@@ -202,12 +209,18 @@ pub async fn up(args: Up) -> Result {
     };
     let url = |offset: u16| format!("{public_scheme}://{}", addr(offset));
     let internal_url = |offset: u16| format!("{scheme}://{}", addr(offset + 3));
-    let (coord_l, coord_access) =
+    let (mut coord_l, coord_access) =
         listeners(&addr(0), &addr(3), &security, Principal::Coordinator).await?;
-    let (pass_l, pass_access) =
+    let (mut pass_l, pass_access) =
         listeners(&addr(1), &addr(4), &security, Principal::Password).await?;
-    let (hist_l, hist_access) =
+    let (mut hist_l, hist_access) =
         listeners(&addr(2), &addr(5), &security, Principal::History).await?;
+    let mut ready = Vec::new();
+    for l in [&mut coord_l, &mut pass_l, &mut hist_l] {
+        let (tell, told) = tokio::sync::oneshot::channel();
+        l.ready = Some(tell);
+        ready.push(told);
+    }
 
     let (stop, stopped) = watch::channel(false);
     let until_stopped = || {
@@ -236,6 +249,49 @@ pub async fn up(args: Up) -> Result {
     let pass_config = participant(Role::Password, pass_access);
     let hist_config = participant(Role::History, hist_access);
 
+    let signal = tokio::spawn(async move {
+        tpc_common::shutdown::signal().await;
+        let _ = stop.send(true);
+    });
+    // If one service fails, the others are dropped too: half a cluster is no use.
+    let boxed = |e: Box<dyn std::error::Error + Send + Sync>| e;
+    let served = async {
+        tokio::try_join!(
+            async {
+                coord::run(coord_config, coord_l, until_stopped())
+                    .await
+                    .map_err(|e| boxed(e.into()))
+            },
+            async {
+                part::run(pass_config, pass_l, until_stopped())
+                    .await
+                    .map_err(|e| boxed(e.into()))
+            },
+            async {
+                part::run(hist_config, hist_l, until_stopped())
+                    .await
+                    .map_err(|e| boxed(e.into()))
+            },
+        )
+    };
+    tokio::pin!(served);
+    // "Up" only once all three serve: a locked data directory or a bad --smtp fails before it.
+    let all_ready = async {
+        for told in ready {
+            if told.await.is_err() {
+                // That service failed before serving: its error comes through `served`.
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        result = &mut served => {
+            signal.abort();
+            result?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        _ = all_ready => {}
+    }
     println!("tpc is up (data in {}):", data_dir.display());
     println!("                        public (clients)          internal (the protocol, admin)");
     for (name, offset, services) in [
@@ -265,29 +321,7 @@ pub async fn up(args: Up) -> Result {
     );
     println!("Press Ctrl-C to stop.");
 
-    let signal = tokio::spawn(async move {
-        tpc_common::shutdown::signal().await;
-        let _ = stop.send(true);
-    });
-    // If one service fails, the others are dropped too: half a cluster is no use.
-    let boxed = |e: Box<dyn std::error::Error + Send + Sync>| e;
-    let served = tokio::try_join!(
-        async {
-            coord::run(coord_config, coord_l, until_stopped())
-                .await
-                .map_err(|e| boxed(e.into()))
-        },
-        async {
-            part::run(pass_config, pass_l, until_stopped())
-                .await
-                .map_err(|e| boxed(e.into()))
-        },
-        async {
-            part::run(hist_config, hist_l, until_stopped())
-                .await
-                .map_err(|e| boxed(e.into()))
-        },
-    );
+    let served = served.await;
     signal.abort();
     served?;
     Ok(ExitCode::SUCCESS)

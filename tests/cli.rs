@@ -238,3 +238,40 @@ async fn a_server_out_of_file_descriptors_says_so_and_recovers() -> Result {
     server.kill().await?;
     Ok(())
 }
+
+/// `tpc up` says it is up only once all three services serve: a bad `--smtp` fails first, and nothing
+/// claims otherwise.
+#[test]
+fn tpc_up_says_up_only_when_it_is() {
+    let dir = tempfile::tempdir().unwrap();
+    // Below the ephemeral range, where no client socket takes it meanwhile.
+    let port = (20_000 + std::process::id() % 10_000).to_string();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tpc"))
+        .args([
+            "up",
+            "--port",
+            &port,
+            "--argon2",
+            "fast",
+            "--smtp",
+            "smtps://tpc:pw@mail.local",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(2), "{stdout}\n{stderr}");
+    assert!(!stdout.contains("tpc is up"), "{stdout}");
+    assert!(
+        stderr.contains("a password in the URL is refused"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains(":pw@"),
+        "the URL's password is never printed: {stderr}"
+    );
+}

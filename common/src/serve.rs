@@ -58,6 +58,9 @@ pub async fn router(
 pub struct Listeners {
     pub public: TcpListener,
     pub internal: TcpListener,
+    /// Told when the service serves on both, its setup (stores opened, recovery) done: what `tpc up`
+    /// waits for before it says it is up.
+    pub ready: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 /// Serves `public` and `internal` on their listeners until `shutdown` completes; if either server fails,
@@ -68,6 +71,9 @@ pub async fn run_both(
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
+    if let Some(ready) = listeners.ready {
+        let _ = ready.send(());
+    }
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let until = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;

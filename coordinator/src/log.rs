@@ -314,6 +314,31 @@ impl Log {
             .transpose()
     }
 
+    /// The newest `limit` records that `keep` accepts, newest first: a range scan from the newest key
+    /// that stops once it has them (UUIDv7 ids sort by time). Blocking; for the blocking pool.
+    pub fn newest(
+        &self,
+        limit: usize,
+        mut keep: impl FnMut(&TxnRecord) -> bool,
+    ) -> Result<Vec<TxnRecord>, LogError> {
+        let mut found = Vec::new();
+        for item in self.db.scan_prefix(TXN).rev() {
+            if found.len() >= limit {
+                break;
+            }
+            let record = self.read(&item?.1)?;
+            if keep(&record) {
+                found.push(record);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Whether `txn` has a record.
+    pub fn contains(&self, txn: TxnId) -> Result<bool, LogError> {
+        Ok(self.db.contains_key(key(TXN, txn))?)
+    }
+
     /// Every record, newest first.
     pub fn records(&self) -> Result<Vec<TxnRecord>, LogError> {
         self.db
@@ -528,6 +553,39 @@ mod tests {
         );
         assert_eq!(log.get(old.txn).unwrap(), None);
         assert_eq!(log.records().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn listing_reads_from_the_newest_and_stops_at_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path(), tpc_common::DEFAULT_CACHE_MIB).unwrap();
+        let mut written = Vec::new();
+        for _ in 0..6 {
+            // A millisecond apart, so their ids sort in this order.
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            let r = record();
+            log.force_commit(&r, &email::compose(&r)).await.unwrap();
+            written.push(r.txn);
+        }
+        // Ended: every second one.
+        for txn in written.iter().step_by(2) {
+            log.end(*txn).unwrap();
+        }
+        let mut looked_at = 0;
+        let newest = log
+            .newest(2, |r| {
+                looked_at += 1;
+                r.state == State::Committed
+            })
+            .unwrap();
+        assert_eq!(
+            newest.iter().map(|r| r.txn).collect::<Vec<_>>(),
+            [written[4], written[2]],
+            "newest first, only those kept"
+        );
+        assert_eq!(looked_at, 4, "it stopped once it had two");
+        assert!(log.contains(written[0]).unwrap());
+        assert!(!log.contains(TxnId::generate()).unwrap());
     }
 
     #[tokio::test]

@@ -15,7 +15,7 @@ use tpc_proto::v1::{
 use tracing::{Instrument, debug, info, info_span};
 
 use crate::engine::{Active, Decision, Participant, Refusal};
-use crate::log::{Log, State, TxnRecord};
+use crate::log::{Log, LogError, State, TxnRecord};
 use crate::runner::Runner;
 use tpc_common::Principal;
 use tpc_common::guard::{self, Guard};
@@ -178,21 +178,30 @@ impl TransactionManager for Api {
             ))
         })?;
         let active = self.coordinator.active().await?;
-        let records = self.log.records().map_err(internal)?;
-        let logged: std::collections::HashSet<TxnId> = records.iter().map(|r| r.txn).collect();
-        // A transaction being forced is active in memory and may already be in the log: list it once.
-        let mut all: Vec<Transaction> = active
-            .iter()
-            .filter(|a| !a.decided && !logged.contains(&a.txn))
-            .map(from_active)
-            .collect();
-        all.extend(records.iter().map(|r| from_record(r, &active)));
-        all.sort_by(|a, b| b.txn_id.cmp(&a.txn_id));
-        let transactions = all
-            .into_iter()
-            .filter(|t| wanted == transaction::State::Unspecified || t.state() == wanted)
-            .take(limit)
-            .collect();
+        let wants =
+            move |t: &Transaction| wanted == transaction::State::Unspecified || t.state() == wanted;
+        // On the blocking pool, and only as far back as it takes: after a day at full load the log
+        // holds millions of records, and decoding them all stalled the coordinator's workers.
+        let log = self.log.clone();
+        let transactions = tokio::task::spawn_blocking(move || {
+            // A transaction being forced is active in memory and may already be in the log: list it
+            // once.
+            let mut all = Vec::new();
+            for a in active.iter().filter(|a| !a.decided) {
+                let t = from_active(a);
+                if wants(&t) && !log.contains(a.txn)? {
+                    all.push(t);
+                }
+            }
+            let logged = log.newest(limit, |r| wants(&from_record(r, &active)))?;
+            all.extend(logged.iter().map(|r| from_record(r, &active)));
+            all.sort_by(|a, b| b.txn_id.cmp(&a.txn_id));
+            all.truncate(limit);
+            Ok::<_, LogError>(all)
+        })
+        .await
+        .map_err(|_| Status::internal("listing failed"))?
+        .map_err(internal)?;
         Ok(Response::new(ListTransactionsResponse { transactions }))
     }
 

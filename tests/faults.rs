@@ -549,3 +549,39 @@ async fn a_record_that_does_not_decode_refuses_its_user_and_crashes_nothing() ->
     assert!(env.verify("sam", "sams-pw-2").await?);
     Ok(())
 }
+
+/// An Abort that reaches a participant while its PREPARED record is still being forced is acknowledged
+/// only once the write has landed and been undone: the user's next change, waiting at the coordinator,
+/// then finds the user unlocked (it used to start at once and vote `conflict`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_change_waits_for_an_abort_that_lands_during_the_forced_write() -> Result {
+    let mut env = env().await?;
+    env.register("quinn", "quinns-pw-1").await?;
+    env.cluster.stop(Service::Password).await?;
+    // The next PREPARED write takes longer than the coordinator's 2 s deadline.
+    env.cluster
+        .start_with_fail_points(
+            Service::Password,
+            "part.before_prepare_forced=1*delay(2500)",
+        )
+        .await?;
+    let env = std::sync::Arc::new(env);
+    let first = {
+        let env = env.clone();
+        tokio::spawn(async move { env.update("quinn", "quinns-pw-1", "quinns-pw-2", "").await })
+    };
+    // Sent while the first is preparing; it waits for it (at most its own 2 s).
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let second = env
+        .update("quinn", "quinns-pw-1", "quinns-pw-3", "")
+        .await?;
+    let first = first.await??;
+    assert!(!committed(&first), "{first:?}");
+    assert!(first.reason.contains("deadline"), "{first:?}");
+    assert!(
+        committed(&second),
+        "the next change met a held lock: {second:?}"
+    );
+    assert!(env.verify("quinn", "quinns-pw-3").await?);
+    Ok(())
+}

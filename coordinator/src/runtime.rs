@@ -10,6 +10,12 @@ use tpc_common::{Operation, TxnId, now_ms};
 use tracing::{debug, debug_span, error, warn};
 
 use crate::clients::{Waiting, spawn_reporting};
+
+/// An `Abort` answered "in progress" is sent again after this, doubling up to `ABORT_RETRY_MAX`, for
+/// at most `ABORT_RETRY_FOR` (a forced write takes milliseconds; a participant stuck longer will ask).
+const ABORT_RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(5);
+const ABORT_RETRY_MAX: std::time::Duration = std::time::Duration::from_millis(200);
+const ABORT_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(5);
 use crate::email;
 use crate::engine::{
     Active, Command, Decision, Engine, Event, Outcome, Participant, Refusal, Vote,
@@ -225,9 +231,27 @@ impl Actor {
                 let peers = self.peers.clone();
                 debug!(target: "tpc::protocol", txn_id = %txn, "coordinator → {}: Abort", to.name());
                 self.spawn(txn, async move {
-                    if let Err(error) = peers.abort(to, txn).await {
-                        // Not retried: a participant that prepared will ask, and hear "aborted".
-                        debug!(txn_id = %txn, participant = to.name(), %error, "abort not delivered");
+                    // A participant still forcing its PREPARED record answers "in progress" and holds
+                    // the user until the write lands: wait for that (briefly), so the user's next
+                    // change does not meet the lock. Any other failure is not retried: a participant
+                    // that prepared will ask, and hear "aborted".
+                    let mut pause = ABORT_RETRY_FIRST;
+                    let give_up = tokio::time::Instant::now() + ABORT_RETRY_FOR;
+                    loop {
+                        match peers.abort(to, txn).await {
+                            Err(error)
+                                if error.contains(tpc_proto::IN_PROGRESS)
+                                    && tokio::time::Instant::now() < give_up =>
+                            {
+                                tokio::time::sleep(pause).await;
+                                pause = (pause * 2).min(ABORT_RETRY_MAX);
+                            }
+                            Err(error) => {
+                                debug!(txn_id = %txn, participant = to.name(), %error, "abort not delivered");
+                                break;
+                            }
+                            Ok(()) => break,
+                        }
                     }
                     Some(Event::AbortDelivered { txn, to })
                 });

@@ -430,8 +430,11 @@ impl<C: Clone> Engine<C> {
             Some(State::Forcing {
                 abort_requested, ..
             }) => {
+                // Undone when the write lands; acknowledged only then, when the lock is free: a
+                // coordinator that heard "aborted" earlier would start the user's next change and
+                // meet the lock still held.
                 *abort_requested = true;
-                vec![Command::Ack { txn }]
+                vec![refuse(txn, Refusal::InProgress)]
             }
             Some(State::Validating { user }) => {
                 let user = user.clone();

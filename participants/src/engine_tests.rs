@@ -360,7 +360,11 @@ fn abort_during_the_forced_write_undoes_it_when_it_lands() {
     });
     assert_eq!(
         e.handle(Event::AbortRequested { txn, at: 1 }),
-        vec![Command::Ack { txn }]
+        vec![Command::Refuse {
+            txn,
+            refusal: Refusal::InProgress
+        }],
+        "not acknowledged while the user is still locked"
     );
     assert!(
         e.is_locked(&user("alice")),
@@ -375,6 +379,11 @@ fn abort_during_the_forced_write_undoes_it_when_it_lands() {
             },
             no(txn, "transaction was aborted")
         ]
+    );
+    assert_eq!(
+        e.handle(Event::AbortRequested { txn, at: 3 }),
+        vec![Command::Ack { txn }],
+        "the retried Abort is acknowledged once the lock is free"
     );
 }
 

@@ -389,7 +389,7 @@ fn hashing_slots() -> usize {
 
 fn refusal_status(txn: TxnId, refusal: Refusal) -> Status {
     match refusal {
-        Refusal::InProgress => Status::unavailable(format!("{txn} is being worked on; retry")),
+        Refusal::InProgress => Status::unavailable(format!("{txn} {}", tpc_proto::IN_PROGRESS)),
         Refusal::AlreadyCommitted => Status::failed_precondition(format!("{txn} is committed")),
         Refusal::AlreadyAborted => Status::failed_precondition(format!("{txn} was aborted")),
         Refusal::NotPrepared => Status::failed_precondition(format!("{txn} is not prepared")),

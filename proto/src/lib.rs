@@ -28,3 +28,8 @@ pub const MAX_BATCH_MESSAGE_BYTES: usize = MAX_BATCH * MAX_MESSAGE_BYTES;
 /// gRPC metadata key that carries the transaction id across services, so every service's trace span for
 /// one transaction carries the same `txn_id`.
 pub const TXN_ID_METADATA: &str = "x-tpc-txn-id";
+
+/// How a participant says (with `UNAVAILABLE`) that another request for the transaction is still being
+/// worked on, e.g. an `Abort` that came while its `PREPARED` record was being forced: the caller
+/// retries, and hears the outcome once the work is done.
+pub const IN_PROGRESS: &str = "is being worked on; retry";

@@ -226,6 +226,11 @@ enum Command {
         coordinator: String,
         #[command(flatten)]
         security: Security,
+        /// This participant's store lost changes it had acknowledged (deleted, damaged, restored from
+        /// an old backup) and an operator accepts that: the coordinator, which refuses such a store,
+        /// starts again from it. Use it once, after repairing what can be repaired.
+        #[arg(long)]
+        accept_data_loss: bool,
         #[arg(long, value_enum, default_value = "owasp")]
         argon2: Argon2Arg,
         #[command(flatten)]
@@ -398,6 +403,7 @@ async fn main() -> ExitCode {
             data_dir,
             coordinator,
             security,
+            accept_data_loss,
             argon2,
             history,
             tuning,
@@ -410,6 +416,7 @@ async fn main() -> ExitCode {
                 data_dir,
                 coordinator,
                 security,
+                accept_data_loss,
                 argon2,
                 history,
                 tuning,

@@ -132,6 +132,7 @@ pub struct ParticipantArgs {
     pub data_dir: PathBuf,
     pub coordinator: String,
     pub security: Security,
+    pub accept_data_loss: bool,
     pub argon2: Argon2Arg,
     pub history: HistoryLimits,
     pub tuning: Tuning,
@@ -153,6 +154,7 @@ pub async fn participant(args: ParticipantArgs) -> Result {
     config.guard = args.tuning.guard();
     config.internal = internal;
     config.public_tls = args.security.public_tls();
+    config.accept_data_loss = args.accept_data_loss;
     part::run(config, listeners, tpc_common::shutdown::signal()).await?;
     Ok(ExitCode::SUCCESS)
 }

@@ -585,3 +585,58 @@ async fn the_next_change_waits_for_an_abort_that_lands_during_the_forced_write()
     assert!(env.verify("quinn", "quinns-pw-3").await?);
     Ok(())
 }
+
+/// Storage that goes backwards is noticed, never served as current: a participant whose store was
+/// deleted comes back empty, and every change is refused with the reason (nothing half-applied), until
+/// an operator restarts it with `--accept-data-loss`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_participant_whose_store_was_deleted_is_refused_until_an_operator_accepts_the_loss()
+-> Result {
+    let mut env = env().await?;
+    env.register("uma", "umas-pw-1").await?;
+    env.register("victor", "victors-pw-1").await?;
+    env.cluster.kill(Service::Password).await?;
+    std::fs::remove_dir_all(env.cluster.data_dir(Service::Password).join("password"))?;
+    env.cluster.start_service(Service::Password).await?;
+
+    // The first change meets the new store: refused with the reason, and so is every one after.
+    let mut refused = Vec::new();
+    for user in ["victor", "wendy", "uma"] {
+        let result = if user == "wendy" {
+            env.register(user, "wendys-pw-1").await
+        } else {
+            env.update(user, &format!("{user}s-pw-1"), &format!("{user}s-pw-2"), "")
+                .await
+        };
+        match result {
+            Ok(r) => {
+                assert!(!committed(&r), "{user}: {r:?}");
+                refused.push(r.reason);
+            }
+            Err(e) => refused.push(e.to_string()),
+        }
+    }
+    assert!(
+        refused.iter().all(|r| r.contains("another store")),
+        "{refused:?}"
+    );
+    assert_eq!(
+        env.history("victor").await?.len(),
+        1,
+        "nothing half-applied"
+    );
+    let log = std::fs::read_to_string(env.cluster.log_file(Service::Coordinator))?;
+    assert!(
+        log.contains("participant lost acknowledged changes"),
+        "{log}"
+    );
+
+    // The operator accepts the loss: changes are made again (the users it lost are unknown to it).
+    env.cluster.stop(Service::Password).await?;
+    env.cluster
+        .start_with_args(Service::Password, &["--accept-data-loss"])
+        .await?;
+    let again = env.register("wendy", "wendys-pw-1").await?;
+    assert!(committed(&again), "{again:?}");
+    Ok(())
+}

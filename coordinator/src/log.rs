@@ -16,6 +16,8 @@ const TXN: &[u8] = b"t/";
 const OUTBOX: &[u8] = b"o/";
 /// The events strategy's deliveries waiting for a consumer: `e/<participant>/<txn>` → sealed operation.
 const DELIVERY: &[u8] = b"e/";
+/// How far each participant's store went, as it reported: `w/<participant>` → {id, seq}.
+const STORE_MARK: &[u8] = b"w/";
 /// Which strategy wrote this log.
 const STRATEGY: &[u8] = b"strategy";
 
@@ -332,6 +334,35 @@ impl Log {
             }
         }
         Ok(found)
+    }
+
+    /// Remembers how far `participant`'s store went. Not forced: a lost update only makes the check
+    /// after a crash start from an earlier mark.
+    pub fn save_store_mark(&self, participant: &str, id: &str, seq: u64) -> Result<(), LogError> {
+        let value = serde_json::json!({ "id": id, "seq": seq });
+        self.db.insert(
+            [STORE_MARK, participant.as_bytes()].concat(),
+            serde_json::to_vec(&value).expect("a JSON value serializes"),
+        )?;
+        Ok(())
+    }
+
+    /// Every participant's remembered store mark: (participant, id, seq).
+    pub fn store_marks(&self) -> Result<Vec<(String, String, u64)>, LogError> {
+        let mut marks = Vec::new();
+        for item in self.db.scan_prefix(STORE_MARK) {
+            let (key, raw) = item?;
+            let value: serde_json::Value = decode(&raw)?;
+            let (Some(id), Some(seq)) = (value["id"].as_str(), value["seq"].as_u64()) else {
+                return Err(LogError::Corrupt("a store mark without id or seq".into()));
+            };
+            marks.push((
+                String::from_utf8_lossy(&key[STORE_MARK.len()..]).into_owned(),
+                id.to_owned(),
+                seq,
+            ));
+        }
+        Ok(marks)
     }
 
     /// Whether `txn` has a record.

@@ -18,7 +18,7 @@ use tpc_proto::v1::{
 };
 
 use crate::batcher::Batcher;
-use crate::engine::{Participant, Vote};
+use crate::engine::{Participant, StoreMark, Vote};
 use crate::saga::StepResult;
 
 /// Batched calls of each kind in flight to one participant. More than one, so a slow batch (argon2 at
@@ -31,9 +31,10 @@ struct Link {
     client: ParticipantClient<Channel>,
     /// The password participant's read API (the events strategy looks up e-mail addresses).
     reader: PasswordReaderClient<Channel>,
-    prepare: Batcher<PrepareRequest, Vote>,
-    commit: Batcher<String, ()>,
-    abort: Batcher<String, ()>,
+    /// Each vote with the participant's store mark from the same answer.
+    prepare: Batcher<PrepareRequest, (Vote, Option<StoreMark>)>,
+    commit: Batcher<String, Option<StoreMark>>,
+    abort: Batcher<String, Option<StoreMark>>,
 }
 
 #[derive(Clone)]
@@ -71,7 +72,7 @@ impl Peers {
         to: Participant,
         txn: TxnId,
         op: &Operation,
-    ) -> Result<Vote, String> {
+    ) -> Result<(Vote, Option<StoreMark>), String> {
         let request = PrepareRequest {
             txn_id: txn.to_string(),
             operation: Some(op.into()),
@@ -79,12 +80,13 @@ impl Peers {
         self.link(to).prepare.send(request).await
     }
 
-    pub async fn commit(&self, to: Participant, txn: TxnId) -> Result<(), String> {
+    /// The participant's acknowledgement, with its store mark.
+    pub async fn commit(&self, to: Participant, txn: TxnId) -> Result<Option<StoreMark>, String> {
         self.link(to).commit.send(txn.to_string()).await
     }
 
     pub async fn abort(&self, to: Participant, txn: TxnId) -> Result<(), String> {
-        self.link(to).abort.send(txn.to_string()).await
+        self.link(to).abort.send(txn.to_string()).await.map(drop)
     }
 
     /// A saga step or an events delivery: one `Apply`, as those strategies are usually built (unary,
@@ -190,14 +192,16 @@ fn link(endpoint: Endpoint, timeout: Duration) -> Link {
                     let response = client
                         .prepare_batch(PrepareBatchRequest { prepares })
                         .await
-                        .map_err(describe)?;
+                        .map_err(describe)?
+                        .into_inner();
+                    let store = response.store.map(store_mark);
                     Ok(response
-                        .into_inner()
                         .results
                         .into_iter()
                         .map(|result| {
                             ok(result.status.as_ref())?;
-                            vote(result.vote.ok_or("participant sent no vote")?)
+                            let vote = vote(result.vote.ok_or("participant sent no vote")?)?;
+                            Ok((vote, store.clone()))
                         })
                         .collect())
                 }
@@ -215,12 +219,12 @@ fn link(endpoint: Endpoint, timeout: Duration) -> Link {
                 } else {
                     client.abort_batch(batch).await
                 };
+                let response = response.map_err(describe)?.into_inner();
+                let store = response.store.map(store_mark);
                 Ok(response
-                    .map_err(describe)?
-                    .into_inner()
                     .results
                     .iter()
-                    .map(|status| ok(Some(status)))
+                    .map(|status| ok(Some(status)).map(|()| store.clone()))
                     .collect())
             }
         })
@@ -232,6 +236,15 @@ fn link(endpoint: Endpoint, timeout: Duration) -> Link {
         prepare,
         commit,
         abort,
+    }
+}
+
+fn store_mark(wire: tpc_proto::v1::StoreMark) -> StoreMark {
+    StoreMark {
+        id: wire.id,
+        boot: wire.boot,
+        seq: wire.seq,
+        accept_loss: wire.accept_loss,
     }
 }
 

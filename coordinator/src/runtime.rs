@@ -10,18 +10,31 @@ use tpc_common::{Operation, TxnId, now_ms};
 use tracing::{debug, debug_span, error, warn};
 
 use crate::clients::{Waiting, spawn_reporting};
+use crate::email;
+
+use crate::engine::{
+    Active, Command, Decision, Engine, Event, Outcome, Participant, Refusal, StoreMark, Vote,
+};
+use crate::log::{Log, OutboxEntry};
+use crate::peers::Peers;
+
+/// `then`, with the store mark the participant sent beside it, if any.
+fn reported(from: Participant, store: Option<StoreMark>, then: Event) -> Event {
+    match store {
+        Some(mark) => Event::Reported {
+            from,
+            mark,
+            then: Box::new(then),
+        },
+        None => then,
+    }
+}
 
 /// An `Abort` answered "in progress" is sent again after this, doubling up to `ABORT_RETRY_MAX`, for
 /// at most `ABORT_RETRY_FOR` (a forced write takes milliseconds; a participant stuck longer will ask).
 const ABORT_RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(5);
 const ABORT_RETRY_MAX: std::time::Duration = std::time::Duration::from_millis(200);
 const ABORT_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(5);
-use crate::email;
-use crate::engine::{
-    Active, Command, Decision, Engine, Event, Outcome, Participant, Refusal, Vote,
-};
-use crate::log::{Log, OutboxEntry};
-use crate::peers::Peers;
 
 enum Input {
     Event(Event),
@@ -182,12 +195,12 @@ impl Actor {
                         return Some(Event::PrepareFailed { txn, from: to, error });
                     }
                     Some(match peers.prepare(to, txn, &op).await {
-                        Ok(vote) => {
+                        Ok((vote, store)) => {
                             match &vote {
                                 Vote::Yes { .. } => debug!(target: "tpc::protocol", "{} → coordinator: vote YES", to.name()),
                                 Vote::No { reason } => debug!(target: "tpc::protocol", "{} → coordinator: vote NO ({reason})", to.name()),
                             }
-                            Event::Voted { txn, from: to, vote }
+                            reported(to, store, Event::Voted { txn, from: to, vote })
                         }
                         Err(error) => {
                             warn!(txn_id = %txn, participant = to.name(), %error, "prepare failed");
@@ -276,9 +289,9 @@ impl Actor {
                         acked = Err("injected: the acknowledgement was lost".into());
                     }
                     match acked {
-                        Ok(()) => {
+                        Ok(store) => {
                             debug!(target: "tpc::protocol", "{} → coordinator: ack Commit", to.name());
-                            Some(Event::CommitAcked { txn, from: to })
+                            Some(reported(to, store, Event::CommitAcked { txn, from: to }))
                         }
                         Err(error) => {
                             warn!(txn_id = %txn, participant = to.name(), %error, attempt, "commit not acknowledged; will resend");
@@ -287,6 +300,30 @@ impl Actor {
                     }
                 });
             }
+            Command::SaveStoreMark {
+                participant,
+                id,
+                seq,
+            } => {
+                if let Err(e) = self.log.save_store_mark(participant.name(), &id, seq) {
+                    warn!(participant = participant.name(), cause = %e, "cannot remember the participant's store mark");
+                }
+            }
+            Command::StoreVerdict {
+                participant,
+                lost: Some(reason),
+            } => error!(
+                participant = participant.name(),
+                %reason,
+                "participant lost acknowledged changes: every change is refused until it is repaired, or restarted with --accept-data-loss"
+            ),
+            Command::StoreVerdict {
+                participant,
+                lost: None,
+            } => warn!(
+                participant = participant.name(),
+                "an operator accepted the participant's data loss (--accept-data-loss): changes are accepted again"
+            ),
             Command::BreakerTurned {
                 participant,
                 opened: true,

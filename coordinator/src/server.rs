@@ -182,6 +182,14 @@ fn start_two_phase_commit(
     outbox: tokio::sync::mpsc::UnboundedSender<crate::log::OutboxEntry>,
 ) -> Result<Coordinator, ServeError> {
     let mut engine = Engine::new(config.engine);
+    for (name, id, seq) in log.store_marks()? {
+        if let Some(p) = crate::engine::Participant::ALL
+            .into_iter()
+            .find(|p| p.name() == name)
+        {
+            engine.remember_store(p, id, seq);
+        }
+    }
     let records: Vec<_> = log
         .records()?
         .into_iter()

@@ -251,7 +251,16 @@ impl Cluster {
 
     /// Starts `service` (it must not be running) and waits until it accepts connections.
     pub async fn start_service(&mut self, service: Service) -> Result<(), BoxError> {
-        self.spawn_service(service, None).await
+        self.spawn_service(service, None, &[]).await
+    }
+
+    /// Starts `service` with more command-line arguments (e.g. `--accept-data-loss`).
+    pub async fn start_with_args(
+        &mut self,
+        service: Service,
+        extra: &[&str],
+    ) -> Result<(), BoxError> {
+        self.spawn_service(service, None, extra).await
     }
 
     /// Starts `service` with fail points armed (`TPC_FAILPOINTS`, e.g. `coord.after_votes=crash`).
@@ -260,13 +269,14 @@ impl Cluster {
         service: Service,
         fail_points: &str,
     ) -> Result<(), BoxError> {
-        self.spawn_service(service, Some(fail_points)).await
+        self.spawn_service(service, Some(fail_points), &[]).await
     }
 
     async fn spawn_service(
         &mut self,
         service: Service,
         fail_points: Option<&str>,
+        extra: &[&str],
     ) -> Result<(), BoxError> {
         let listen = format!("127.0.0.1:{}", self.ports[service.index()]);
         let internal_listen = format!("127.0.0.1:{}", self.internal_ports[service.index()]);
@@ -324,6 +334,7 @@ impl Cluster {
         if let (Service::History, Some(keep)) = (service, self.options.history_keep) {
             args.extend(["--history-keep".into(), keep.to_string()]);
         }
+        args.extend(extra.iter().map(|a| a.to_string()));
         let mut cmd = Command::new(&self.options.exe);
         cmd.args(&args)
             .env(

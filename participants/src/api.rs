@@ -34,6 +34,24 @@ pub struct ParticipantApi<R: Resource> {
     pub node: Arc<Node<R>>,
     /// Who may call: the protocol is the coordinator's alone, the status an operator's.
     pub access: Internal,
+    /// Started with `--accept-data-loss`: tell the coordinator to start again from this store.
+    pub accept_data_loss: bool,
+}
+
+impl<R: Resource> ParticipantApi<R> {
+    fn store_mark(&self) -> tpc_proto::v1::StoreMark {
+        store_mark(&self.node, self.accept_data_loss)
+    }
+}
+
+fn store_mark<R: Resource>(node: &Node<R>, accept_loss: bool) -> tpc_proto::v1::StoreMark {
+    let mark = node.store_mark();
+    tpc_proto::v1::StoreMark {
+        id: mark.id,
+        boot: mark.boot,
+        seq: mark.seq,
+        accept_loss,
+    }
 }
 
 /// The protocol's callers: a participant that let anyone else Prepare or Commit would let a client
@@ -110,7 +128,11 @@ impl<R: Resource> Participant for ParticipantApi<R> {
             }
         })
         .await?;
-        Ok(Response::new(PrepareBatchResponse { results }))
+        // Read after the batch's work: the mark covers every vote in it.
+        Ok(Response::new(PrepareBatchResponse {
+            results,
+            store: Some(self.store_mark()),
+        }))
     }
 
     async fn commit_batch(
@@ -118,7 +140,9 @@ impl<R: Resource> Participant for ParticipantApi<R> {
         request: Request<TxnBatch>,
     ) -> Result<Response<BatchResults>, Status> {
         self.access.authorize(&request, DRIVER)?;
-        decide_batch(&self.node, request.into_inner(), Decide::Commit).await
+        let mut answer = decide_batch(&self.node, request.into_inner(), Decide::Commit).await?;
+        answer.get_mut().store = Some(self.store_mark());
+        Ok(answer)
     }
 
     async fn abort_batch(
@@ -126,7 +150,9 @@ impl<R: Resource> Participant for ParticipantApi<R> {
         request: Request<TxnBatch>,
     ) -> Result<Response<BatchResults>, Status> {
         self.access.authorize(&request, DRIVER)?;
-        decide_batch(&self.node, request.into_inner(), Decide::Abort).await
+        let mut answer = decide_batch(&self.node, request.into_inner(), Decide::Abort).await?;
+        answer.get_mut().store = Some(self.store_mark());
+        Ok(answer)
     }
 
     async fn apply(
@@ -258,7 +284,10 @@ async fn decide_batch<R: Resource>(
         }
     })
     .await?;
-    Ok(Response::new(BatchResults { results }))
+    Ok(Response::new(BatchResults {
+        results,
+        store: None,
+    }))
 }
 
 fn check_batch(len: usize) -> Result<(), Status> {

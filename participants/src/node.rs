@@ -53,6 +53,11 @@ pub struct Node<R: Resource> {
 }
 
 impl<R: Resource> Node<R> {
+    /// The store this participant answers from, and how far its durable history goes.
+    pub fn store_mark(&self) -> crate::store::StoreMark {
+        self.store.mark()
+    }
+
     /// Opens the store, recovers in-doubt transactions and locks their users.
     pub fn open(
         resource: R,

@@ -52,6 +52,9 @@ pub struct Config {
     pub internal: Internal,
     /// Server TLS on the public listener (the readers), if any.
     pub public_tls: Option<PublicTls>,
+    /// The operator accepts that this store lost acknowledged data (deleted, damaged, restored from
+    /// an old backup): the coordinator is told to start again from it.
+    pub accept_data_loss: bool,
 }
 
 impl Config {
@@ -69,6 +72,7 @@ impl Config {
             guard: GuardConfig::default(),
             internal: Internal::Insecure,
             public_tls: None,
+            accept_data_loss: false,
         }
     }
 }
@@ -125,7 +129,7 @@ pub async fn run(
                 .add_service(reader());
             // The events strategy's coordinator looks up e-mail addresses over its own link.
             let internal = internal
-                .add_service(participant_server(node.clone(), &config.internal))
+                .add_service(participant_server(node.clone(), &config))
                 .add_service(reader());
             tokio::spawn(node.clone().collect_barriers_forever());
             (public, internal, tokio::spawn(node.tick_forever(TICK)))
@@ -143,7 +147,7 @@ pub async fn run(
                     HistoryReaderServer::new(HistoryApi(node.clone()))
                         .max_decoding_message_size(MAX_MESSAGE_BYTES),
                 );
-            let internal = internal.add_service(participant_server(node.clone(), &config.internal));
+            let internal = internal.add_service(participant_server(node.clone(), &config));
             tokio::spawn(node.clone().collect_barriers_forever());
             (public, internal, tokio::spawn(node.tick_forever(TICK)))
         }
@@ -183,11 +187,12 @@ fn open<R: Resource>(
 
 fn participant_server<R: Resource>(
     node: Arc<Node<R>>,
-    access: &Internal,
+    config: &Config,
 ) -> ParticipantServer<ParticipantApi<R>> {
     ParticipantServer::new(ParticipantApi {
         node,
-        access: access.clone(),
+        access: config.internal.clone(),
+        accept_data_loss: config.accept_data_loss,
     })
     .max_decoding_message_size(MAX_BATCH_MESSAGE_BYTES)
 }

@@ -17,6 +17,10 @@ const TXN: &[u8] = b"t/";
 const DATA: &[u8] = b"d/";
 const LIST: &[u8] = b"l/";
 const BARRIER: &[u8] = b"b/";
+/// The store's identity, made when it is created.
+const STORE_ID: &[u8] = b"m/id";
+/// How many promises (forced writes) the store holds: PREPARED records, commits, saga steps.
+const STORE_SEQ: &[u8] = b"m/seq";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -99,7 +103,23 @@ impl Data {
 pub struct Store<C> {
     db: sled::Db,
     forcer: GroupCommit,
+    /// Which store this is and how far its durable history goes (see [`StoreMark`]).
+    id: String,
+    boot: String,
+    /// Taken while a promise's batch is numbered and applied, so batches land in the order of their
+    /// numbers and the stored count never goes down.
+    next_seq: std::sync::Mutex<u64>,
+    /// The highest number known to be on disk: what is reported.
+    durable_seq: std::sync::atomic::AtomicU64,
     _change: PhantomData<fn() -> C>,
+}
+
+/// What a participant tells the coordinator about its store (`tpc.v1.StoreMark`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreMark {
+    pub id: String,
+    pub boot: String,
+    pub seq: u64,
 }
 
 impl<C: Serialize + DeserializeOwned> Store<C> {
@@ -107,12 +127,60 @@ impl<C: Serialize + DeserializeOwned> Store<C> {
     /// runtime (it starts the group commit).
     pub fn open(dir: &Path, cache_mib: u64) -> Result<Self, StoreError> {
         let db = tpc_common::open_database(dir, cache_mib)?;
+        let id = match db.get(STORE_ID)? {
+            Some(id) => String::from_utf8_lossy(&id).into_owned(),
+            None => {
+                // A new store (or one from before stores had an identity).
+                let id = uuid::Uuid::now_v7().to_string();
+                db.insert(STORE_ID, id.as_bytes())?;
+                db.flush()?;
+                id
+            }
+        };
+        let seq = match db.get(STORE_SEQ)? {
+            Some(raw) => {
+                u64::from_be_bytes(raw.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+                    key: "m/seq".into(),
+                    cause: "not a count".into(),
+                })?)
+            }
+            None => 0,
+        };
         let forcer = GroupCommit::start(db.clone());
         Ok(Self {
             db,
             forcer,
+            id,
+            boot: uuid::Uuid::now_v7().to_string(),
+            next_seq: std::sync::Mutex::new(seq),
+            durable_seq: std::sync::atomic::AtomicU64::new(seq),
             _change: PhantomData,
         })
+    }
+
+    /// This store and how far its durable history goes.
+    pub fn mark(&self) -> StoreMark {
+        StoreMark {
+            id: self.id.clone(),
+            boot: self.boot.clone(),
+            seq: self.durable_seq.load(std::sync::atomic::Ordering::Acquire),
+        }
+    }
+
+    /// Applies a promise's batch under the next number, then forces it; the number counts as durable
+    /// only then (and with it every lower one: they were applied before it, and the flush covers them).
+    async fn force_promise(&self, mut batch: sled::Batch) -> Result<(), StoreError> {
+        let seq = {
+            let mut next = self.next_seq.lock().unwrap_or_else(|p| p.into_inner());
+            *next += 1;
+            batch.insert(STORE_SEQ, &next.to_be_bytes());
+            self.db.apply_batch(batch)?;
+            *next
+        };
+        self.forcer.force().await?;
+        self.durable_seq
+            .fetch_max(seq, std::sync::atomic::Ordering::AcqRel);
+        Ok(())
     }
 
     pub fn data(&self) -> Data {
@@ -158,9 +226,9 @@ impl<C: Serialize + DeserializeOwned> Store<C> {
             change: change.clone(),
             at,
         };
-        self.db.insert(txn_key(txn), encode(&record))?;
-        self.forcer.force().await?;
-        Ok(())
+        let mut batch = sled::Batch::default();
+        batch.insert(txn_key(txn), encode(&record));
+        self.force_promise(batch).await
     }
 
     /// Applies `data_writes` and replaces PREPARED with COMMITTED, atomically and forced.
@@ -171,9 +239,7 @@ impl<C: Serialize + DeserializeOwned> Store<C> {
         at: u64,
     ) -> Result<(), StoreError> {
         data_writes.insert(txn_key(txn), encode(&TxnRecord::<C>::Committed { at }));
-        self.db.apply_batch(data_writes)?;
-        self.forcer.force().await?;
-        Ok(())
+        self.force_promise(data_writes).await
     }
 
     /// What this participant recorded for a saga or events transaction (see `barrier.rs`).
@@ -194,9 +260,7 @@ impl<C: Serialize + DeserializeOwned> Store<C> {
         mut data_writes: sled::Batch,
     ) -> Result<(), StoreError> {
         data_writes.insert(barrier_key(txn), encode(barrier));
-        self.db.apply_batch(data_writes)?;
-        self.forcer.force().await?;
-        Ok(())
+        self.force_promise(data_writes).await
     }
 
     /// Records a refusal, unforced: it changed nothing, and a lost one only lets a retry check again.

@@ -7,7 +7,7 @@ use tpc_common::{Operation, TxnId, UserId};
 
 use super::{
     AbortNote, Breaker, CONFLICT, Command, Engine, Outcome, Participant, Phase, Refusal,
-    RequestKey, Turn, Txn,
+    RequestKey, StoreMark, Turn, Txn, Verdict,
 };
 
 /// Where a user's transactions stand at this coordinator.
@@ -173,6 +173,33 @@ impl Engine {
             round: 0,
         });
         out
+    }
+
+    /// `from` said how far its store goes.
+    pub(super) fn store_reported(&mut self, from: Participant, mark: StoreMark) -> Vec<Command> {
+        match self.stores.report(from, mark) {
+            Verdict::Same => Vec::new(),
+            Verdict::Advanced { id, seq } => vec![Command::SaveStoreMark {
+                participant: from,
+                id,
+                seq,
+            }],
+            Verdict::Lost(reason) => vec![Command::StoreVerdict {
+                participant: from,
+                lost: Some(reason),
+            }],
+            Verdict::Accepted { id, seq } => vec![
+                Command::StoreVerdict {
+                    participant: from,
+                    lost: None,
+                },
+                Command::SaveStoreMark {
+                    participant: from,
+                    id,
+                    seq,
+                },
+            ],
+        }
     }
 
     /// `from` answered a call: its breaker closes if it was open.

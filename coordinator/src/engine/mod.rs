@@ -27,11 +27,14 @@ mod breaker;
 mod limit;
 mod phase_one;
 mod phase_two;
+mod stores;
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use breaker::{Breaker, Turn};
+pub use stores::StoreMark;
+use stores::{Stores, Verdict};
 use tpc_common::{
     Backoff, Email, Fingerprint, Fingerprinter, Operation, OperationKind, TxnId, UserId,
 };
@@ -173,6 +176,12 @@ pub enum Event {
         txn: TxnId,
         request_id: String,
     },
+    /// A participant said how far its store goes (`mark`), with its answer (`then`).
+    Reported {
+        from: Participant,
+        mark: StoreMark,
+        then: Box<Event>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -212,6 +221,18 @@ pub enum Command {
     },
     /// Every participant acknowledged: write END (unforced); the record may now be collected.
     LogEnd { txn: TxnId },
+    /// Remember how far a participant's store goes (not forced: a lost update only weakens the check).
+    SaveStoreMark {
+        participant: Participant,
+        id: String,
+        seq: u64,
+    },
+    /// A participant's store lost acknowledged changes (`reason`), or an operator accepted that
+    /// (`reason` is `None`): for the operator's log.
+    StoreVerdict {
+        participant: Participant,
+        lost: Option<String>,
+    },
     /// A participant's circuit breaker opened (it failed prepares in a row) or closed (it answers
     /// again): for the operator's log.
     BreakerTurned {
@@ -331,6 +352,8 @@ pub struct Engine {
     committed_txns: HashSet<TxnId>,
     /// Per participant: refuse at once while it is unreachable (`breaker.rs`).
     breakers: HashMap<Participant, Breaker>,
+    /// Per participant: the store that acknowledged its changes (`stores.rs`).
+    stores: Stores,
 }
 
 impl Default for Engine {
@@ -356,6 +379,7 @@ impl Engine {
                 .into_iter()
                 .map(|p| (p, Breaker::new(config.prepare_deadline)))
                 .collect(),
+            stores: Stores::default(),
         }
     }
 
@@ -388,6 +412,11 @@ impl Engine {
 
     pub fn config(&self) -> Config {
         self.config
+    }
+
+    /// How far `p`'s store went, as remembered from before a restart.
+    pub fn remember_store(&mut self, p: Participant, id: String, seq: u64) {
+        self.stores.remember(p, id, seq);
     }
 
     pub fn decision(&self, txn: TxnId) -> Decision {
@@ -466,6 +495,11 @@ impl Engine {
             Event::CommitFailed { txn, from, attempt } => self.commit_failed(txn, from, attempt),
             Event::Recovered { records } => self.recovered(records),
             Event::Forgotten { txn, request_id } => self.forgotten(txn, &request_id),
+            Event::Reported { from, mark, then } => {
+                let mut out = self.store_reported(from, mark);
+                out.extend(self.handle(*then, now));
+                out
+            }
         }
     }
 }

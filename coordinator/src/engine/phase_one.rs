@@ -29,6 +29,12 @@ impl Engine {
             // Not asked yet: no vote of its can be about this transaction.
             return Vec::new();
         }
+        if let Some(reason) = self.stores.lost(from) {
+            // A store that lost acknowledged changes: its vote is worth nothing, and its answer is
+            // not the reason to give (an unknown user there may be one it lost).
+            let reason = reason.to_owned();
+            return self.abort(txn, reason, now);
+        }
         if let Vote::No { reason } = &vote {
             let reason = reason.clone();
             return self.abort(txn, reason, now);

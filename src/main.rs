@@ -184,60 +184,9 @@ enum Command {
         tuning: Tuning,
     },
     /// Run the transaction manager alone.
-    Coordinator {
-        /// Address of the public listener (PasswordService), e.g. 0.0.0.0:50051.
-        #[arg(long)]
-        listen: String,
-        /// Address of the internal listener (decisions for the participants, admin calls).
-        #[arg(long)]
-        internal_listen: String,
-        #[arg(long)]
-        data_dir: PathBuf,
-        /// URL of the password participant's internal listener.
-        #[arg(long)]
-        password: String,
-        /// URL of the history participant's internal listener.
-        #[arg(long)]
-        history: String,
-        #[command(flatten)]
-        security: Security,
-        #[command(flatten)]
-        smtp: Smtp,
-        /// How changes are made atomic; a data directory keeps the strategy it was first run with.
-        #[arg(long, value_enum, default_value = "2pc")]
-        strategy: StrategyArg,
-        #[command(flatten)]
-        tuning: Tuning,
-    },
+    Coordinator(servers::CoordinatorArgs),
     /// Run one participant alone.
-    Participant {
-        #[arg(value_enum)]
-        role: RoleArg,
-        /// Address of the public listener (PasswordReader or HistoryReader).
-        #[arg(long)]
-        listen: String,
-        /// Address of the internal listener (the protocol: Prepare, Commit, Abort…).
-        #[arg(long)]
-        internal_listen: String,
-        #[arg(long)]
-        data_dir: PathBuf,
-        /// URL of the coordinator's internal listener, asked about in-doubt transactions.
-        #[arg(long)]
-        coordinator: String,
-        #[command(flatten)]
-        security: Security,
-        /// This participant's store lost changes it had acknowledged (deleted, damaged, restored from
-        /// an old backup) and an operator accepts that: the coordinator, which refuses such a store,
-        /// starts again from it. Use it once, after repairing what can be repaired.
-        #[arg(long)]
-        accept_data_loss: bool,
-        #[arg(long, value_enum, default_value = "owasp")]
-        argon2: Argon2Arg,
-        #[command(flatten)]
-        history: HistoryLimits,
-        #[command(flatten)]
-        tuning: Tuning,
-    },
+    Participant(servers::ParticipantArgs),
     /// Manage users.
     #[command(subcommand)]
     User(client::UserCommand),
@@ -371,57 +320,13 @@ async fn main() -> ExitCode {
             })
             .await
         }
-        Command::Coordinator {
-            listen,
-            internal_listen,
-            data_dir,
-            password,
-            history,
-            security,
-            smtp,
-            strategy,
-            tuning,
-        } => {
+        Command::Coordinator(args) => {
             telemetry::init(format);
-            servers::coordinator(servers::CoordinatorArgs {
-                listen,
-                internal_listen,
-                data_dir,
-                password,
-                history,
-                security,
-                smtp,
-                strategy: strategy.into(),
-                tuning,
-            })
-            .await
+            servers::coordinator(args).await
         }
-        Command::Participant {
-            role,
-            listen,
-            internal_listen,
-            data_dir,
-            coordinator,
-            security,
-            accept_data_loss,
-            argon2,
-            history,
-            tuning,
-        } => {
+        Command::Participant(args) => {
             telemetry::init(format);
-            servers::participant(servers::ParticipantArgs {
-                role,
-                listen,
-                internal_listen,
-                data_dir,
-                coordinator,
-                security,
-                accept_data_loss,
-                argon2,
-                history,
-                tuning,
-            })
-            .await
+            servers::participant(args).await
         }
         Command::Certs { out, public_name } => servers::certs(&out, &public_name),
         Command::User(cmd) => client::user(cmd).await,

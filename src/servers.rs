@@ -15,7 +15,7 @@ use tpc_participants::server::{self as part, Role};
 
 use tpc_coordinator::mailer::{SmtpAccess, SmtpPassword};
 
-use crate::{Argon2Arg, HistoryLimits, Result, RoleArg, Security, Smtp, Tuning};
+use crate::{Argon2Arg, HistoryLimits, Result, RoleArg, Security, Smtp, StrategyArg, Tuning};
 
 fn cost(arg: Argon2Arg) -> Cost {
     match arg {
@@ -72,16 +72,31 @@ async fn listeners(
     ))
 }
 
+#[derive(clap::Args)]
 pub struct CoordinatorArgs {
-    pub listen: String,
-    pub internal_listen: String,
-    pub data_dir: PathBuf,
-    pub password: String,
-    pub history: String,
-    pub security: Security,
-    pub smtp: Smtp,
-    pub strategy: Strategy,
-    pub tuning: Tuning,
+    /// Address of the public listener (PasswordService), e.g. 0.0.0.0:50051.
+    #[arg(long)]
+    listen: String,
+    /// Address of the internal listener (decisions for the participants, admin calls).
+    #[arg(long)]
+    internal_listen: String,
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// URL of the password participant's internal listener.
+    #[arg(long)]
+    password: String,
+    /// URL of the history participant's internal listener.
+    #[arg(long)]
+    history: String,
+    #[command(flatten)]
+    security: Security,
+    #[command(flatten)]
+    smtp: Smtp,
+    /// How changes are made atomic; a data directory keeps the strategy it was first run with.
+    #[arg(long, value_enum, default_value = "2pc")]
+    strategy: StrategyArg,
+    #[command(flatten)]
+    tuning: Tuning,
 }
 
 /// The relay's CA and AUTH password: from a file, or from `TPC_SMTP_PASSWORD`.
@@ -116,7 +131,7 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result {
     let mut config = coord::Config::new(args.data_dir, args.password, args.history);
     config.smtp_access = smtp_access(&args.smtp)?;
     config.smtp = args.smtp.smtp;
-    config.strategy = args.strategy;
+    config.strategy = args.strategy.into();
     config.cache_mib = args.tuning.cache_mib;
     config.guard = args.tuning.guard();
     config.internal = internal;
@@ -125,17 +140,34 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result {
     Ok(ExitCode::SUCCESS)
 }
 
+#[derive(clap::Args)]
 pub struct ParticipantArgs {
-    pub role: RoleArg,
-    pub listen: String,
-    pub internal_listen: String,
-    pub data_dir: PathBuf,
-    pub coordinator: String,
-    pub security: Security,
-    pub accept_data_loss: bool,
-    pub argon2: Argon2Arg,
-    pub history: HistoryLimits,
-    pub tuning: Tuning,
+    #[arg(value_enum)]
+    role: RoleArg,
+    /// Address of the public listener (PasswordReader or HistoryReader).
+    #[arg(long)]
+    listen: String,
+    /// Address of the internal listener (the protocol: Prepare, Commit, Abort…).
+    #[arg(long)]
+    internal_listen: String,
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// URL of the coordinator's internal listener, asked about in-doubt transactions.
+    #[arg(long)]
+    coordinator: String,
+    #[command(flatten)]
+    security: Security,
+    /// This participant's store lost changes it had acknowledged (deleted, damaged, restored from
+    /// an old backup) and an operator accepts that: the coordinator, which refuses such a store,
+    /// starts again from it. Use it once, after repairing what can be repaired.
+    #[arg(long)]
+    accept_data_loss: bool,
+    #[arg(long, value_enum, default_value = "owasp")]
+    argon2: Argon2Arg,
+    #[command(flatten)]
+    history: HistoryLimits,
+    #[command(flatten)]
+    tuning: Tuning,
 }
 
 pub async fn participant(args: ParticipantArgs) -> Result {

@@ -753,31 +753,19 @@ async fn even_a_trace_log_holds_no_hash_and_no_password() -> Result {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guesses_are_throttled_per_address_and_the_owner_elsewhere_is_not() -> Result {
     use tpc_proto::v1::UpdatePasswordRequest;
-    use tpc_proto::v1::password_service_client::PasswordServiceClient;
     let env = env_with(tpc_harness::ClusterOptions {
         throttle_guesses: true,
         ..Default::default()
     })
     .await?;
     env.register("erin", "erin-pw-1").await?;
-    let url = env.cluster.url(Service::Coordinator);
-    let from = |last: u8| {
-        let url = url.clone();
-        async move {
-            let channel = tonic::transport::Endpoint::from_shared(url)?
-                .local_address(Some(std::net::IpAddr::from([127, 0, 0, last])))
-                .connect()
-                .await?;
-            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(PasswordServiceClient::new(channel))
-        }
-    };
     let guess = |i: usize| UpdatePasswordRequest {
         user_id: "erin".into(),
         current_password: format!("guess-{i}"),
         new_password: "erin-pw-9".into(),
         request_id: String::new(),
     };
-    let mut attacker = from(2).await?;
+    let mut attacker = client_from(&env, 2).await?;
     let mut throttled = 0;
     for i in 0..10 {
         match attacker.update_password(guess(i)).await {
@@ -797,7 +785,7 @@ async fn guesses_are_throttled_per_address_and_the_owner_elsewhere_is_not() -> R
         }
     }
     assert_eq!(throttled, 4, "the free guesses, then the wait");
-    let mut owner = from(3).await?;
+    let mut owner = client_from(&env, 3).await?;
     let changed = owner
         .update_password(UpdatePasswordRequest {
             user_id: "erin".into(),
@@ -819,7 +807,6 @@ async fn guesses_are_throttled_per_address_and_the_owner_elsewhere_is_not() -> R
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guesses_in_flight_never_make_the_owners_change_conflict() -> Result {
     use tpc_proto::v1::UpdatePasswordRequest;
-    use tpc_proto::v1::password_service_client::PasswordServiceClient;
     // At the secure cost a guess holds the user for a whole argon2 verification.
     let env = env_with(tpc_harness::ClusterOptions {
         owasp_cost: true,
@@ -827,19 +814,8 @@ async fn guesses_in_flight_never_make_the_owners_change_conflict() -> Result {
     })
     .await?;
     env.register("frank", "frank-pw-0").await?;
-    let url = env.cluster.url(Service::Coordinator);
-    let from = |last: u8| {
-        let url = url.clone();
-        async move {
-            let channel = tonic::transport::Endpoint::from_shared(url)?
-                .local_address(Some(std::net::IpAddr::from([127, 0, 0, last])))
-                .connect()
-                .await?;
-            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(PasswordServiceClient::new(channel))
-        }
-    };
-    let attacker = from(2).await?;
-    let mut owner = from(3).await?;
+    let attacker = client_from(&env, 2).await?;
+    let mut owner = client_from(&env, 3).await?;
     for round in 0..4 {
         let guesses: Vec<_> = (0..3)
             .map(|i| {

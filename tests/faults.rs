@@ -650,7 +650,9 @@ async fn a_damaged_store_that_lost_acknowledged_changes_is_never_used_as_if_whol
     let mut env = env().await?;
     let users: Vec<String> = (0..24).map(|i| format!("dmg{i}")).collect();
     for user in &users {
-        assert!(committed(&env.register(user, &format!("{user}-pw-1")).await?));
+        assert!(committed(
+            &env.register(user, &format!("{user}-pw-1")).await?
+        ));
     }
     for user in &users {
         let changed = env
@@ -659,7 +661,11 @@ async fn a_damaged_store_that_lost_acknowledged_changes_is_never_used_as_if_whol
         assert!(committed(&changed), "{changed:?}");
     }
     env.cluster.kill(Service::History).await?;
-    let file = env.cluster.data_dir(Service::History).join("history").join("db");
+    let file = env
+        .cluster
+        .data_dir(Service::History)
+        .join("history")
+        .join("db");
     let mut bytes = std::fs::read(&file)?;
     let len = bytes.len();
     for k in 1..8 {
@@ -695,6 +701,9 @@ async fn a_damaged_store_that_lost_acknowledged_changes_is_never_used_as_if_whol
     } else {
         assert!(outcomes.iter().all(committed), "{outcomes:?}");
     }
-    eprintln!("damaged store: {missing} of {} users lost history", users.len());
+    eprintln!(
+        "damaged store: {missing} of {} users lost history",
+        users.len()
+    );
     Ok(())
 }

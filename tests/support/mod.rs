@@ -178,6 +178,20 @@ impl Env {
     }
 }
 
+/// A client of the coordinator's public listener calling from `127.0.0.<last>`: the throttle and the
+/// per-address limits key on it.
+pub async fn client_from(
+    env: &Env,
+    last: u8,
+) -> Result<tpc_proto::v1::password_service_client::PasswordServiceClient<tonic::transport::Channel>>
+{
+    let channel = tonic::transport::Endpoint::from_shared(env.cluster.url(Service::Coordinator))?
+        .local_address(Some(std::net::IpAddr::from([127, 0, 0, last])))
+        .connect()
+        .await?;
+    Ok(tpc_proto::v1::password_service_client::PasswordServiceClient::new(channel))
+}
+
 pub fn committed(r: &TransactionResult) -> bool {
     r.outcome() == transaction_result::Outcome::Committed
 }

@@ -619,3 +619,27 @@ fn a_repeated_prepare_with_another_payload_votes_no_and_changes_nothing() {
     e.handle(Event::CommitApplied { txn, at: 1_001 });
     assert!(e.payloads.is_empty());
 }
+
+#[test]
+fn a_transaction_decided_before_it_was_in_doubt_is_never_asked_about() {
+    let mut e = engine();
+    let txn = prepared(&mut e, "alice", "h1"); // in doubt from 1_300
+    e.handle(Event::CommitRequested { txn });
+    e.handle(Event::CommitApplied { txn, at: 1_100 });
+    // Its in-doubt timer comes due, and is dropped: the transaction moved on.
+    assert_eq!(e.handle(Event::Tick { now: 5_000 }), vec![]);
+    let retention = Config::default().tombstone_ms;
+    assert_eq!(
+        e.handle(Event::Tick {
+            now: 1_101 + retention
+        }),
+        vec![Command::Forget { txn }]
+    );
+    assert_eq!(
+        e.handle(Event::Tick {
+            now: 2_000 + retention
+        }),
+        vec![],
+        "forgotten once"
+    );
+}

@@ -707,3 +707,42 @@ async fn a_damaged_store_that_lost_acknowledged_changes_is_never_used_as_if_whol
     );
     Ok(())
 }
+
+/// One byte of a stored hash damaged on disk, the JSON still well formed: the record's checksum
+/// catches it. The user's changes abort saying so and reads are `INTERNAL` naming the record, instead
+/// of the damaged hash being served as the user's ("invalid credentials" for the right password).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_damaged_on_disk_is_reported_not_served() -> Result {
+    let mut env = env().await?;
+    env.register("xena", "xenas-pw-1").await?;
+    env.register("yuri", "yuris-pw-1").await?;
+    env.cluster.stop(Service::Password).await?;
+    {
+        let db = sled::open(env.cluster.data_dir(Service::Password).join("password"))?;
+        let key = db
+            .scan_prefix(b"d/")
+            .keys()
+            .filter_map(|k| k.ok())
+            .find(|k| k.ends_with(b"xena"))
+            .ok_or("xena's record")?;
+        let mut value = db.get(&key)?.ok_or("no value")?.to_vec();
+        // A character of the argon2 string, well inside the JSON: it stays valid JSON.
+        let at = value
+            .windows(7)
+            .position(|w| w == b"$argon2")
+            .ok_or("no hash")?
+            + 20;
+        value[at] = if value[at] == b'A' { b'B' } else { b'A' };
+        db.insert(key, value)?;
+        db.flush()?;
+    }
+    env.cluster.start_service(Service::Password).await?;
+    let refused = env.update("xena", "xenas-pw-1", "xenas-pw-2", "").await?;
+    assert!(!committed(&refused));
+    assert!(refused.reason.contains("checksum mismatch"), "{refused:?}");
+    assert_eq!(env.get_user_code("xena").await?, Code::Internal);
+    assert!(committed(
+        &env.update("yuri", "yuris-pw-1", "yuris-pw-2", "").await?
+    ));
+    Ok(())
+}

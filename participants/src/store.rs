@@ -323,21 +323,76 @@ fn list_key(user: &UserId, seq: u64) -> Vec<u8> {
     [list_prefix(user), seq.to_be_bytes().to_vec()].concat()
 }
 
+/// Every stored record is `[FORMAT_V1][CRC-32 of the JSON, big-endian][JSON]`: a byte flipped on disk
+/// is caught on read (sled checks its own log, not what a value says) and reported with the key,
+/// instead of a damaged hash or history being served as if it were the user's. Records from before the
+/// format byte are bare JSON, and still read.
+const FORMAT_V1: u8 = 1;
+
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     // Serializing plain structs of strings and numbers to JSON cannot fail.
-    serde_json::to_vec(value).expect("records serialize")
+    let json = serde_json::to_vec(value).expect("records serialize");
+    let mut out = Vec::with_capacity(json.len() + 5);
+    out.push(FORMAT_V1);
+    out.extend(crc32fast::hash(&json).to_be_bytes());
+    out.extend(json);
+    out
 }
 
 fn decode<T: DeserializeOwned>(key: &[u8], raw: &[u8]) -> Result<T, StoreError> {
-    serde_json::from_slice(raw).map_err(|e| StoreError::Corrupt {
+    let corrupt = |cause: String| StoreError::Corrupt {
         key: String::from_utf8_lossy(key).into_owned(),
-        cause: tpc_common::decode_error(&e),
-    })
+        cause,
+    };
+    let json = match raw.first() {
+        Some(&FORMAT_V1) if raw.len() >= 5 => {
+            let (sum, json) = raw[1..].split_at(4);
+            let expected = u32::from_be_bytes([sum[0], sum[1], sum[2], sum[3]]);
+            if crc32fast::hash(json) != expected {
+                return Err(corrupt(
+                    "checksum mismatch: the record was damaged on disk".into(),
+                ));
+            }
+            json
+        }
+        Some(&FORMAT_V1) => return Err(corrupt("cut short".into())),
+        // Written before records had a format byte.
+        Some(b'{' | b'[' | b'"') => raw,
+        Some(other) => return Err(corrupt(format!("unknown record format {other}"))),
+        None => return Err(corrupt("empty".into())),
+    };
+    serde_json::from_slice(json).map_err(|e| corrupt(tpc_common::decode_error(&e)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_record_damaged_on_disk_is_caught_with_its_key() {
+        let raw = encode(&vec![
+            "$argon2id$one".to_owned(),
+            "$argon2id$two".to_owned(),
+        ]);
+        assert_eq!(
+            decode::<Vec<String>>(b"d/alice", &raw).unwrap(),
+            ["$argon2id$one", "$argon2id$two"]
+        );
+        for at in 0..raw.len() {
+            let mut damaged = raw.clone();
+            damaged[at] ^= 0x04;
+            let error = decode::<Vec<String>>(b"d/alice", &damaged)
+                .expect_err("a flipped bit is never read as data");
+            let said = error.to_string();
+            assert!(said.contains("d/alice"), "{said}");
+            assert!(!said.contains("argon2"), "{said}");
+        }
+        // Records from before the format byte still read.
+        assert_eq!(
+            decode::<Vec<String>>(b"d/bob", br#"["old"]"#).unwrap(),
+            ["old"]
+        );
+    }
 
     #[tokio::test]
     async fn barrier_records_are_collected_oldest_first_in_slices_and_young_ones_stay() {

@@ -630,6 +630,10 @@ async fn a_participant_whose_store_was_deleted_is_refused_until_an_operator_acce
         log.contains("participant lost acknowledged changes"),
         "{log}"
     );
+    assert_eq!(
+        password_service_health(&env).await?,
+        ServingStatus::NotServing
+    );
 
     // The operator accepts the loss: changes are made again (the users it lost are unknown to it).
     env.cluster.stop(Service::Password).await?;
@@ -638,7 +642,41 @@ async fn a_participant_whose_store_was_deleted_is_refused_until_an_operator_acce
         .await?;
     let again = env.register("wendy", "wendys-pw-1").await?;
     assert!(committed(&again), "{again:?}");
+    assert!(health_becomes(&env, ServingStatus::Serving).await?);
     Ok(())
+}
+
+use tonic_health::pb::health_check_response::ServingStatus;
+
+/// Whether the coordinator's health service comes to say `wanted` of `tpc.v1.PasswordService` (it
+/// follows the engine a moment later).
+async fn health_becomes(env: &Env, wanted: ServingStatus) -> Result<bool> {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        if password_service_health(env).await? == wanted {
+            return Ok(true);
+        }
+        if Instant::now() > deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// What the coordinator's health service says of `tpc.v1.PasswordService`.
+async fn password_service_health(env: &Env) -> Result<ServingStatus> {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    let channel = tonic::transport::Channel::from_shared(env.cluster.url(Service::Coordinator))?
+        .connect()
+        .await?;
+    Ok(HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: "tpc.v1.PasswordService".into(),
+        })
+        .await?
+        .into_inner()
+        .status())
 }
 
 /// The damaged-file case: bytes flipped in the history participant's database file. sled recovers by

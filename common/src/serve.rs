@@ -17,6 +17,14 @@ pub async fn router(
     services: &[&str],
     tls: Option<ServerTlsConfig>,
 ) -> Result<Router, tonic::transport::Error> {
+    Ok(router_with_health(services, tls).await?.0)
+}
+
+/// [`router`], and the handle that changes what its health service reports.
+pub async fn router_with_health(
+    services: &[&str],
+    tls: Option<ServerTlsConfig>,
+) -> Result<(Router, tonic_health::server::HealthReporter), tonic::transport::Error> {
     let (reporter, health) = tonic_health::server::health_reporter();
     for name in services {
         reporter
@@ -48,10 +56,13 @@ pub async fn router(
     if let Some(tls) = tls {
         server = server.tls_config(tls)?;
     }
-    Ok(server
-        .add_service(health)
-        .add_service(v1)
-        .add_service(v1alpha))
+    Ok((
+        server
+            .add_service(health)
+            .add_service(v1)
+            .add_service(v1alpha),
+        reporter,
+    ))
 }
 
 /// A service's two listeners: clients on `public`, the cluster's own calls on `internal`.

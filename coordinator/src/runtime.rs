@@ -60,6 +60,8 @@ pub type Answer = Result<Outcome, Refusal>;
 #[derive(Clone)]
 pub struct Coordinator {
     inputs: mpsc::UnboundedSender<Input>,
+    /// Whether changes can commit: false while a participant's store is lost (health says so).
+    serving: tokio::sync::watch::Receiver<bool>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +78,7 @@ impl Coordinator {
         outbox: mpsc::UnboundedSender<OutboxEntry>,
     ) -> Self {
         let (inputs, rx) = mpsc::unbounded_channel();
+        let (serving_tx, serving) = tokio::sync::watch::channel(true);
         let actor = Actor {
             engine,
             log,
@@ -83,9 +86,15 @@ impl Coordinator {
             outbox,
             waiters: Waiting::default(),
             inputs: inputs.downgrade(),
+            serving: serving_tx,
         };
         tokio::spawn(actor.run(rx, recovered));
-        Self { inputs }
+        Self { inputs, serving }
+    }
+
+    /// Whether changes can commit now, as it changes: what the health service reports.
+    pub fn serving(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.serving.clone()
     }
 
     /// Runs `op` as a transaction (or joins the one already running for `request_id`).
@@ -139,6 +148,8 @@ struct Actor {
     waiters: Waiting,
     /// Weak, so the actor stops when every `Coordinator` handle is gone.
     inputs: mpsc::WeakUnboundedSender<Input>,
+    /// False while a participant's store is lost.
+    serving: tokio::sync::watch::Sender<bool>,
 }
 
 impl Actor {
@@ -312,18 +323,24 @@ impl Actor {
             Command::StoreVerdict {
                 participant,
                 lost: Some(reason),
-            } => error!(
-                participant = participant.name(),
-                %reason,
-                "participant lost acknowledged changes: every change is refused until it is repaired, or restarted with --accept-data-loss"
-            ),
+            } => {
+                error!(
+                    participant = participant.name(),
+                    %reason,
+                    "participant lost acknowledged changes: every change aborts until it is repaired, or restarted with --accept-data-loss"
+                );
+                self.serving.send_replace(self.engine.stores_whole());
+            }
             Command::StoreVerdict {
                 participant,
                 lost: None,
-            } => warn!(
-                participant = participant.name(),
-                "an operator accepted the participant's data loss (--accept-data-loss): changes are accepted again"
-            ),
+            } => {
+                warn!(
+                    participant = participant.name(),
+                    "an operator accepted the participant's data loss (--accept-data-loss): changes are accepted again"
+                );
+                self.serving.send_replace(self.engine.stores_whole());
+            }
             Command::BreakerTurned {
                 participant,
                 opened: true,

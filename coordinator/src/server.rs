@@ -149,11 +149,14 @@ pub async fn run(
         guard: guard.clone(),
         access: config.internal.clone(),
     };
-    let public = tpc_common::serve::router(&["tpc.v1.PasswordService"], public_tls)
-        .await?
-        .add_service(
-            PasswordServiceServer::new(api()).max_decoding_message_size(MAX_MESSAGE_BYTES),
-        );
+    let (public, health) =
+        tpc_common::serve::router_with_health(&["tpc.v1.PasswordService"], public_tls).await?;
+    let public = public.add_service(
+        PasswordServiceServer::new(api()).max_decoding_message_size(MAX_MESSAGE_BYTES),
+    );
+    if let Runner::TwoPc(two_phase) = &coordinator {
+        tokio::spawn(report_health(two_phase.serving(), health));
+    }
     let internal =
         tpc_common::serve::router(&["tpc.v1.TransactionManager"], config.internal.server())
             .await?
@@ -172,6 +175,27 @@ pub async fn run(
     collector.abort();
     info!("coordinator stopped");
     Ok(served?)
+}
+
+/// `PasswordService` is NOT_SERVING while a participant's store is lost (every change would abort), so
+/// load balancers and operators' checks see it; SERVING again once an operator accepted the loss.
+async fn report_health(
+    mut serving: tokio::sync::watch::Receiver<bool>,
+    health: tonic_health::server::HealthReporter,
+) {
+    loop {
+        let status = if *serving.borrow_and_update() {
+            tonic_health::ServingStatus::Serving
+        } else {
+            tonic_health::ServingStatus::NotServing
+        };
+        health
+            .set_service_status("tpc.v1.PasswordService", status)
+            .await;
+        if serving.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Recovery of two-phase commit: every COMMIT without END is driven to completion.

@@ -414,6 +414,13 @@ impl Engine {
         self.config
     }
 
+    /// Whether no participant's store is lost.
+    pub fn stores_whole(&self) -> bool {
+        Participant::ALL
+            .into_iter()
+            .all(|p| self.stores.lost(p).is_none())
+    }
+
     /// How far `p`'s store went, as remembered from before a restart.
     pub fn remember_store(&mut self, p: Participant, id: String, seq: u64) {
         self.stores.remember(p, id, seq);

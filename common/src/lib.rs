@@ -34,7 +34,7 @@ mod user_id;
 pub mod wire;
 
 pub use backoff::Backoff;
-pub use clock::now_ms;
+pub use clock::{Now, monotonic_ms, now_ms};
 pub use database::{DEFAULT_CACHE_MIB, open_database};
 pub use decode::decode_error;
 pub use email::Email;

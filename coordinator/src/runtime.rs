@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 use tpc_common::fault::inject;
-use tpc_common::{Operation, TxnId, now_ms};
+use tpc_common::{Now, Operation, TxnId};
 use tracing::{debug, debug_span, error, warn};
 
 use crate::clients::{Waiting, spawn_reporting};
@@ -184,7 +184,7 @@ impl Actor {
     }
 
     fn handle(&mut self, event: Event) {
-        for command in self.engine.handle(event, now_ms()) {
+        for command in self.engine.handle(event, Now::current()) {
             self.execute(command);
         }
     }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tpc_common::guard::{Guard, GuardConfig};
 use tpc_common::serve::Listeners;
 use tpc_common::tls::{Internal, PublicTls, TlsError};
-use tpc_common::{Backoff, Strategy, now_ms};
+use tpc_common::{Backoff, Now, Strategy, now_ms};
 use tpc_proto::MAX_MESSAGE_BYTES;
 use tpc_proto::v1::password_service_server::PasswordServiceServer;
 use tpc_proto::v1::transaction_manager_server::TransactionManagerServer;
@@ -223,7 +223,7 @@ fn start_two_phase_commit(
     if unfinished > 0 {
         info!(target: "tpc::protocol", unfinished, "recovery: resending Commit for transactions committed before the crash");
     }
-    let recovered = engine.handle(Event::Recovered { records }, now_ms());
+    let recovered = engine.handle(Event::Recovered { records }, Now::current());
     Ok(Coordinator::start(
         engine,
         recovered,

@@ -15,7 +15,7 @@ fn one_change(engine: &mut Engine<u64>, user: &UserId, now: u64) -> usize {
         Event::PrepareRequested {
             txn,
             user: user.clone(),
-            at: now,
+            wall_ms: now,
             payload: None,
         },
         Event::Validated {

@@ -5,7 +5,9 @@
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
-use tpc_common::{Operation, Password, Strategy, TxnId, UserId, now_ms, telemetry, wire};
+use tpc_common::{
+    Operation, Password, Strategy, TxnId, UserId, monotonic_ms, now_ms, telemetry, wire,
+};
 use tpc_proto::MAX_BATCH;
 use tpc_proto::v1::history_reader_server::HistoryReader;
 use tpc_proto::v1::participant_server::Participant;
@@ -232,7 +234,7 @@ async fn prepare_one<R: Resource>(
     let event = Event::PrepareRequested {
         txn,
         user: op.user().clone(),
-        at: now_ms(),
+        wall_ms: now_ms(),
         payload: Some(node.fingerprint(&op)),
     };
     match node.clone().step(event, Some(op)).await? {
@@ -261,7 +263,10 @@ async fn decide<R: Resource>(node: &Arc<Node<R>>, txn: &str, how: Decide) -> Res
     let txn = TxnId::parse(txn)?;
     let event = match how {
         Decide::Commit => Event::CommitRequested { txn },
-        Decide::Abort => Event::AbortRequested { txn, at: now_ms() },
+        Decide::Abort => Event::AbortRequested {
+            txn,
+            at: monotonic_ms(),
+        },
     };
     node.clone().step(event, None).await.map(drop)
 }

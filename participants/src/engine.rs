@@ -48,11 +48,14 @@ pub enum Refusal {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event<C> {
-    /// `Prepare` arrived at `at` (ms), with its payload's keyed digest (`None` where unknown).
+    /// `Prepare` arrived at wall time `wall_ms`, with its payload's keyed digest (`None` where unknown).
+    /// The wall clock, because it is compared with the time in the transaction id, which another
+    /// process's wall clock wrote; every other time the engine is given is monotonic
+    /// (`tpc_common::monotonic_ms`), so that a step of the wall clock moves no timer.
     PrepareRequested {
         txn: TxnId,
         user: UserId,
-        at: u64,
+        wall_ms: u64,
         payload: Option<Fingerprint>,
     },
     /// The expensive checks finished: the change to prepare, or why to vote no.
@@ -69,18 +72,18 @@ pub enum Event<C> {
     /// `Abort` arrived.
     AbortRequested { txn: TxnId, at: u64 },
     /// The durable log after a restart: prepared (in-doubt) transactions, and committed ones still
-    /// remembered.
+    /// remembered, with when they committed (monotonic ms: `Now::mono_of_wall` of the time on record).
     Recovered {
         prepared: Vec<(TxnId, UserId, C)>,
         committed: Vec<(TxnId, u64)>,
     },
-    /// The coordinator answered `QueryDecision`.
+    /// The coordinator answered `QueryDecision`, or could not be asked (`Pending`: nothing learned).
     DecisionLearned {
         txn: TxnId,
         decision: Decision,
         at: u64,
     },
-    /// Time passed: ask about in-doubt transactions, forget old tombstones.
+    /// Time passed (monotonic ms): ask about in-doubt transactions, forget old tombstones.
     Tick { now: u64 },
 }
 
@@ -118,7 +121,8 @@ pub enum Command<C> {
     Ack { txn: TxnId },
     /// Answer the request with an error.
     Refuse { txn: TxnId, refusal: Refusal },
-    /// Ask the coordinator for the outcome, then report `DecisionLearned`.
+    /// Ask the coordinator for the outcome, giving up after `Config::query_timeout_ms`, then report
+    /// `DecisionLearned` (`Pending` if no answer came).
     QueryDecision { txn: TxnId },
     /// The user's lock was released: wake readers waiting for it.
     LockReleased { user: UserId },
@@ -131,6 +135,10 @@ pub struct Config {
     pub in_doubt_after_ms: u64,
     /// Between two `QueryDecision`s of one transaction.
     pub query_backoff: Backoff,
+    /// How long a `QueryDecision` may take (ms). One transaction has at most one query out at a time:
+    /// against a slow coordinator, a query every backoff period would pile up calls that all wait. A
+    /// query that has not reported back by then is taken as lost and asked again.
+    pub query_timeout_ms: u64,
     /// How long committed and aborted transactions are remembered (ms), to answer repeated or late
     /// messages correctly. Longer than `prepare_max_age_ms`, so an `Abort` that overtook its `Prepare`
     /// is remembered until that `Prepare` would be refused for its age anyway.
@@ -149,6 +157,7 @@ impl Default for Config {
                 std::time::Duration::from_millis(100),
                 std::time::Duration::from_millis(500),
             ),
+            query_timeout_ms: 2_000,
             tombstone_ms: 30_000,
             prepare_max_age_ms: 20_000,
         }
@@ -170,6 +179,8 @@ enum State<C> {
         change: C,
         queries: u32,
         next_query_at: u64,
+        /// A `QueryDecision` is out and counts as such until then (monotonic ms).
+        asking_until: Option<u64>,
     },
     Committing {
         user: UserId,
@@ -261,9 +272,9 @@ impl<C: Clone> Engine<C> {
             Event::PrepareRequested {
                 txn,
                 user,
-                at,
+                wall_ms,
                 payload,
-            } => self.prepare(txn, user, at, payload),
+            } => self.prepare(txn, user, wall_ms, payload),
             Event::Validated { txn, outcome } => self.validated(txn, outcome),
             Event::PreparedForced { txn, at } => self.prepared_forced(txn, at),
             Event::CommitRequested { txn } => self.commit(txn),
@@ -276,7 +287,12 @@ impl<C: Clone> Engine<C> {
             Event::DecisionLearned { txn, decision, at } => match decision {
                 Decision::Committed => self.commit(txn),
                 Decision::Aborted => self.abort(txn, at),
-                Decision::Pending => Vec::new(),
+                Decision::Pending => {
+                    if let Some(State::Prepared { asking_until, .. }) = self.txns.get_mut(&txn) {
+                        *asking_until = None;
+                    }
+                    Vec::new()
+                }
             },
             Event::Tick { now } => self.tick(now),
         }
@@ -286,7 +302,7 @@ impl<C: Clone> Engine<C> {
         &mut self,
         txn: TxnId,
         user: UserId,
-        at: u64,
+        wall_ms: u64,
         payload: Option<Fingerprint>,
     ) -> Vec<Command<C>> {
         match self.txns.get(&txn) {
@@ -312,7 +328,7 @@ impl<C: Clone> Engine<C> {
             None if txn
                 .created_ms()
                 .saturating_add(self.config.prepare_max_age_ms)
-                < at =>
+                < wall_ms =>
             {
                 vec![vote_no(txn, TOO_OLD)]
             }
@@ -387,6 +403,7 @@ impl<C: Clone> Engine<C> {
                 change: change.clone(),
                 queries: 0,
                 next_query_at: at + self.config.in_doubt_after_ms,
+                asking_until: None,
             },
         );
         vec![Command::Vote {
@@ -481,6 +498,7 @@ impl<C: Clone> Engine<C> {
                     change,
                     queries: 0,
                     next_query_at: 0,
+                    asking_until: None,
                 },
             );
         }
@@ -525,11 +543,17 @@ impl<C: Clone> Engine<C> {
                 Some(State::Prepared {
                     queries: asked,
                     next_query_at,
+                    asking_until,
                     ..
                 }) => {
-                    queries.push(txn);
-                    *next_query_at = now + backoff.delay(*asked).as_millis() as u64;
-                    *asked = asked.saturating_add(1);
+                    // The previous query is still out: wait for its answer, not pile up another.
+                    if asking_until.is_none_or(|until| until <= now) {
+                        queries.push(txn);
+                        *asking_until = Some(now + self.config.query_timeout_ms);
+                        *asked = asked.saturating_add(1);
+                    }
+                    *next_query_at =
+                        now + backoff.delay(asked.saturating_sub(1)).as_millis() as u64;
                     again.push((*next_query_at, txn));
                 }
                 Some(state @ (State::Committed { .. } | State::Aborted { .. })) => {

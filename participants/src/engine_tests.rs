@@ -32,7 +32,7 @@ fn prepared(e: &mut Engine<C>, name: &str, change: C) -> TxnId {
     e.handle(Event::PrepareRequested {
         txn,
         user: user(name),
-        at: tpc_common::now_ms(),
+        wall_ms: tpc_common::now_ms(),
         payload: None,
     });
     e.handle(Event::Validated {
@@ -54,7 +54,7 @@ fn prepare_locks_the_user_and_asks_for_validation() {
         e.handle(Event::PrepareRequested {
             txn,
             user: user("alice"),
-            at: tpc_common::now_ms(),
+            wall_ms: tpc_common::now_ms(),
             payload: None,
         }),
         vec![Command::Validate { txn }]
@@ -69,7 +69,7 @@ fn validated_change_is_forced_before_the_vote() {
     e.handle(Event::PrepareRequested {
         txn,
         user: user("alice"),
-        at: tpc_common::now_ms(),
+        wall_ms: tpc_common::now_ms(),
         payload: None,
     });
     assert_eq!(
@@ -98,7 +98,7 @@ fn failed_validation_votes_no_and_forgets() {
     e.handle(Event::PrepareRequested {
         txn,
         user: user("alice"),
-        at: tpc_common::now_ms(),
+        wall_ms: tpc_common::now_ms(),
         payload: None,
     });
     assert_eq!(
@@ -130,7 +130,7 @@ fn a_locked_user_makes_prepare_vote_no_without_waiting() {
         e.handle(Event::PrepareRequested {
             txn: other,
             user: user("alice"),
-            at: tpc_common::now_ms(),
+            wall_ms: tpc_common::now_ms(),
             payload: None,
         }),
         vec![no(
@@ -144,7 +144,7 @@ fn a_locked_user_makes_prepare_vote_no_without_waiting() {
         e.handle(Event::PrepareRequested {
             txn: bob,
             user: user("bob"),
-            at: tpc_common::now_ms(),
+            wall_ms: tpc_common::now_ms(),
             payload: None,
         }),
         vec![Command::Validate { txn: bob }]
@@ -159,7 +159,7 @@ fn repeated_prepare_of_a_prepared_transaction_votes_yes_again() {
         e.handle(Event::PrepareRequested {
             txn,
             user: user("alice"),
-            at: tpc_common::now_ms(),
+            wall_ms: tpc_common::now_ms(),
             payload: None,
         }),
         vec![yes(txn, "h1")]
@@ -173,14 +173,14 @@ fn prepare_while_the_first_prepare_is_running_is_refused_for_retry() {
     e.handle(Event::PrepareRequested {
         txn,
         user: user("alice"),
-        at: tpc_common::now_ms(),
+        wall_ms: tpc_common::now_ms(),
         payload: None,
     });
     assert_eq!(
         e.handle(Event::PrepareRequested {
             txn,
             user: user("alice"),
-            at: tpc_common::now_ms(),
+            wall_ms: tpc_common::now_ms(),
             payload: None,
         }),
         vec![Command::Refuse {
@@ -263,7 +263,7 @@ fn commit_of_an_aborted_or_unprepared_transaction_is_refused() {
     e.handle(Event::PrepareRequested {
         txn: validating,
         user: user("bob"),
-        at: tpc_common::now_ms(),
+        wall_ms: tpc_common::now_ms(),
         payload: None,
     });
     assert_eq!(
@@ -308,7 +308,7 @@ fn abort_before_prepare_prevents_a_hanging_prepare() {
         e.handle(Event::PrepareRequested {
             txn,
             user: user("alice"),
-            at: tpc_common::now_ms(),
+            wall_ms: tpc_common::now_ms(),
             payload: None,
         }),
         vec![no(txn, "transaction was aborted")]
@@ -323,7 +323,7 @@ fn abort_during_validation_releases_at_once_and_the_prepare_votes_no() {
     e.handle(Event::PrepareRequested {
         txn,
         user: user("alice"),
-        at: tpc_common::now_ms(),
+        wall_ms: tpc_common::now_ms(),
         payload: None,
     });
     assert_eq!(
@@ -351,7 +351,7 @@ fn abort_during_the_forced_write_undoes_it_when_it_lands() {
     e.handle(Event::PrepareRequested {
         txn,
         user: user("alice"),
-        at: tpc_common::now_ms(),
+        wall_ms: tpc_common::now_ms(),
         payload: None,
     });
     e.handle(Event::Validated {
@@ -411,7 +411,7 @@ fn abort_of_a_committed_transaction_is_refused() {
         e.handle(Event::PrepareRequested {
             txn,
             user: user("alice"),
-            at: tpc_common::now_ms(),
+            wall_ms: tpc_common::now_ms(),
             payload: None,
         }),
         vec![Command::Refuse {
@@ -458,11 +458,49 @@ fn in_doubt_queries_back_off_exponentially_up_to_the_cap() {
     for now in (1_300..4_000).step_by(10) {
         if !e.handle(Event::Tick { now }).is_empty() {
             asked_at.push(now);
+            // The coordinator answers at once: still pending.
+            e.handle(Event::DecisionLearned {
+                txn,
+                decision: Decision::Pending,
+                at: now,
+            });
         }
     }
     // 100, 200, 400, then the 500 ms cap.
     assert_eq!(&asked_at[..6], &[1_300, 1_400, 1_600, 2_000, 2_500, 3_000]);
-    let _ = txn;
+}
+
+#[test]
+fn one_query_at_a_time_per_transaction_however_slow_the_coordinator() {
+    let mut e = engine();
+    let txn = prepared(&mut e, "alice", "h1"); // in doubt from 1_300
+    let timeout = Config::default().query_timeout_ms;
+    let mut asked_at = Vec::new();
+    for now in (1_300..1_300 + 2 * timeout + 50).step_by(10) {
+        if !e.handle(Event::Tick { now }).is_empty() {
+            asked_at.push(now);
+        }
+    }
+    // No answer comes: the next query goes out only once the last one timed out.
+    assert_eq!(
+        asked_at,
+        [1_300, 1_300 + timeout, 1_300 + 2 * timeout],
+        "one query out at a time"
+    );
+    // An answer (here: none could be had) lets the next query go at the backoff's pace again.
+    let now = 1_300 + 2 * timeout + 50;
+    e.handle(Event::DecisionLearned {
+        txn,
+        decision: Decision::Pending,
+        at: now,
+    });
+    let next = (now..now + 1_000)
+        .step_by(10)
+        .find(|&t| !e.handle(Event::Tick { now: t }).is_empty());
+    assert!(
+        next.is_some_and(|t| t <= now + 500),
+        "asked again within the backoff cap: {next:?}"
+    );
 }
 
 #[test]
@@ -537,7 +575,7 @@ fn old_tombstones_are_forgotten() {
         e.handle(Event::PrepareRequested {
             txn: aborted,
             user: user("bob"),
-            at: tpc_common::now_ms(),
+            wall_ms: tpc_common::now_ms(),
             payload: None,
         }),
         vec![Command::Validate { txn: aborted }]
@@ -571,7 +609,7 @@ fn a_prepare_too_old_for_any_tombstone_votes_no_and_locks_nothing() {
         e.handle(Event::PrepareRequested {
             txn,
             user: user("alice"),
-            at: late,
+            wall_ms: late,
             payload: None,
         }),
         vec![no(txn, TOO_OLD)]
@@ -595,7 +633,7 @@ fn a_repeated_prepare_with_another_payload_votes_no_and_changes_nothing() {
     let prepare = |txn, new: &str| Event::PrepareRequested {
         txn,
         user: user("alice"),
-        at: tpc_common::now_ms(),
+        wall_ms: tpc_common::now_ms(),
         payload: Some(f.of(&op(new))),
     };
     let txn = TxnId::generate();

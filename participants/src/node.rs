@@ -12,7 +12,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tonic::Status;
 use tonic::transport::Channel;
 use tpc_common::fault::inject;
-use tpc_common::{Operation, TxnId, UserId, now_ms};
+use tpc_common::{Now, Operation, TxnId, UserId, monotonic_ms, now_ms};
 use tpc_proto::v1::QueryDecisionRequest;
 use tpc_proto::v1::query_decision_response::Decision as WireDecision;
 use tpc_proto::v1::transaction_manager_client::TransactionManagerClient;
@@ -50,6 +50,8 @@ pub struct Node<R: Resource> {
     max_step_age_ms: u64,
     /// Digests `Prepare` payloads, so a repeat with another payload can be told apart.
     fingerprints: tpc_common::Fingerprinter,
+    /// How long one `QueryDecision` may take (the engine's `query_timeout_ms`).
+    query_timeout: Duration,
 }
 
 impl<R: Resource> Node<R> {
@@ -75,9 +77,15 @@ impl<R: Resource> Node<R> {
                 "recovered prepared transactions; asking the coordinator for their outcome"
             );
         }
+        // Committed records carry wall times; the engine's tombstone timers are monotonic.
+        let now = Now::current();
         engine.handle(Event::Recovered {
             prepared: recovered.prepared,
-            committed: recovered.committed,
+            committed: recovered
+                .committed
+                .into_iter()
+                .map(|(txn, at)| (txn, now.mono_of_wall(at)))
+                .collect(),
         });
         Ok(Arc::new(Self {
             engine: Mutex::new(engine),
@@ -93,6 +101,7 @@ impl<R: Resource> Node<R> {
                 .collect(),
             max_step_age_ms: config.prepare_max_age_ms,
             fingerprints: tpc_common::Fingerprinter::new(),
+            query_timeout: Duration::from_millis(config.query_timeout_ms),
         }))
     }
 
@@ -194,13 +203,19 @@ impl<R: Resource> Node<R> {
                     if inject("part.before_prepare_forced").await.is_err() {
                         fatal(StoreError::Injected);
                     }
-                    let at = now_ms();
-                    if let Err(e) = self.store.force_prepared(txn, &user, &change, at).await {
+                    if let Err(e) = self
+                        .store
+                        .force_prepared(txn, &user, &change, now_ms())
+                        .await
+                    {
                         fatal(e)
                     }
                     reply_lost |= inject("part.after_prepare_forced").await.is_err();
                     debug!(target: "tpc::protocol", participant = R::NAME, %txn, "{}: PREPARED record forced, votes YES (now in doubt until told)", R::NAME);
-                    Some(Event::PreparedForced { txn, at })
+                    Some(Event::PreparedForced {
+                        txn,
+                        at: monotonic_ms(),
+                    })
                 }
                 Command::ApplyCommit { txn, change } => {
                     if inject("part.before_commit_applied").await.is_err() {
@@ -220,7 +235,10 @@ impl<R: Resource> Node<R> {
                     // One line per transaction at info level: its outcome here (a no-vote, a commit or an abort).
                     info!(target: "tpc::protocol", participant = R::NAME, %txn, "{}: change applied, COMMITTED record forced, lock released", R::NAME);
                     reply_lost |= inject("part.after_commit_forced").await.is_err();
-                    Some(Event::CommitApplied { txn, at })
+                    Some(Event::CommitApplied {
+                        txn,
+                        at: monotonic_ms(),
+                    })
                 }
                 Command::DropPrepared { txn } => {
                     info!(target: "tpc::protocol", participant = R::NAME, %txn, "{}: aborted, prepared record dropped", R::NAME);
@@ -294,8 +312,8 @@ impl<R: Resource> Node<R> {
                     &txn,
                 );
                 let answer =
-                    tokio::time::timeout(Duration::from_secs(2), client.query_decision(request))
-                        .await;
+                    tokio::time::timeout(node.query_timeout, client.query_decision(request)).await;
+                // No answer is reported too: the engine asks again at its next turn, not before.
                 let decision = match answer {
                     Ok(Ok(resp)) => match resp.into_inner().decision() {
                         WireDecision::Committed => Decision::Committed,
@@ -304,18 +322,18 @@ impl<R: Resource> Node<R> {
                     },
                     Ok(Err(status)) => {
                         debug!(code = ?status.code(), "coordinator did not answer QueryDecision");
-                        return;
+                        Decision::Pending
                     }
                     Err(_) => {
                         debug!("QueryDecision timed out");
-                        return;
+                        Decision::Pending
                     }
                 };
                 debug!(target: "tpc::protocol", participant = R::NAME, "{}: in doubt, asked QueryDecision → {decision:?}", R::NAME);
                 let event = Event::DecisionLearned {
                     txn,
                     decision,
-                    at: now_ms(),
+                    at: monotonic_ms(),
                 };
                 if let Err(status) = node.run(event, None, None).await {
                     warn!(%status, "could not apply the learned decision");
@@ -330,7 +348,16 @@ impl<R: Resource> Node<R> {
         let mut interval = tokio::time::interval(every);
         loop {
             interval.tick().await;
-            if let Err(status) = self.run(Event::Tick { now: now_ms() }, None, None).await {
+            if let Err(status) = self
+                .run(
+                    Event::Tick {
+                        now: monotonic_ms(),
+                    },
+                    None,
+                    None,
+                )
+                .await
+            {
                 warn!(%status, "tick failed");
             }
         }
@@ -478,7 +505,7 @@ mod tests {
             let event = Event::PrepareRequested {
                 txn,
                 user: op.user().clone(),
-                at: now_ms(),
+                wall_ms: now_ms(),
                 payload: None,
             };
             node.drive(event, Some(op)).await
@@ -517,7 +544,7 @@ mod tests {
         );
         let abort = Event::AbortRequested {
             txn: late,
-            at: now_ms(),
+            at: monotonic_ms(),
         };
         assert!(matches!(node.drive(abort, None).await, Ok(Reply::Ack)));
 

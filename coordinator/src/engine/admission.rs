@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use tpc_common::{Operation, TxnId, UserId};
+use tpc_common::{Now, Operation, TxnId, UserId};
 
 use super::{
     AbortNote, Breaker, CONFLICT, Command, Engine, Outcome, Participant, Phase, Refusal,
@@ -35,7 +35,7 @@ impl Engine {
         txn: TxnId,
         request_id: String,
         op: Operation,
-        now: u64,
+        now: Now,
     ) -> Vec<Command> {
         let key = RequestKey {
             kind: op.kind(),
@@ -81,7 +81,7 @@ impl Engine {
         // time goes through to find out whether it is back).
         if let Some((participant, retry_after)) = Participant::ALL.into_iter().find_map(|p| {
             self.breakers[&p]
-                .refuses(now)
+                .refuses(now.mono)
                 .map(|retry_after| (p, retry_after))
         }) {
             return vec![Command::Reject {
@@ -94,7 +94,7 @@ impl Engine {
         }
         // Let through: where a breaker is open, this change is its probe.
         for breaker in self.breakers.values_mut() {
-            breaker.admit(txn, now);
+            breaker.admit(txn, now.mono);
         }
 
         let phase = match self.user_state(&key.user) {
@@ -107,8 +107,8 @@ impl Engine {
                     kind: key.kind,
                     user: key.user,
                     reason: CONFLICT.into(),
-                    started_at: now,
-                    decided_at: now,
+                    started_at: now.wall,
+                    decided_at: now.wall,
                 };
                 return vec![
                     Command::LogAbort { note },
@@ -156,11 +156,11 @@ impl Engine {
                     Operation::Register { email, .. } => Some(email.clone()),
                     Operation::Update { .. } => None,
                 },
-                started_at: now,
+                started_at: now.wall,
                 clients: vec![txn],
                 round: 0,
-                preparing_since: now,
-                deadline_at: now + self.config.prepare_deadline.as_millis() as u64,
+                preparing_since: now.mono,
+                deadline_at: now.mono + self.config.prepare_deadline.as_millis() as u64,
                 fingerprint: key.fingerprint,
                 phase,
             },
@@ -214,11 +214,11 @@ impl Engine {
     }
 
     /// A prepare of `txn` could not reach `from`.
-    pub(super) fn unreachable(&mut self, txn: TxnId, from: Participant, now: u64) -> Vec<Command> {
+    pub(super) fn unreachable(&mut self, txn: TxnId, from: Participant, now: Now) -> Vec<Command> {
         match self
             .breakers
             .get_mut(&from)
-            .and_then(|b| b.failed(txn, now))
+            .and_then(|b| b.failed(txn, now.mono))
         {
             Some(Turn::Opened) => vec![Command::BreakerTurned {
                 participant: from,
@@ -249,7 +249,7 @@ impl Engine {
     }
 
     /// Starts the oldest queued transaction of `user` once nothing else of that user is in flight.
-    pub(super) fn start_next(&mut self, user: &UserId, now: u64) -> Vec<Command> {
+    pub(super) fn start_next(&mut self, user: &UserId, now: Now) -> Vec<Command> {
         let mut next = None;
         for (id, t) in self.txns_of(user) {
             if !matches!(t.phase, Phase::Queued { .. }) {
@@ -269,7 +269,7 @@ impl Engine {
         };
         // Its wait behind the user's previous change is over: it gets a full deadline of its own.
         t.round += 1;
-        t.deadline_at = now + self.config.prepare_deadline.as_millis() as u64;
+        t.deadline_at = now.mono + self.config.prepare_deadline.as_millis() as u64;
         let deadline = Command::StartDeadline {
             txn: next,
             after: self.config.prepare_deadline,
@@ -283,7 +283,7 @@ impl Engine {
         }
         let mut out: Vec<Command> = prepare(next, op).collect();
         out.push(deadline);
-        t.preparing_since = now;
+        t.preparing_since = now.mono;
         t.phase = preparing(op);
         self.preparing += 1;
         out
@@ -291,9 +291,9 @@ impl Engine {
 
     /// A transaction stopped preparing (decided, or gave up): measure how long it took, and let the
     /// admission queue move.
-    pub(super) fn prepare_finished(&mut self, started: u64, now: u64) -> Vec<Command> {
+    pub(super) fn prepare_finished(&mut self, started: u64, now: Now) -> Vec<Command> {
         self.preparing = self.preparing.saturating_sub(1);
-        self.limit.finished(started, now);
+        self.limit.finished(started, now.mono);
         let mut out = Vec::new();
         while self.preparing < self.limit.limit() {
             let Some(next) = self.waiting.pop_front() else {
@@ -305,7 +305,7 @@ impl Engine {
             if !matches!(t.phase, Phase::Admitting { .. }) {
                 continue;
             }
-            if !self.limit.fits(t.deadline_at.saturating_sub(now)) {
+            if !self.limit.fits(t.deadline_at.saturating_sub(now.mono)) {
                 // Its turn came too late to finish in time: refused, not started to fail.
                 out.extend(self.refuse_overloaded(next));
                 continue;
@@ -317,7 +317,7 @@ impl Engine {
                 continue;
             };
             out.extend(prepare(next, op));
-            t.preparing_since = now;
+            t.preparing_since = now.mono;
             t.phase = preparing(op);
             self.preparing += 1;
         }

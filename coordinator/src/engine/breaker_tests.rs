@@ -14,7 +14,7 @@ fn register(user: &str) -> Operation {
     }
 }
 
-fn begin(e: &mut Engine, user: &str, now: u64) -> (TxnId, Vec<Command>) {
+fn begin(e: &mut Engine, user: &str, now: impl Into<Now>) -> (TxnId, Vec<Command>) {
     let txn = TxnId::generate();
     let out = e.handle(
         Event::Begin {
@@ -104,4 +104,33 @@ fn after_the_open_period_one_change_probes_and_the_first_answer_closes_the_break
     );
     let (next, out) = begin(&mut e, "ken", later + 6);
     assert!(sends_prepare(&out, next), "{out:?}");
+}
+
+#[test]
+fn the_open_period_runs_on_the_monotonic_clock_whatever_the_wall_clock_does() {
+    let mut e = Engine::default();
+    history_fails_three_times(&mut e);
+    let open_for = OPEN_FOR.as_millis() as u64;
+    // The wall clock is stepped back (to 1970) while the breaker is open; the monotonic clock goes on.
+    let later = Now {
+        wall: 0,
+        mono: NOW + 1 + open_for,
+    };
+    let (probe, out) = begin(&mut e, "ivan", later);
+    assert!(
+        sends_prepare(&out, probe),
+        "the open period is over, so one change probes: {out:?}"
+    );
+    // And a step forward does not end it early.
+    let mut e = Engine::default();
+    history_fails_three_times(&mut e);
+    let jumped = Now {
+        wall: NOW + 3_600_000,
+        mono: NOW + 2,
+    };
+    let (refused, out) = begin(&mut e, "ivan", jumped);
+    assert!(
+        matches!(&out[..], [Command::Reject { client, .. }] if *client == refused),
+        "still open: {out:?}"
+    );
 }

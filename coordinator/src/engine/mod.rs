@@ -36,7 +36,7 @@ use breaker::{Breaker, Turn};
 pub use stores::StoreMark;
 use stores::{Stores, Verdict};
 use tpc_common::{
-    Backoff, Email, Fingerprint, Fingerprinter, Operation, OperationKind, TxnId, UserId,
+    Backoff, Email, Fingerprint, Fingerprinter, Now, Operation, OperationKind, TxnId, UserId,
 };
 
 /// The two participants every transaction spans.
@@ -467,7 +467,9 @@ impl Engine {
         active
     }
 
-    pub fn handle(&mut self, event: Event, now: u64) -> Vec<Command> {
+    /// Handles `event` at `now` (tests pass one number for both clocks).
+    pub fn handle(&mut self, event: Event, now: impl Into<Now>) -> Vec<Command> {
+        let now = now.into();
         match event {
             Event::Begin {
                 txn,

@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 
-use tpc_common::TxnId;
+use tpc_common::{Now, TxnId};
 
 use super::admission::STILL_FINISHING;
 use super::{AbortNote, Command, CommitRecord, Engine, Outcome, Participant, Phase, Refusal, Vote};
@@ -13,7 +13,7 @@ impl Engine {
         txn: TxnId,
         from: Participant,
         vote: Vote,
-        now: u64,
+        now: Now,
     ) -> Vec<Command> {
         let Some(t) = self.txns.get_mut(&txn) else {
             return Vec::new();
@@ -71,7 +71,7 @@ impl Engine {
             user: t.user.clone(),
             email,
             started_at: t.started_at,
-            decided_at: now,
+            decided_at: now.wall,
         };
         t.phase = Phase::Forcing;
         let started = t.preparing_since;
@@ -80,7 +80,7 @@ impl Engine {
         out
     }
 
-    pub(super) fn deadline(&mut self, txn: TxnId, round: u32, now: u64) -> Vec<Command> {
+    pub(super) fn deadline(&mut self, txn: TxnId, round: u32, now: Now) -> Vec<Command> {
         match self
             .txns
             .get(&txn)
@@ -117,7 +117,7 @@ impl Engine {
     /// Decides abort: nothing forced (presumed abort), an unforced note for `tpc txn list`, the client
     /// told, and, if the `Prepare`s went out, `Abort` to both participants, even to one that has not
     /// answered, so a late `Prepare` meets a tombstone. The user's next change waits for the `Abort`s.
-    pub(super) fn abort(&mut self, txn: TxnId, reason: String, now: u64) -> Vec<Command> {
+    pub(super) fn abort(&mut self, txn: TxnId, reason: String, now: Now) -> Vec<Command> {
         let Some(t) = self.txns.get_mut(&txn) else {
             return Vec::new();
         };
@@ -136,7 +136,7 @@ impl Engine {
                     user: t.user.clone(),
                     reason: reason.clone(),
                     started_at: t.started_at,
-                    decided_at: now,
+                    decided_at: now.wall,
                 },
             },
             Command::Reply {
@@ -175,7 +175,7 @@ impl Engine {
         &mut self,
         txn: TxnId,
         to: Participant,
-        now: u64,
+        now: Now,
     ) -> Vec<Command> {
         let Some(t) = self.txns.get_mut(&txn) else {
             return Vec::new();

@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use tpc_common::TxnId;
+use tpc_common::{Now, TxnId};
 
 use super::{Command, CommitRecord, Engine, Outcome, Participant, Phase, RequestKey, Txn};
 
@@ -42,7 +42,7 @@ impl Engine {
         out
     }
 
-    pub(super) fn commit_acked(&mut self, txn: TxnId, from: Participant, now: u64) -> Vec<Command> {
+    pub(super) fn commit_acked(&mut self, txn: TxnId, from: Participant, now: Now) -> Vec<Command> {
         let Some(Txn {
             phase: Phase::Committing { acked },
             ..

@@ -456,3 +456,62 @@ async fn e_mail_leaves_through_a_tls_relay_with_auth() -> Result {
     }
     Ok(())
 }
+
+/// Opens a connection to `url`'s address and says nothing; returns how long until the server closed it
+/// (`None`: still open after `wait`).
+async fn silent_connection_lasts(url: &str, wait: Duration) -> Result<Option<Duration>> {
+    use tokio::io::AsyncReadExt;
+    let addr = url
+        .trim_start_matches("http://")
+        .trim_start_matches("https://");
+    let mut socket = tokio::net::TcpStream::connect(addr).await?;
+    let opened = std::time::Instant::now();
+    // Whatever the server says first (an HTTP/2 server sends its SETTINGS at once) is read and
+    // ignored, until it closes the connection (EOF or reset).
+    let closed = async {
+        let mut buf = [0u8; 256];
+        while let Ok(n) = socket.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    };
+    Ok(tokio::time::timeout(wait, closed)
+        .await
+        .ok()
+        .map(|()| opened.elapsed()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_never_speak_are_closed_and_the_services_go_on_serving() -> Result {
+    let env = env().await?;
+    let within = tpc_common::serve::GREETING_WITHIN;
+    let mut urls = Vec::new();
+    for service in [Service::Coordinator, Service::Password, Service::History] {
+        urls.push(env.cluster.url(service));
+        urls.push(env.cluster.internal_url(service));
+    }
+    // All at once: the public listeners (plaintext here) and the internal ones (mutual TLS).
+    let closed: Vec<_> = urls
+        .iter()
+        .map(|url| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                silent_connection_lasts(&url, within + Duration::from_secs(10))
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+        })
+        .collect();
+    for (url, lasted) in urls.iter().zip(closed) {
+        let lasted = lasted.await??;
+        // Closed by the greeting deadline, or sooner by the TLS handshake timeout; not at once.
+        assert!(
+            lasted.is_some_and(|d| d >= Duration::from_secs(1)),
+            "{url}: a silent connection should be closed within ~{within:?}, was {lasted:?}"
+        );
+    }
+    // Nothing else was disturbed.
+    assert!(committed(&env.register("quiet", "pw-quiet-1").await?));
+    Ok(())
+}

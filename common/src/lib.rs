@@ -18,6 +18,7 @@ mod decode;
 mod email;
 pub mod fault;
 mod fingerprint;
+mod greeting;
 mod group_commit;
 pub mod guard;
 mod invalid;

@@ -10,6 +10,9 @@ use tonic::transport::ServerTlsConfig;
 use tonic::transport::server::Router;
 use tonic_health::ServingStatus;
 
+pub use crate::greeting::GREETING_WITHIN;
+use crate::greeting::Greeted;
+
 /// A server builder with health and reflection already added, over TLS if `tls` is given. `services`
 /// are the fully qualified names reported as SERVING by the health service (the empty name, the whole
 /// server, always is).
@@ -130,6 +133,8 @@ async fn drain(
 
 /// Serves `router` on `listener` until `shutdown` completes, then lets in-flight RPCs finish.
 ///
+/// A connection that sends nothing for 10 s after it is accepted is closed (`greeting.rs`).
+///
 /// Every accepted socket gets `TCP_NODELAY`: gRPC writes a reply as several small frames, and with
 /// Nagle's algorithm the last one waits for the peer's delayed ACK (~40 ms on Linux) — that alone made one
 /// client's change take 44 ms instead of 2. (tonic sets it only on listeners it binds itself.)
@@ -164,7 +169,7 @@ pub async fn run(
             if let Some(pause) = pause {
                 tokio::time::sleep(pause).await;
             }
-            accepted
+            accepted.map(Greeted::new)
         }
     });
     router

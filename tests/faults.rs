@@ -634,6 +634,19 @@ async fn a_participant_whose_store_was_deleted_is_refused_until_an_operator_acce
         password_service_health(&env).await?,
         ServingStatus::NotServing
     );
+    // The participant knows too, from its store's witness: it serves no read from the empty store
+    // (every user would be "unknown"), and its own health says so.
+    assert_eq!(env.get_user_code("uma").await?, Code::DataLoss);
+    assert!(!env.verify("uma", "umas-pw-1").await.unwrap_or(false));
+    assert_eq!(
+        participant_health(&env, Service::Password).await?,
+        ServingStatus::NotServing
+    );
+    let log = std::fs::read_to_string(env.cluster.log_file(Service::Password))?;
+    assert!(
+        log.contains("deleted or replaced") && log.contains("serves nothing"),
+        "{log}"
+    );
 
     // The operator accepts the loss: changes are made again (the users it lost are unknown to it).
     env.cluster.stop(Service::Password).await?;
@@ -643,7 +656,32 @@ async fn a_participant_whose_store_was_deleted_is_refused_until_an_operator_acce
     let again = env.register("wendy", "wendys-pw-1").await?;
     assert!(committed(&again), "{again:?}");
     assert!(health_becomes(&env, ServingStatus::Serving).await?);
+    assert_eq!(env.get_user_code("uma").await?, Code::NotFound);
+    assert_eq!(
+        participant_health(&env, Service::Password).await?,
+        ServingStatus::Serving
+    );
+    // And the store it accepted is the one witnessed from now on: a plain restart serves it.
+    env.cluster.stop(Service::Password).await?;
+    env.cluster.start_service(Service::Password).await?;
+    assert!(env.verify("wendy", "wendys-pw-1").await?);
     Ok(())
+}
+
+/// What `service`'s own health service says of the whole server.
+async fn participant_health(env: &Env, service: Service) -> Result<ServingStatus> {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    let channel = tonic::transport::Channel::from_shared(env.cluster.url(service))?
+        .connect()
+        .await?;
+    Ok(HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await?
+        .into_inner()
+        .status())
 }
 
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -682,7 +720,8 @@ async fn password_service_health(env: &Env) -> Result<ServingStatus> {
 /// The damaged-file case: bytes flipped in the history participant's database file. sled recovers by
 /// cutting its log at the first bad record, so the participant may come back without acknowledged
 /// changes. It must never go on as if nothing happened: either nothing it acknowledged is missing, or
-/// every change aborts with the reason (or it refuses to start at all).
+/// it serves no read (its witness) and every change aborts with the reason (or it refuses to start at
+/// all).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_store_that_lost_acknowledged_changes_is_never_used_as_if_whole() -> Result {
     let mut env = env().await?;
@@ -718,8 +757,19 @@ async fn a_damaged_store_that_lost_acknowledged_changes_is_never_used_as_if_whol
     }
     let mut missing = 0;
     for user in &users {
-        if env.history(user).await.map_or(true, |h| h.len() < 2) {
-            missing += 1;
+        match env.history(user).await {
+            Ok(history) if history.len() >= 2 => {}
+            Ok(history) => {
+                panic!("{user}'s history served without acknowledged entries: {history:?}")
+            }
+            // The participant knows its store went back (its witness) and serves nothing from it.
+            Err(e) => {
+                assert!(
+                    e.to_string().contains("acknowledged changes were lost"),
+                    "{e}"
+                );
+                missing += 1;
+            }
         }
     }
     let mut outcomes = Vec::new();

@@ -1,61 +1,121 @@
+use std::fmt::Display;
+use std::future::Future;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
-type Waiter = oneshot::Sender<Result<(), Arc<sled::Error>>>;
+/// Told the flush's outcome, once a write has been applied.
+type Finish = Box<dyn FnOnce(Result<(), Arc<sled::Error>>) + Send>;
 
-/// Forced writes for one sled database, group-committed.
+/// A queued write: applies itself and returns how to tell its waiter, or `None` if it failed (its
+/// waiter was told already).
+struct Job {
+    write: Box<dyn FnOnce() -> Option<Finish> + Send>,
+    forced: bool,
+}
+
+/// Every write to one sled database, group-committed, and never on an async worker.
 ///
-/// A writer applies its batch, then awaits [`GroupCommit::force`]. One task per database collects every
-/// writer waiting at that moment, calls `flush()` once for all of them on the blocking pool, and wakes
-/// them together, so sixteen concurrent commits cost one fsync, not sixteen.
+/// A writer hands its write to [`GroupCommit::write`] (or [`GroupCommit::force`]). One task per
+/// database takes every write queued at that moment, applies them in the order they were queued on the
+/// blocking pool, calls `flush()` once if any of them must be durable, and answers them together: sixteen
+/// concurrent commits cost one flush, not sixteen, and the writes ride the flush's hop to the blocking
+/// pool instead of running where they would stall an async worker (a sled write can wait for its I/O
+/// buffers; a read behind it can wait for the disk).
 ///
 /// Why not `sled::Db::flush_async`: in sled 0.34 concurrent `flush_async` calls deadlock (sled #1308).
-/// Correctness: a waiter's batch was applied before it queued, and the flush that answers it starts after
-/// it was dequeued, so that flush covers its batch.
+/// Correctness: a write is applied before the flush of its round starts, so that flush covers it; a
+/// forced write is answered only after it.
 #[derive(Clone)]
 pub struct GroupCommit {
-    queue: mpsc::UnboundedSender<Waiter>,
+    queue: mpsc::UnboundedSender<Job>,
 }
 
 impl GroupCommit {
-    /// Starts the flushing task on the current tokio runtime.
+    /// Starts the writing task on the current tokio runtime.
     pub fn start(db: sled::Db) -> Self {
-        let (queue, mut rx) = mpsc::unbounded_channel::<Waiter>();
+        let (queue, mut rx) = mpsc::unbounded_channel::<Job>();
         tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
-                let mut batch = vec![first];
+                let mut jobs = vec![first];
                 while let Ok(next) = rx.try_recv() {
-                    batch.push(next);
+                    jobs.push(next);
                 }
                 let db = db.clone();
-                let flushed = match tokio::task::spawn_blocking(move || db.flush()).await {
-                    Ok(result) => result.map(drop).map_err(Arc::new),
-                    // Not the panic's payload: it could hold anything.
-                    Err(_) => Err(Arc::new(sled::Error::ReportableBug(
-                        "the flush task panicked".into(),
-                    ))),
-                };
-                for waiter in batch {
-                    // A waiter that gave up (its RPC was cancelled) no longer cares.
-                    let _ = waiter.send(flushed.clone());
-                }
+                // A panicking write drops every waiter of the round: each is told the task stopped.
+                let _ = tokio::task::spawn_blocking(move || round(&db, jobs)).await;
             }
         });
         Self { queue }
     }
 
+    /// Queues `write` (applied in queue order), and returns a future that resolves once it is applied
+    /// and, if `forced`, on disk. The write is queued at the call, not when the future is first polled:
+    /// a caller that does not need the answer may drop the future, and a failure nobody waits for is
+    /// logged.
+    pub fn write<E, W>(
+        &self,
+        forced: bool,
+        write: W,
+    ) -> impl Future<Output = Result<(), E>> + Send + 'static + use<E, W>
+    where
+        E: From<Arc<sled::Error>> + Display + Send + 'static,
+        W: FnOnce() -> Result<(), E> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel::<Result<(), E>>();
+        let job = Job {
+            forced,
+            write: Box::new(move || match write() {
+                Ok(()) => Some(Box::new(move |flushed: Result<(), Arc<sled::Error>>| {
+                    if let Err(Err(e)) = tx.send(flushed.map_err(E::from)) {
+                        tracing::error!(cause = %e, "a write nobody waited for was not made durable");
+                    }
+                }) as Finish),
+                Err(e) => {
+                    if let Err(Err(e)) = tx.send(Err(e)) {
+                        tracing::error!(cause = %e, "a write nobody waited for failed");
+                    }
+                    None
+                }
+            }),
+        };
+        let queued = self.queue.send(job).is_ok();
+        async move {
+            if !queued {
+                return Err(E::from(stopped()));
+            }
+            rx.await.unwrap_or_else(|_| Err(E::from(stopped())))
+        }
+    }
+
     /// Returns once everything written to the database before this call is on disk.
     pub async fn force(&self) -> Result<(), Arc<sled::Error>> {
-        let (tx, rx) = oneshot::channel();
-        let stopped = || {
-            Arc::new(sled::Error::ReportableBug(
-                "group commit task stopped".into(),
-            ))
-        };
-        self.queue.send(tx).map_err(|_| stopped())?;
-        rx.await.map_err(|_| stopped())?
+        self.write(true, || Ok(())).await
     }
+}
+
+/// One round, on the blocking pool: every write in order, one flush if any must be durable, every
+/// answer.
+fn round(db: &sled::Db, jobs: Vec<Job>) {
+    let forced = jobs.iter().any(|job| job.forced);
+    let applied: Vec<(bool, Finish)> = jobs
+        .into_iter()
+        .filter_map(|job| (job.write)().map(|finish| (job.forced, finish)))
+        .collect();
+    let flushed = if forced {
+        db.flush().map(drop).map_err(Arc::new)
+    } else {
+        Ok(())
+    };
+    for (forced, finish) in applied {
+        finish(if forced { flushed.clone() } else { Ok(()) });
+    }
+}
+
+fn stopped() -> Arc<sled::Error> {
+    Arc::new(sled::Error::ReportableBug(
+        "the group commit task stopped".into(),
+    ))
 }
 
 #[cfg(test)]
@@ -63,7 +123,7 @@ mod tests {
     use super::*;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn concurrent_forces_all_complete() {
+    async fn concurrent_forced_writes_all_complete() {
         let dir = tempfile_dir();
         let db = sled::open(&dir).unwrap();
         let gc = GroupCommit::start(db.clone());
@@ -71,14 +131,63 @@ mod tests {
         for i in 0..32u32 {
             let (db, gc) = (db.clone(), gc.clone());
             tasks.push(tokio::spawn(async move {
-                db.insert(i.to_be_bytes(), &b"v"[..]).unwrap();
-                gc.force().await.unwrap();
+                gc.write(true, move || {
+                    db.insert(i.to_be_bytes(), &b"v"[..])
+                        .map(drop)
+                        .map_err(Arc::new)
+                })
+                .await
+                .unwrap();
             }));
         }
         for t in tasks {
             t.await.unwrap();
         }
         assert_eq!(db.len(), 32);
+        drop(db);
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[tokio::test]
+    async fn writes_apply_in_queue_order_even_when_nobody_waits() {
+        let dir = tempfile_dir();
+        let db = sled::open(&dir).unwrap();
+        let gc = GroupCommit::start(db.clone());
+        for i in 0..100u32 {
+            let db = db.clone();
+            // Dropped at once: queued at the call all the same.
+            drop(gc.write(false, move || {
+                db.insert(b"k", &i.to_be_bytes()[..])
+                    .map(drop)
+                    .map_err(Arc::new)
+            }));
+        }
+        gc.force().await.unwrap();
+        assert_eq!(
+            db.get(b"k").unwrap().unwrap().as_ref(),
+            &99u32.to_be_bytes()
+        );
+        drop(db);
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_is_answered_with_its_own_error_and_the_others_go_on() {
+        let dir = tempfile_dir();
+        let db = sled::open(&dir).unwrap();
+        let gc = GroupCommit::start(db.clone());
+        let bad = gc.write(true, || {
+            Err(Arc::new(sled::Error::Unsupported("refused".into())))
+        });
+        let good = {
+            let db = db.clone();
+            gc.write(true, move || {
+                db.insert(b"k", &b"v"[..]).map(drop).map_err(Arc::new)
+            })
+        };
+        assert!(bad.await.unwrap_err().to_string().contains("refused"));
+        good.await.unwrap();
+        assert!(db.contains_key(b"k").unwrap());
         drop(db);
         std::fs::remove_dir_all(dir).ok();
     }

@@ -5,6 +5,7 @@
 //!   deleted when the mail server accepted it. Its absence is what "sent" means: marking an e-mail sent
 //!   deletes one key and rewrites no record (so it cannot race with END rewriting the same record).
 
+use std::future::Future;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -161,19 +162,52 @@ impl Log {
         };
         batch.insert(key(TXN, record.txn), encode(&txn));
         batch.insert(key(OUTBOX, record.txn), encode(mail));
-        self.db.apply_batch(batch)?;
-        self.forcer.force().await?;
-        Ok(())
+        self.apply_forced(batch).await
     }
 
-    pub fn note_abort(&self, note: &AbortNote) -> Result<(), LogError> {
+    /// Applies `batch` and forces it, in the group commit's round.
+    async fn apply_forced(&self, batch: sled::Batch) -> Result<(), LogError> {
+        let db = self.db.clone();
+        self.forcer
+            .write::<LogError, _>(true, move || {
+                db.apply_batch(batch)?;
+                Ok(())
+            })
+            .await
+    }
+
+    /// Queues an unforced write: applied in order with every other write of the log, in the group
+    /// commit's next round on the blocking pool, never on an async worker. The returned future tells
+    /// when it is applied; a caller that does not need to know drops it (a failure is logged).
+    fn queue<W>(
+        &self,
+        write: W,
+    ) -> impl Future<Output = Result<(), LogError>> + Send + 'static + use<W>
+    where
+        W: FnOnce(&sled::Db) -> Result<(), LogError> + Send + 'static,
+    {
+        let db = self.db.clone();
+        self.forcer.write(false, move || write(&db))
+    }
+
+    /// Notes an abort for the listing, unforced (see [`Log::queue`]).
+    pub fn note_abort(
+        &self,
+        note: &AbortNote,
+    ) -> impl Future<Output = Result<(), LogError>> + Send + 'static + use<> {
         self.insert(&abort_record(Strategy::TwoPc, State::Aborted, note))
     }
 
-    /// Writes `record` as it is, unforced.
-    pub fn insert(&self, record: &TxnRecord) -> Result<(), LogError> {
-        self.db.insert(key(TXN, record.txn), encode(record))?;
-        Ok(())
+    /// Writes `record` as it is, unforced (see [`Log::queue`]).
+    pub fn insert(
+        &self,
+        record: &TxnRecord,
+    ) -> impl Future<Output = Result<(), LogError>> + Send + 'static + use<> {
+        let (k, v) = (key(TXN, record.txn), encode(record));
+        self.queue(move |db| {
+            db.insert(k, v)?;
+            Ok(())
+        })
     }
 
     /// Writes `record` and forces it.
@@ -188,34 +222,49 @@ impl Log {
         mut batch: sled::Batch,
     ) -> Result<(), LogError> {
         batch.insert(key(TXN, record.txn), encode(record));
-        self.db.apply_batch(batch)?;
-        self.forcer.force().await?;
-        Ok(())
+        self.apply_forced(batch).await
     }
 
-    /// Sets a record's state, unforced.
-    pub fn set_state(&self, txn: TxnId, state: State) -> Result<(), LogError> {
-        self.update(txn, |r| r.state = state)
+    /// Sets a record's state, unforced (see [`Log::queue`]).
+    pub fn set_state(
+        &self,
+        txn: TxnId,
+        state: State,
+    ) -> impl Future<Output = Result<(), LogError>> + Send + 'static + use<> {
+        self.queue(move |db| update(db, txn, |r| r.state = state))
     }
 
-    /// Events: the deliveries still waiting for consumer `to`, oldest first.
-    pub fn deliveries(&self, to: &str) -> Result<Vec<(TxnId, Vec<u8>)>, LogError> {
+    /// Runs `work` in the queue of writes (see [`Log::queue`]), after every write queued before it,
+    /// and returns what it found.
+    async fn queued<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&sled::Db) -> Result<T, LogError> + Send + 'static,
+    ) -> Result<T, LogError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.queue(move |db| {
+            let _ = tx.send(work(db)?);
+            Ok(())
+        })
+        .await?;
+        rx.await
+            .map_err(|_| LogError::Corrupt("a queued read gave no answer".into()))
+    }
+
+    /// Events: the deliveries still waiting for consumer `to`, oldest first (off the async workers).
+    pub async fn deliveries(&self, to: &str) -> Result<Vec<(TxnId, Vec<u8>)>, LogError> {
         let prefix = delivery_prefix(to);
-        self.db
-            .scan_prefix(&prefix)
-            .map(|item| {
-                let (k, v) = item?;
-                let txn = TxnId::from_bytes(&k[prefix.len()..]).ok_or_else(|| {
-                    LogError::Corrupt("a delivery key without a transaction".into())
-                })?;
-                Ok((txn, v.to_vec()))
-            })
-            .collect()
+        self.queued(move |db| scan_deliveries(db, &prefix)).await
     }
 
-    /// Events: whether consumer `to` still has `txn` to receive.
+    /// Events: whether consumer `to` still has `txn` to receive. Blocking: for startup.
     pub fn awaits(&self, to: &str, txn: TxnId) -> Result<bool, LogError> {
         Ok(self.db.contains_key(delivery_key(to, txn))?)
+    }
+
+    /// [`Log::awaits`], off the async workers.
+    pub async fn still_awaits(&self, to: &str, txn: TxnId) -> Result<bool, LogError> {
+        let key = delivery_key(to, txn);
+        self.queued(move |db| Ok(db.contains_key(key)?)).await
     }
 
     /// Events: whether any delivery is waiting (a new sealing key would make them unreadable).
@@ -226,48 +275,73 @@ impl Log {
     /// Events: consumer `to` has `txn` (applied or refused for good). Unforced: a delivery that comes
     /// back after a crash is delivered again, and consumers are idempotent. Returns whether every one of
     /// `consumers` has it.
-    pub fn delivered(&self, to: &str, txn: TxnId, consumers: &[&str]) -> Result<bool, LogError> {
-        self.db.remove(delivery_key(to, txn))?;
-        for other in consumers {
-            if self.db.contains_key(delivery_key(other, txn))? {
-                return Ok(false);
+    pub async fn delivered(
+        &self,
+        to: &str,
+        txn: TxnId,
+        consumers: &[&str],
+    ) -> Result<bool, LogError> {
+        let mine = delivery_key(to, txn);
+        let all: Vec<Vec<u8>> = consumers.iter().map(|c| delivery_key(c, txn)).collect();
+        self.queued(move |db| {
+            db.remove(mine)?;
+            for key in all {
+                if db.contains_key(key)? {
+                    return Ok(false);
+                }
             }
-        }
-        Ok(true)
+            Ok(true)
+        })
+        .await
     }
 
     /// Events: the e-mail consumer found the address: the e-mail joins the outbox and the delivery
     /// leaves, in one batch (unforced: if both are lost, the delivery comes back and is done again).
-    pub fn queue_mail(&self, from: &str, mail: &OutboxEntry, to: &Email) -> Result<(), LogError> {
-        // The record is updated in place (a consumer may be noting a refusal on it at the same time);
-        // the outbox entry and the delivery then change together.
-        self.update(mail.txn, |r| r.email = Some(to.clone()))?;
+    pub async fn queue_mail(
+        &self,
+        from: &str,
+        mail: &OutboxEntry,
+        to: &Email,
+    ) -> Result<(), LogError> {
+        let (txn, to) = (mail.txn, to.clone());
         let mut batch = sled::Batch::default();
         batch.insert(key(OUTBOX, mail.txn), encode(mail));
         batch.remove(delivery_key(from, mail.txn));
-        self.db.apply_batch(batch)?;
-        Ok(())
+        self.queue(move |db| {
+            // The record is updated in place (a consumer may be noting a refusal on it at the same
+            // time); the outbox entry and the delivery then change together.
+            update(db, txn, |r| r.email = Some(to.clone()))?;
+            db.apply_batch(batch)?;
+            Ok(())
+        })
+        .await
     }
 
     /// Events: the e-mail can never be sent (the user never existed): keep why, for the listing.
-    pub fn note_mail_error(&self, txn: TxnId, reason: &str) -> Result<(), LogError> {
-        self.update(txn, |r| r.email_error = Some(reason.to_owned()))
+    pub async fn note_mail_error(&self, txn: TxnId, reason: &str) -> Result<(), LogError> {
+        let reason = reason.to_owned();
+        self.queue(move |db| update(db, txn, |r| r.email_error = Some(reason.clone())))
+            .await
     }
 
     /// Adds why a consumer refused to a record's reason, unforced.
-    pub fn note_refusal(&self, txn: TxnId, reason: &str) -> Result<(), LogError> {
-        self.update(txn, |r| {
-            if !r.reason.is_empty() {
-                r.reason.push_str("; ");
-            }
-            r.reason.push_str(reason);
+    pub async fn note_refusal(&self, txn: TxnId, reason: &str) -> Result<(), LogError> {
+        let reason = reason.to_owned();
+        self.queue(move |db| {
+            update(db, txn, |r| {
+                if !r.reason.is_empty() {
+                    r.reason.push_str("; ");
+                }
+                r.reason.push_str(&reason);
+            })
         })
+        .await
     }
 
     /// END: every participant acknowledged. Unforced: if lost, recovery resends `Commit`, which the
     /// participants acknowledge again.
-    pub fn end(&self, txn: TxnId) -> Result<(), LogError> {
-        self.update(txn, |r| r.state = State::Committed)
+    pub async fn end(&self, txn: TxnId) -> Result<(), LogError> {
+        self.set_state(txn, State::Committed).await
     }
 
     /// The mail server accepted these e-mails: drop them from the outbox, in one batch and one forced
@@ -278,35 +352,19 @@ impl Log {
         for &txn in txns {
             batch.remove(key(OUTBOX, txn));
         }
-        self.db.apply_batch(batch)?;
-        self.forcer.force().await?;
-        Ok(())
+        self.apply_forced(batch).await
     }
 
     /// The e-mail can never be built or sent: take it out of the outbox, keep the reason.
     pub async fn mark_undeliverable(&self, txn: TxnId, reason: &str) -> Result<(), LogError> {
-        self.update(txn, |r| r.email_error = Some(reason.to_owned()))?;
-        self.db.remove(key(OUTBOX, txn))?;
-        self.forcer.force().await?;
-        Ok(())
-    }
-
-    fn update(&self, txn: TxnId, change: impl Fn(&mut TxnRecord)) -> Result<(), LogError> {
-        let mut corrupt = None;
-        self.db.fetch_and_update(key(TXN, txn), |old| {
-            let old = old?;
-            match serde_json::from_slice::<TxnRecord>(old) {
-                Ok(mut record) => {
-                    change(&mut record);
-                    Some(encode(&record))
-                }
-                Err(e) => {
-                    corrupt = Some(tpc_common::decode_error(&e));
-                    Some(old.to_vec())
-                }
-            }
-        })?;
-        corrupt.map_or(Ok(()), |e| Err(LogError::Corrupt(e)))
+        let (db, reason) = (self.db.clone(), reason.to_owned());
+        self.forcer
+            .write::<LogError, _>(true, move || {
+                update(&db, txn, |r| r.email_error = Some(reason.clone()))?;
+                db.remove(key(OUTBOX, txn))?;
+                Ok(())
+            })
+            .await
     }
 
     pub fn get(&self, txn: TxnId) -> Result<Option<TxnRecord>, LogError> {
@@ -338,13 +396,21 @@ impl Log {
 
     /// Remembers how far `participant`'s store went. Not forced: a lost update only makes the check
     /// after a crash start from an earlier mark.
-    pub fn save_store_mark(&self, participant: &str, id: &str, seq: u64) -> Result<(), LogError> {
+    pub fn save_store_mark(
+        &self,
+        participant: &str,
+        id: &str,
+        seq: u64,
+    ) -> impl Future<Output = Result<(), LogError>> + Send + 'static + use<> {
         let value = serde_json::json!({ "id": id, "seq": seq });
-        self.db.insert(
+        let (k, v) = (
             [STORE_MARK, participant.as_bytes()].concat(),
             serde_json::to_vec(&value).expect("a JSON value serializes"),
-        )?;
-        Ok(())
+        );
+        self.queue(move |db| {
+            db.insert(k, v)?;
+            Ok(())
+        })
     }
 
     /// Every participant's remembered store mark: (participant, id, seq).
@@ -528,6 +594,37 @@ fn decode<T: serde::de::DeserializeOwned>(raw: &[u8]) -> Result<T, LogError> {
     serde_json::from_slice(raw).map_err(|e| LogError::Corrupt(tpc_common::decode_error(&e)))
 }
 
+/// Every delivery under `prefix`, oldest first.
+fn scan_deliveries(db: &sled::Db, prefix: &[u8]) -> Result<Vec<(TxnId, Vec<u8>)>, LogError> {
+    db.scan_prefix(prefix)
+        .map(|item| {
+            let (k, v) = item?;
+            let txn = TxnId::from_bytes(&k[prefix.len()..])
+                .ok_or_else(|| LogError::Corrupt("a delivery key without a transaction".into()))?;
+            Ok((txn, v.to_vec()))
+        })
+        .collect()
+}
+
+/// Rewrites record `txn` with `change`, atomically (a record that does not decode is left as it is).
+fn update(db: &sled::Db, txn: TxnId, change: impl Fn(&mut TxnRecord)) -> Result<(), LogError> {
+    let mut corrupt = None;
+    db.fetch_and_update(key(TXN, txn), |old| {
+        let old = old?;
+        match serde_json::from_slice::<TxnRecord>(old) {
+            Ok(mut record) => {
+                change(&mut record);
+                Some(encode(&record))
+            }
+            Err(e) => {
+                corrupt = Some(tpc_common::decode_error(&e));
+                Some(old.to_vec())
+            }
+        }
+    })?;
+    corrupt.map_or(Ok(()), |e| Err(LogError::Corrupt(e)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -568,12 +665,12 @@ mod tests {
 
         // Not collectable before END and the e-mail.
         assert!(log.collect_garbage(u64::MAX).unwrap().is_empty());
-        log.end(old.txn).unwrap();
+        log.end(old.txn).await.unwrap();
         assert!(log.collect_garbage(u64::MAX).unwrap().is_empty());
         log.mark_sent(&[old.txn]).await.unwrap();
         assert!(log.get(old.txn).unwrap().unwrap().email_sent);
         assert!(!log.get(young.txn).unwrap().unwrap().email_sent);
-        log.end(young.txn).unwrap();
+        log.end(young.txn).await.unwrap();
         log.mark_sent(&[young.txn]).await.unwrap();
         assert!(log.outbox().await.unwrap().is_empty());
 
@@ -600,7 +697,7 @@ mod tests {
         }
         // Ended: every second one.
         for txn in written.iter().step_by(2) {
-            log.end(*txn).unwrap();
+            log.end(*txn).await.unwrap();
         }
         let mut looked_at = 0;
         let newest = log
@@ -635,7 +732,7 @@ mod tests {
             })
             .collect();
         for note in &notes {
-            log.note_abort(note).unwrap();
+            log.note_abort(note).await.unwrap();
         }
         let cutoff = tpc_common::now_ms() + 1;
         let first = log.collect_garbage_slice(None, cutoff, 2).unwrap();
@@ -655,7 +752,7 @@ mod tests {
             txn: TxnId::generate(),
             ..notes[0].clone()
         };
-        log.note_abort(&young).unwrap();
+        log.note_abort(&young).await.unwrap();
         let none = log
             .collect_garbage_slice(None, young.txn.created_ms() - 1, 10)
             .unwrap();
@@ -680,7 +777,7 @@ mod tests {
             started_at: 2,
             decided_at: 3,
         };
-        log.note_abort(&aborted).unwrap();
+        log.note_abort(&aborted).await.unwrap();
         let records = log.records().unwrap();
         assert_eq!(records[0].txn, aborted.txn);
         assert_eq!(records[0].state, State::Aborted);

@@ -33,8 +33,9 @@ struct Link {
     reader: PasswordReaderClient<Channel>,
     /// Each vote with the participant's store mark from the same answer.
     prepare: Batcher<PrepareRequest, (Vote, Option<StoreMark>)>,
-    commit: Batcher<String, Option<StoreMark>>,
-    abort: Batcher<String, Option<StoreMark>>,
+    /// Each transaction's answer, with the store mark of the batch it went in.
+    commit: Batcher<String, Decided>,
+    abort: Batcher<String, Decided>,
 }
 
 #[derive(Clone)]
@@ -80,13 +81,24 @@ impl Peers {
         self.link(to).prepare.send(request).await
     }
 
-    /// The participant's acknowledgement, with its store mark.
-    pub async fn commit(&self, to: Participant, txn: TxnId) -> Result<Option<StoreMark>, String> {
-        self.link(to).commit.send(txn.to_string()).await
+    /// The participant's acknowledgement, and its store mark whether it acknowledged or not (a
+    /// participant that refuses because its store lost changes says which store it has).
+    pub async fn commit(
+        &self,
+        to: Participant,
+        txn: TxnId,
+    ) -> (Result<(), String>, Option<StoreMark>) {
+        match self.link(to).commit.send(txn.to_string()).await {
+            Ok(answered) => answered,
+            Err(error) => (Err(error), None),
+        }
     }
 
     pub async fn abort(&self, to: Participant, txn: TxnId) -> Result<(), String> {
-        self.link(to).abort.send(txn.to_string()).await.map(drop)
+        match self.link(to).abort.send(txn.to_string()).await {
+            Ok((answered, _)) => answered,
+            Err(error) => Err(error),
+        }
     }
 
     /// A saga step or an events delivery: one `Apply`, as those strategies are usually built (unary,
@@ -224,7 +236,7 @@ fn link(endpoint: Endpoint, timeout: Duration) -> Link {
                 Ok(response
                     .results
                     .iter()
-                    .map(|status| ok(Some(status)).map(|()| store.clone()))
+                    .map(|status| Ok((ok(Some(status)), store.clone())))
                     .collect())
             }
         })
@@ -238,6 +250,9 @@ fn link(endpoint: Endpoint, timeout: Duration) -> Link {
         abort,
     }
 }
+
+/// A `Commit` or `Abort` answered: acknowledged or refused, and the store the participant answered from.
+type Decided = (Result<(), String>, Option<StoreMark>);
 
 fn store_mark(wire: tpc_proto::v1::StoreMark) -> StoreMark {
     StoreMark {

@@ -247,9 +247,8 @@ impl Actor {
             }
             Command::LogAbort { note } => {
                 debug!(target: "tpc::protocol", txn_id = %note.txn, reason = %note.reason, "coordinator: decision ABORT (nothing forced: presumed abort)");
-                if let Err(e) = self.log.note_abort(&note) {
-                    warn!(cause = %e, "could not note the abort");
-                }
+                // Unawaited: the listing's note, not a decision (a failure is logged where it happens).
+                drop(self.log.note_abort(&note));
             }
             Command::SendAbort { txn, to } => {
                 let peers = self.peers.clone();
@@ -292,7 +291,7 @@ impl Actor {
                 self.spawn(txn, async move {
                     tokio::time::sleep(after).await;
                     debug!(target: "tpc::protocol", attempt, "coordinator → {}: Commit", to.name());
-                    let mut acked = peers.commit(to, txn).await;
+                    let (mut acked, store) = peers.commit(to, txn).await;
                     if acked.is_ok()
                         && to == Participant::ALL[0]
                         && inject("coord.after_first_commit_sent").await.is_err()
@@ -300,13 +299,13 @@ impl Actor {
                         acked = Err("injected: the acknowledgement was lost".into());
                     }
                     match acked {
-                        Ok(store) => {
+                        Ok(()) => {
                             debug!(target: "tpc::protocol", "{} → coordinator: ack Commit", to.name());
                             Some(reported(to, store, Event::CommitAcked { txn, from: to }))
                         }
                         Err(error) => {
                             warn!(txn_id = %txn, participant = to.name(), %error, attempt, "commit not acknowledged; will resend");
-                            Some(Event::CommitFailed { txn, from: to, attempt })
+                            Some(reported(to, store, Event::CommitFailed { txn, from: to, attempt }))
                         }
                     }
                 });
@@ -316,9 +315,9 @@ impl Actor {
                 id,
                 seq,
             } => {
-                if let Err(e) = self.log.save_store_mark(participant.name(), &id, seq) {
-                    warn!(participant = participant.name(), cause = %e, "cannot remember the participant's store mark");
-                }
+                // Unawaited (a failure is logged where it happens): a lost mark only makes the check
+                // after a crash start from an earlier one.
+                drop(self.log.save_store_mark(participant.name(), &id, seq));
             }
             Command::StoreVerdict {
                 participant,
@@ -363,7 +362,7 @@ impl Actor {
                     // Commit), but without it the record is never collected: retry a while.
                     for attempt in 0..END_ATTEMPTS {
                         let ended = match inject("coord.before_end").await {
-                            Ok(()) => log.end(txn).map_err(|e| e.to_string()),
+                            Ok(()) => log.end(txn).await.map_err(|e| e.to_string()),
                             Err(e) => Err(e.to_string()),
                         };
                         match ended {

@@ -152,7 +152,12 @@ impl TransactionManager for Api {
         if let Some(a) = active.iter().find(|a| a.txn == txn && !a.decided) {
             return Ok(Response::new(from_active(a)));
         }
-        match self.log.get(txn).map_err(internal)? {
+        let log = self.log.clone();
+        let recorded = tokio::task::spawn_blocking(move || log.get(txn))
+            .await
+            .map_err(|_| Status::internal("reading the log failed"))?
+            .map_err(internal)?;
+        match recorded {
             Some(record) => Ok(Response::new(from_record(&record, &active))),
             None => Err(Status::not_found(format!(
                 "no transaction {txn} (unknown, collected, or aborted before a crash)"

@@ -231,6 +231,15 @@ async fn prepare_one<R: Resource>(
 ) -> Result<PrepareResponse, Status> {
     let txn = TxnId::parse(&req.txn_id)?;
     let op = Operation::try_from(req.operation)?;
+    // A store that lost acknowledged changes votes no, saying why: its answer is worth nothing, and a
+    // failed call would read as "unreachable" to the coordinator.
+    if let Err(lost) = node.serving() {
+        return Ok(PrepareResponse {
+            vote: prepare_response::Vote::No.into(),
+            reason: lost.message().to_owned(),
+            email: String::new(),
+        });
+    }
     let event = Event::PrepareRequested {
         txn,
         user: op.user().clone(),
@@ -408,10 +417,7 @@ impl HistoryReader for HistoryApi {
         request: Request<GetHistoryRequest>,
     ) -> Result<Response<History>, Status> {
         let user = UserId::parse(&request.get_ref().user_id)?;
-        self.0.wait_unlocked(&user).await?;
-        let entries = entries(self.0.data(), &user)
-            .map_err(|e| Status::internal(e.to_string()))?
-            .ok_or_else(|| Status::not_found(format!("unknown user {user}")))?;
+        let entries = self.0.read_with(&user, entries).await?;
         Ok(Response::new(History {
             entries: entries
                 .into_iter()

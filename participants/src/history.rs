@@ -179,23 +179,27 @@ mod tests {
         let store: Store<HistoryChange> =
             Store::open(dir.path(), tpc_common::DEFAULT_CACHE_MIB).unwrap();
         let data = store.data();
-        let histories = Histories {
+        let histories = std::sync::Arc::new(Histories {
             hasher: Hasher::new(Cost::InsecureFast),
             depth: 3,
             keep: 4,
-        };
+        });
         let user = UserId::parse("alice").unwrap();
         async fn commit(
             store: &Store<HistoryChange>,
-            histories: &Histories,
+            histories: &std::sync::Arc<Histories>,
             op: Operation,
         ) -> Result<(), String> {
             let data = store.data();
             let change = histories.validate(&data, &op).unwrap()?;
             let txn = TxnId::generate();
-            let mut batch = sled::Batch::default();
-            histories.apply(&data, txn, &change, 0, &mut batch).unwrap();
-            store.force_commit(txn, batch, 0).await.unwrap();
+            let (histories, data) = (histories.clone(), data.clone());
+            store
+                .force_commit(txn, 0, move |batch| {
+                    histories.apply(&data, txn, &change, 0, batch).map(drop)
+                })
+                .await
+                .unwrap();
             Ok(())
         }
         let register = Operation::Register {

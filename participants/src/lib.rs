@@ -17,3 +17,4 @@ pub mod password;
 pub mod resource;
 pub mod server;
 pub mod store;
+pub mod witness;

@@ -52,6 +52,9 @@ pub struct Node<R: Resource> {
     fingerprints: tpc_common::Fingerprinter,
     /// How long one `QueryDecision` may take (the engine's `query_timeout_ms`).
     query_timeout: Duration,
+    /// Why the store cannot be trusted, if it cannot (`witness.rs`): then the node refuses every read
+    /// and every protocol call with `DATA_LOSS`, and asks nobody about its in-doubt transactions.
+    lost: Option<String>,
 }
 
 impl<R: Resource> Node<R> {
@@ -67,6 +70,7 @@ impl<R: Resource> Node<R> {
         coordinator: Channel,
         config: Config,
         read_wait: Duration,
+        lost: Option<String>,
     ) -> Result<Arc<Self>, StoreError> {
         let recovered = store.recover()?;
         let mut engine = Engine::new(config);
@@ -102,11 +106,44 @@ impl<R: Resource> Node<R> {
             max_step_age_ms: config.prepare_max_age_ms,
             fingerprints: tpc_common::Fingerprinter::new(),
             query_timeout: Duration::from_millis(config.query_timeout_ms),
+            lost,
         }))
     }
 
-    pub fn data(&self) -> &Data {
-        &self.data
+    /// Why this node's store cannot be trusted, if it cannot.
+    pub fn lost(&self) -> Option<&str> {
+        self.lost.as_deref()
+    }
+
+    /// `DATA_LOSS` if the store cannot be trusted: nothing is served from it, and nothing written to it.
+    pub fn serving(&self) -> Result<(), Status> {
+        match &self.lost {
+            None => Ok(()),
+            Some(reason) => Err(Status::data_loss(format!(
+                "{reason}; this participant serves nothing until an operator repairs its store or restarts it with --accept-data-loss"
+            ))),
+        }
+    }
+
+    /// Keeps the witness up to date with how far the store's durable history goes.
+    pub async fn witness_forever(self: Arc<Self>, witness: crate::witness::Witness) {
+        let mut every = tokio::time::interval(crate::witness::EVERY);
+        let mut recorded = self.store.mark().seq;
+        loop {
+            every.tick().await;
+            let mark = self.store.mark();
+            if mark.seq <= recorded {
+                continue;
+            }
+            let (witness, seq) = (witness.clone(), mark.seq);
+            match tokio::task::spawn_blocking(move || witness.record(&mark)).await {
+                Ok(Ok(())) => recorded = seq,
+                Ok(Err(e)) => {
+                    warn!(participant = R::NAME, cause = %e, "cannot bring the store's witness up to date")
+                }
+                Err(_) => warn!(participant = R::NAME, "the task writing the witness failed"),
+            }
+        }
     }
 
     pub fn resource(&self) -> &R {
@@ -149,6 +186,7 @@ impl<R: Resource> Node<R> {
         event: Event<R::Change>,
         op: Option<Operation>,
     ) -> Result<Reply<R::Change>, Status> {
+        self.serving()?;
         // A Prepare takes the user's lock only once its hashing can start: while it waits for a slot,
         // the user stays free, and an Abort that arrives meanwhile leaves a tombstone, so the Prepare
         // then votes no without doing any work.
@@ -165,6 +203,7 @@ impl<R: Resource> Node<R> {
         op: Option<&Operation>,
         mut slot: Option<OwnedSemaphorePermit>,
     ) -> Result<Reply<R::Change>, Status> {
+        self.serving()?;
         let mut queue: VecDeque<_> = self.engine().handle(event).into();
         let mut reply = Reply::Nothing;
         // Set by an `error` fail point after a step that completed: its reply is lost.
@@ -222,14 +261,11 @@ impl<R: Resource> Node<R> {
                         fatal(StoreError::Injected);
                     }
                     let at = now_ms();
-                    let mut batch = sled::Batch::default();
-                    let applied = self
-                        .resource
-                        .apply(&self.data, txn, &change, at, &mut batch);
-                    if let Err(e) = applied {
-                        fatal(e)
-                    }
-                    if let Err(e) = self.store.force_commit(txn, batch, at).await {
+                    let (resource, data) = (self.resource.clone(), self.data.clone());
+                    let committed = self.store.force_commit(txn, at, move |batch| {
+                        resource.apply(&data, txn, &change, at, batch).map(drop)
+                    });
+                    if let Err(e) = committed.await {
                         fatal(e)
                     }
                     // One line per transaction at info level: its outcome here (a no-vote, a commit or an abort).
@@ -242,15 +278,11 @@ impl<R: Resource> Node<R> {
                 }
                 Command::DropPrepared { txn } => {
                     info!(target: "tpc::protocol", participant = R::NAME, %txn, "{}: aborted, prepared record dropped", R::NAME);
-                    if let Err(e) = self.store.remove(txn) {
-                        fatal(e)
-                    }
+                    self.store.remove(txn);
                     None
                 }
                 Command::Forget { txn } => {
-                    if let Err(e) = self.store.remove(txn) {
-                        fatal(e)
-                    }
+                    self.store.remove(txn);
                     None
                 }
                 Command::Vote { vote, .. } => {
@@ -348,6 +380,11 @@ impl<R: Resource> Node<R> {
         let mut interval = tokio::time::interval(every);
         loop {
             interval.tick().await;
+            if self.lost.is_some() {
+                // Its in-doubt transactions stay in doubt: the store they were prepared in is not
+                // trusted.
+                continue;
+            }
             if let Err(status) = self
                 .run(
                     Event::Tick {
@@ -364,10 +401,26 @@ impl<R: Resource> Node<R> {
     }
 
     /// Reads `user`'s committed data once no transaction holds the user (`NOT_FOUND` if there is none).
-    pub async fn read<T: serde::de::DeserializeOwned>(&self, user: &UserId) -> Result<T, Status> {
+    pub async fn read<T: serde::de::DeserializeOwned + Send + 'static>(
+        &self,
+        user: &UserId,
+    ) -> Result<T, Status> {
+        self.read_with(user, |data, user| data.get(user)).await
+    }
+
+    /// Reads `user`'s committed data with `read`, on the blocking pool (a read can wait for the disk),
+    /// once no transaction holds the user (`NOT_FOUND` if `read` finds nothing).
+    pub async fn read_with<T: Send + 'static>(
+        &self,
+        user: &UserId,
+        read: impl FnOnce(&Data, &UserId) -> Result<Option<T>, StoreError> + Send + 'static,
+    ) -> Result<T, Status> {
+        self.serving()?;
         self.wait_unlocked(user).await?;
-        self.data
-            .get(user)
+        let (data, owner) = (self.data.clone(), user.clone());
+        tokio::task::spawn_blocking(move || read(&data, &owner))
+            .await
+            .map_err(|_| Status::internal("the read failed"))?
             .map_err(|e| Status::internal(e.to_string()))?
             .ok_or_else(|| Status::not_found(format!("unknown user {user}")))
     }
@@ -525,6 +578,7 @@ mod tests {
             coordinator,
             Config::default(),
             Duration::from_secs(1),
+            None,
         )
         .unwrap();
 

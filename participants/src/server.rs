@@ -13,7 +13,7 @@ use tpc_proto::v1::history_reader_server::HistoryReaderServer;
 use tpc_proto::v1::participant_server::ParticipantServer;
 use tpc_proto::v1::password_reader_server::PasswordReaderServer;
 use tpc_proto::{MAX_BATCH_MESSAGE_BYTES, MAX_MESSAGE_BYTES};
-use tracing::info;
+use tracing::{error, info, warn};
 
 use crate::api::{HistoryApi, ParticipantApi, PasswordApi};
 use crate::engine;
@@ -23,6 +23,7 @@ use crate::node::Node;
 use crate::password::Passwords;
 use crate::resource::Resource;
 use crate::store::{Store, StoreError};
+use crate::witness::Witness;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -85,6 +86,8 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error("the store's witness: {0}")]
+    Witness(std::io::Error),
 }
 
 /// Serves the participant until `shutdown` completes: the readers on the public listener, the protocol on
@@ -112,11 +115,17 @@ pub async fn run(
         .transpose()?;
     let addr = listeners.public.local_addr().ok();
     let internal_addr = listeners.internal.local_addr().ok();
-    let internal =
-        tpc_common::serve::router(&["tpc.v1.Participant"], config.internal.server()).await?;
+    let (internal, internal_health) =
+        tpc_common::serve::router_with_health(&[PARTICIPANT], config.internal.server()).await?;
     let (public, internal, clock) = match config.role {
         Role::Password => {
             let node = open(Passwords::new(hasher), &config, coordinator)?;
+            let (public, public_health) =
+                tpc_common::serve::router_with_health(&[PASSWORD_READER], public_tls).await?;
+            if node.lost().is_some() {
+                not_serving(&internal_health, &[PARTICIPANT, PASSWORD_READER]).await;
+                not_serving(&public_health, &[PASSWORD_READER]).await;
+            }
             let reader = || {
                 PasswordReaderServer::new(PasswordApi(
                     node.clone(),
@@ -124,9 +133,7 @@ pub async fn run(
                 ))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
             };
-            let public = tpc_common::serve::router(&["tpc.v1.PasswordReader"], public_tls)
-                .await?
-                .add_service(reader());
+            let public = public.add_service(reader());
             // The events strategy's coordinator looks up e-mail addresses over its own link.
             let internal = internal
                 .add_service(participant_server(node.clone(), &config))
@@ -141,12 +148,16 @@ pub async fn run(
                 keep: config.history_keep,
             };
             let node = open(histories, &config, coordinator)?;
-            let public = tpc_common::serve::router(&["tpc.v1.HistoryReader"], public_tls)
-                .await?
-                .add_service(
-                    HistoryReaderServer::new(HistoryApi(node.clone()))
-                        .max_decoding_message_size(MAX_MESSAGE_BYTES),
-                );
+            let (public, public_health) =
+                tpc_common::serve::router_with_health(&[HISTORY_READER], public_tls).await?;
+            if node.lost().is_some() {
+                not_serving(&internal_health, &[PARTICIPANT]).await;
+                not_serving(&public_health, &[HISTORY_READER]).await;
+            }
+            let public = public.add_service(
+                HistoryReaderServer::new(HistoryApi(node.clone()))
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            );
             let internal = internal.add_service(participant_server(node.clone(), &config));
             tokio::spawn(node.clone().collect_barriers_forever());
             (public, internal, tokio::spawn(node.tick_forever(TICK)))
@@ -167,22 +178,64 @@ pub async fn run(
     Ok(())
 }
 
+const PARTICIPANT: &str = "tpc.v1.Participant";
+const PASSWORD_READER: &str = "tpc.v1.PasswordReader";
+const HISTORY_READER: &str = "tpc.v1.HistoryReader";
+
+/// Health says NOT_SERVING for `services` and the whole server: a store that lost acknowledged changes
+/// must not be load-balanced to.
+async fn not_serving(health: &tonic_health::server::HealthReporter, services: &[&str]) {
+    for service in services.iter().chain(&[""]) {
+        health
+            .set_service_status(*service, tonic_health::ServingStatus::NotServing)
+            .await;
+    }
+}
+
 /// How often the engine's clock ticks: in-doubt transactions are asked about within this of a restart.
 const TICK: Duration = Duration::from_millis(100);
 
+/// Opens the store and checks it against its witness: a store that lost acknowledged changes makes a
+/// node that refuses everything (`witness.rs`).
 fn open<R: Resource>(
     resource: R,
     config: &Config,
     coordinator: tonic::transport::Channel,
-) -> Result<Arc<Node<R>>, StoreError> {
+) -> Result<Arc<Node<R>>, ServeError> {
     let store = Store::open(&config.data_dir.join(R::NAME), config.cache_mib)?;
-    Node::open(
+    let witness = Witness::new(&config.data_dir, R::NAME);
+    let mark = store.mark();
+    let lost = match witness.check(R::NAME, &mark).map_err(ServeError::Witness)? {
+        Some(reason) if config.accept_data_loss => {
+            warn!(participant = R::NAME, %reason, "serving the store as it is: an operator accepted the loss (--accept-data-loss)");
+            None
+        }
+        Some(reason) => {
+            error!(
+                participant = R::NAME,
+                %reason,
+                witness = %witness.path().display(),
+                "the store lost acknowledged changes: this participant serves nothing (DATA_LOSS) until an operator repairs it, or restarts it with --accept-data-loss"
+            );
+            Some(reason)
+        }
+        None => None,
+    };
+    if lost.is_none() {
+        witness.record(&mark).map_err(ServeError::Witness)?;
+    }
+    let node = Node::open(
         resource,
         store,
         coordinator,
         config.engine,
         config.read_wait,
-    )
+        lost,
+    )?;
+    if node.lost().is_none() {
+        tokio::spawn(node.clone().witness_forever(witness));
+    }
+    Ok(node)
 }
 
 fn participant_server<R: Resource>(

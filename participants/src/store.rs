@@ -166,25 +166,35 @@ impl<C: Serialize + DeserializeOwned> Store<C> {
         }
     }
 
-    /// Counts a promise whose writes are applied (not yet forced), forces it, and only then counts its
-    /// number as durable (with every lower one: they were applied before it, and the flush covers them).
+    /// Applies `write` with a new promise number, forces it, and only then counts the number as durable
+    /// (with every lower one: they were applied before it, and the flush covers them). The write runs
+    /// in the group commit's round, on the blocking pool.
     ///
     /// The stored count only ever grows (a compare-and-swap to the larger value), so promises applied
     /// concurrently need no lock, and a plain insert stays a plain insert: sled's batches take a lock
     /// that stops every other writer, and routing each PREPARED record through one cost the
     /// participants a third more CPU per change.
-    async fn force_promise(&self) -> Result<(), StoreError> {
+    async fn force_promise(
+        &self,
+        write: impl FnOnce(&sled::Db) -> Result<(), StoreError> + Send + 'static,
+    ) -> Result<(), StoreError> {
         let seq = self
             .next_seq
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
             + 1;
-        self.db.fetch_and_update(STORE_SEQ, |old| {
-            let old = old
-                .and_then(|raw| <[u8; 8]>::try_from(raw).ok())
-                .map_or(0, u64::from_be_bytes);
-            Some(old.max(seq).to_be_bytes().to_vec())
-        })?;
-        self.forcer.force().await?;
+        let db = self.db.clone();
+        self.forcer
+            .write::<StoreError, _>(true, move || {
+                write(&db)?;
+                db.fetch_and_update(STORE_SEQ, |old| {
+                    let old = old
+                        .and_then(|raw| <[u8; 8]>::try_from(raw).ok())
+                        .map_or(0, u64::from_be_bytes);
+                    Some(old.max(seq).to_be_bytes().to_vec())
+                })?;
+                Ok(())
+            })
+            .await?;
         self.durable_seq
             .fetch_max(seq, std::sync::atomic::Ordering::AcqRel);
         Ok(())
@@ -228,28 +238,39 @@ impl<C: Serialize + DeserializeOwned> Store<C> {
     where
         C: Clone,
     {
-        let record = TxnRecord::Prepared {
+        let record = encode(&TxnRecord::Prepared {
             user: user.clone(),
             change: change.clone(),
             at,
-        };
-        self.db.insert(txn_key(txn), encode(&record))?;
-        self.force_promise().await
+        });
+        self.force_promise(move |db| {
+            db.insert(txn_key(txn), record)?;
+            Ok(())
+        })
+        .await
     }
 
-    /// Applies `data_writes` and replaces PREPARED with COMMITTED, atomically and forced.
+    /// Applies the writes `apply` adds (reading what it needs; it runs on the blocking pool) and
+    /// replaces PREPARED with COMMITTED, atomically and forced.
     pub async fn force_commit(
         &self,
         txn: TxnId,
-        mut data_writes: sled::Batch,
         at: u64,
+        apply: impl FnOnce(&mut sled::Batch) -> Result<(), StoreError> + Send + 'static,
     ) -> Result<(), StoreError> {
-        data_writes.insert(txn_key(txn), encode(&TxnRecord::<C>::Committed { at }));
-        self.db.apply_batch(data_writes)?;
-        self.force_promise().await
+        let committed = encode(&TxnRecord::<C>::Committed { at });
+        self.force_promise(move |db| {
+            let mut batch = sled::Batch::default();
+            apply(&mut batch)?;
+            batch.insert(txn_key(txn), committed);
+            db.apply_batch(batch)?;
+            Ok(())
+        })
+        .await
     }
 
-    /// What this participant recorded for a saga or events transaction (see `barrier.rs`).
+    /// What this participant recorded for a saga or events transaction (see `barrier.rs`). Reads the
+    /// database: call it off the async workers.
     pub fn barrier<U: DeserializeOwned>(
         &self,
         txn: TxnId,
@@ -258,27 +279,32 @@ impl<C: Serialize + DeserializeOwned> Store<C> {
         self.db.get(&key)?.map(|raw| decode(&key, &raw)).transpose()
     }
 
-    /// Applies `data_writes` and records `barrier`, atomically, and returns once both are on disk: a
-    /// saga step is answered only when durable, like a vote.
+    /// Applies the writes `apply` adds and records the barrier it returns, atomically, and returns once
+    /// both are on disk: a saga step is answered only when durable, like a vote. `apply` runs on the
+    /// blocking pool.
     pub async fn force_barrier<U: Serialize>(
         &self,
         txn: TxnId,
-        barrier: &Barrier<U>,
-        mut data_writes: sled::Batch,
+        apply: impl FnOnce(&mut sled::Batch) -> Result<Barrier<U>, StoreError> + Send + 'static,
     ) -> Result<(), StoreError> {
-        data_writes.insert(barrier_key(txn), encode(barrier));
-        self.db.apply_batch(data_writes)?;
-        self.force_promise().await
+        self.force_promise(move |db| {
+            let mut batch = sled::Batch::default();
+            let barrier = apply(&mut batch)?;
+            batch.insert(barrier_key(txn), encode(&barrier));
+            db.apply_batch(batch)?;
+            Ok(())
+        })
+        .await
     }
 
-    /// Records a refusal, unforced: it changed nothing, and a lost one only lets a retry check again.
-    pub fn note_barrier<U: Serialize>(
-        &self,
-        txn: TxnId,
-        barrier: &Barrier<U>,
-    ) -> Result<(), StoreError> {
-        self.db.insert(barrier_key(txn), encode(barrier))?;
-        Ok(())
+    /// Records a refusal, unforced and unawaited: it changed nothing, and a lost one only lets a retry
+    /// check again.
+    pub fn note_barrier<U: Serialize>(&self, txn: TxnId, barrier: &Barrier<U>) {
+        let (db, record) = (self.db.clone(), encode(barrier));
+        drop(self.forcer.write::<StoreError, _>(false, move || {
+            db.insert(barrier_key(txn), record)?;
+            Ok(())
+        }));
     }
 
     /// Deletes up to `max` barrier records of transactions created before `before_ms`, oldest first
@@ -301,11 +327,20 @@ impl<C: Serialize + DeserializeOwned> Store<C> {
         Ok(n)
     }
 
-    /// Deletes a transaction's record (an aborted PREPARED one, or an old COMMITTED one). Not forced: a
-    /// PREPARED record that comes back after a crash is asked about and resolves as aborted.
-    pub fn remove(&self, txn: TxnId) -> Result<(), StoreError> {
-        self.db.remove(txn_key(txn))?;
-        Ok(())
+    /// Deletes a transaction's record (an aborted PREPARED one, or an old COMMITTED one), unforced and
+    /// unawaited: a PREPARED record that comes back after a crash is asked about and resolves as
+    /// aborted; a COMMITTED one is forgotten again later.
+    pub fn remove(&self, txn: TxnId) {
+        let db = self.db.clone();
+        drop(self.forcer.write::<StoreError, _>(false, move || {
+            db.remove(txn_key(txn))?;
+            Ok(())
+        }));
+    }
+
+    /// Returns once every write queued before it is applied and on disk.
+    pub async fn settled(&self) -> Result<(), StoreError> {
+        Ok(self.forcer.force().await?)
     }
 }
 
@@ -412,8 +447,9 @@ mod tests {
                 strategy: tpc_common::Strategy::Saga,
                 reason: "r".into(),
             };
-            store.note_barrier(*txn, &record).unwrap();
+            store.note_barrier(*txn, &record);
         }
+        store.settled().await.unwrap();
         assert_eq!(store.collect_barriers(0, 10).unwrap(), 0, "none is old");
         let after = tpc_common::now_ms() + 1;
         assert_eq!(store.collect_barriers(after, 2).unwrap(), 2);
@@ -440,14 +476,20 @@ mod tests {
                 .force_prepared(committed, &user, &"h2".to_owned(), 2)
                 .await
                 .unwrap();
-            let mut batch = sled::Batch::default();
-            Data::put(&mut batch, &user, &"h2");
-            store.force_commit(committed, batch, 3).await.unwrap();
+            let owner = user.clone();
+            store
+                .force_commit(committed, 3, move |batch| {
+                    Data::put(batch, &owner, &"h2");
+                    Ok(())
+                })
+                .await
+                .unwrap();
             store
                 .force_prepared(aborted, &user, &"h3".to_owned(), 4)
                 .await
                 .unwrap();
-            store.remove(aborted).unwrap();
+            store.remove(aborted);
+            store.settled().await.unwrap();
         }
         // The group-commit task holds the database until it sees its queue closed.
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;

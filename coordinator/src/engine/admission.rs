@@ -97,31 +97,19 @@ impl Engine {
             breaker.admit(txn, now.mono);
         }
 
+        let lost = Participant::ALL
+            .into_iter()
+            .find_map(|p| self.stores.lost(p))
+            .map(str::to_owned);
         let phase = match self.user_state(&key.user) {
+            // Too many changes of this user already wait.
             UserState::Busy { queued } if queued >= MAX_QUEUED_PER_USER => {
-                // Too many changes of this user already wait. Nothing was sent, so there is nothing
-                // to abort: note it and answer.
-                let note = AbortNote {
-                    txn,
-                    request_id: request_id.clone(),
-                    kind: key.kind,
-                    user: key.user,
-                    reason: CONFLICT.into(),
-                    started_at: now.wall,
-                    decided_at: now.wall,
-                };
-                return vec![
-                    Command::LogAbort { note },
-                    Command::Reply {
-                        clients: vec![txn],
-                        outcome: Outcome {
-                            txn,
-                            request_id,
-                            committed: false,
-                            reason: CONFLICT.into(),
-                        },
-                    },
-                ];
+                return unstarted(txn, request_id, key, CONFLICT.into(), now);
+            }
+            // The change before it is stuck on a store that lost acknowledged changes (it waits for
+            // an operator): waiting behind it is pointless, and the loss is the reason to give.
+            UserState::Busy { .. } if lost.is_some() => {
+                return unstarted(txn, request_id, key, lost.unwrap_or_default(), now);
             }
             // The operation (with its passwords) is kept in memory only while it waits.
             UserState::Busy { .. } => Phase::Queued { op: op.clone() },
@@ -366,4 +354,35 @@ fn preparing(op: &Operation) -> Phase {
             Operation::Update { .. } => Some(op.clone()),
         },
     }
+}
+
+/// A change refused before anything was sent: nothing to abort, so it is noted and answered.
+fn unstarted(
+    txn: TxnId,
+    request_id: String,
+    key: RequestKey,
+    reason: String,
+    now: Now,
+) -> Vec<Command> {
+    let note = AbortNote {
+        txn,
+        request_id: request_id.clone(),
+        kind: key.kind,
+        user: key.user,
+        reason: reason.clone(),
+        started_at: now.wall,
+        decided_at: now.wall,
+    };
+    vec![
+        Command::LogAbort { note },
+        Command::Reply {
+            clients: vec![txn],
+            outcome: Outcome {
+                txn,
+                request_id,
+                committed: false,
+                reason,
+            },
+        },
+    ]
 }

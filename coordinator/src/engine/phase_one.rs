@@ -90,7 +90,15 @@ impl Engine {
             Some(Phase::Preparing { .. }) => {
                 self.abort(txn, "prepare deadline exceeded".into(), now)
             }
-            Some(Phase::Queued { .. }) => self.abort(txn, STILL_FINISHING.into(), now),
+            Some(Phase::Queued { .. }) => {
+                // The change it waited for is most likely stuck on a lost store: say so.
+                let reason = Participant::ALL
+                    .into_iter()
+                    .find_map(|p| self.stores.lost(p))
+                    .unwrap_or(STILL_FINISHING)
+                    .to_owned();
+                self.abort(txn, reason, now)
+            }
             Some(Phase::Admitting { .. }) => self.refuse_overloaded(txn),
             _ => Vec::new(),
         }

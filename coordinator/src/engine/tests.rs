@@ -952,3 +952,65 @@ fn collecting_an_aborted_attempt_keeps_the_committed_retry() {
         vec![committed(client, retry, "r1")]
     );
 }
+
+#[test]
+fn a_change_behind_one_stuck_on_a_lost_store_is_refused_at_once_with_the_loss() {
+    let mut e = Engine::default();
+    let stuck = begin(&mut e, "r1");
+    yes(&mut e, stuck);
+    e.handle(Event::CommitForced { txn: stuck }, NOW + 11);
+    // The history participant comes back from another store: its Commit will not be acknowledged
+    // until an operator acts, so the user's change stays unfinished.
+    let mark = |id: &str| StoreMark {
+        id: id.into(),
+        boot: id.into(),
+        seq: 1,
+        accept_loss: false,
+    };
+    e.handle(
+        Event::Reported {
+            from: Participant::History,
+            mark: mark("s1"),
+            then: Box::new(Event::CommitAcked {
+                txn: stuck,
+                from: Participant::Password,
+            }),
+        },
+        NOW + 12,
+    );
+    e.handle(
+        Event::Reported {
+            from: Participant::History,
+            mark: mark("s2"),
+            then: Box::new(Event::CommitFailed {
+                txn: stuck,
+                from: Participant::History,
+                attempt: 0,
+            }),
+        },
+        NOW + 13,
+    );
+    let next = TxnId::generate();
+    let out = e.handle(
+        Event::Begin {
+            txn: next,
+            request_id: "r2".into(),
+            op: update(),
+        },
+        NOW + 14,
+    );
+    let reply = out.iter().find_map(|c| match c {
+        Command::Reply { outcome, .. } => Some(outcome.clone()),
+        _ => None,
+    });
+    assert!(
+        reply
+            .as_ref()
+            .is_some_and(|o| !o.committed && o.reason.contains("another store")),
+        "answered at once with the loss, not queued behind the stuck change: {out:?}"
+    );
+    assert!(
+        !out.iter().any(|c| matches!(c, Command::SendPrepare { .. })),
+        "{out:?}"
+    );
+}

@@ -123,7 +123,7 @@ impl Events {
                     waiting |= log.awaits(c.name(), r.txn)?;
                 }
                 if !waiting {
-                    log.set_state(r.txn, State::Committed)?;
+                    drop(log.set_state(r.txn, State::Committed));
                 }
             }
             if matches!(r.state, State::Committing | State::Committed) {
@@ -317,7 +317,7 @@ async fn deliver_forever(
             done_tx.clone(),
         ));
     };
-    match inner.log.deliveries(to.name()) {
+    match inner.log.deliveries(to.name()).await {
         Ok(pending) => {
             if !pending.is_empty() {
                 info!(target: "tpc::protocol", consumer = to.name(), pending = pending.len(), "recovery: resuming deliveries");
@@ -394,13 +394,14 @@ async fn deliver_one(
         if let Err(e) = inner
             .log
             .note_refusal(txn, &format!("{} refused: {reason}", to.name()))
+            .await
         {
             warn!(cause = %e, "could not note the refusal");
         }
     }
-    match inner.log.delivered(to.name(), txn, &Consumer::NAMES) {
+    match inner.log.delivered(to.name(), txn, &Consumer::NAMES).await {
         Ok(true) => {
-            if let Err(e) = inner.log.set_state(txn, State::Committed) {
+            if let Err(e) = inner.log.set_state(txn, State::Committed).await {
                 warn!(cause = %e, "could not note the change delivered");
             }
         }
@@ -461,13 +462,14 @@ async fn mail_until_sent(inner: &Inner, txn: TxnId, op: &Operation) -> Option<St
         // consumer has answered for this change (so its registration is not still on the way).
         let password_answered = !inner
             .log
-            .awaits(Consumer::Password.name(), txn)
+            .still_awaits(Consumer::Password.name(), txn)
+            .await
             .unwrap_or(true);
         match found {
             Ok(Some(address)) => break address,
             Ok(None) if password_answered && attempt + 1 >= MAIL_LOOKUPS => {
                 let reason = "unknown user: no address to write to".to_owned();
-                if let Err(e) = inner.log.note_mail_error(txn, &reason) {
+                if let Err(e) = inner.log.note_mail_error(txn, &reason).await {
                     warn!(cause = %e, "could not note the e-mail error");
                 }
                 return Some(reason);
@@ -489,7 +491,11 @@ async fn mail_until_sent(inner: &Inner, txn: TxnId, op: &Operation) -> Option<St
     };
     let mail = email::compose(&record);
     let mut attempt = 0;
-    while let Err(e) = inner.log.queue_mail(Consumer::Mail.name(), &mail, &address) {
+    while let Err(e) = inner
+        .log
+        .queue_mail(Consumer::Mail.name(), &mail, &address)
+        .await
+    {
         warn!(cause = %e, attempt, "could not queue the e-mail; retrying");
         tokio::time::sleep(RETRY.delay(attempt)).await;
         attempt += 1;

@@ -230,15 +230,13 @@ impl Actor {
             Command::LogCompensating { note } => {
                 debug!(target: "tpc::protocol", txn_id = %note.txn, reason = %note.reason, "saga: compensating");
                 let record = abort_record(Strategy::Saga, State::Compensating, &note);
-                if let Err(e) = self.log.insert(&record) {
-                    warn!(cause = %e, "could not note the compensation");
-                }
+                // Unawaited (a failure is logged where it happens): recovery compensates a saga left
+                // running all the same.
+                drop(self.log.insert(&record));
             }
             Command::LogAborted { note } => {
                 let record = abort_record(Strategy::Saga, State::Aborted, &note);
-                if let Err(e) = self.log.insert(&record) {
-                    warn!(cause = %e, "could not note the abort");
-                }
+                drop(self.log.insert(&record));
             }
             Command::SendCompensate {
                 txn,
@@ -266,9 +264,7 @@ impl Actor {
             }
             Command::LogCompensated { txn } => {
                 debug!(target: "tpc::protocol", txn_id = %txn, "saga: compensated");
-                if let Err(e) = self.log.set_state(txn, State::Aborted) {
-                    warn!(cause = %e, "could not note the end of the compensation");
-                }
+                drop(self.log.set_state(txn, State::Aborted));
             }
             Command::Reply { clients, outcome } => self.waiters.reply(clients, &outcome),
             Command::Reject { client, refusal } => self.waiters.reject(client, refusal),

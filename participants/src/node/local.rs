@@ -41,8 +41,9 @@ impl<R: Resource> Node<R> {
         // The barrier is read under the user's lock only: a first Apply holds it until its record is
         // on disk, so a retry never answers APPLIED from a record a crash could still take back; and a
         // Compensate of this transaction cannot slip in between the read and the apply.
+        self.serving()?;
         let _user = self.user_stripe(op.user()).lock().await;
-        if let Some(answer) = self.answered_apply(txn, strategy)? {
+        if let Some(answer) = self.answered_apply(txn, strategy).await? {
             return Ok(answer);
         }
         // A saga step arrives within seconds of its saga's start, or its orchestrator gave up on it long
@@ -72,40 +73,39 @@ impl<R: Resource> Node<R> {
                     strategy,
                     reason: reason.clone(),
                 };
-                if let Err(e) = self.store.note_barrier(txn, &refused) {
-                    fatal(e)
-                }
+                self.store.note_barrier(txn, &refused);
                 info!(target: "tpc::protocol", participant = R::NAME, %txn, %strategy, "{}: refuses ({reason}); changes nothing", R::NAME);
                 return Ok(Applied::No(reason));
             }
         };
         let at = now_ms();
-        let mut batch = sled::Batch::default();
-        let undo = self
-            .resource
-            .apply(&self.data, txn, &change, at, &mut batch)
-            .unwrap_or_else(|e| fatal(e));
         let detail = R::vote_detail(&change);
-        let applied = Barrier::Applied {
-            strategy,
-            user,
-            // Events never compensate: keeping what a change replaced (hashes) would only cost space.
-            undo: (strategy == Strategy::Saga).then_some(undo),
-            detail: detail.clone(),
-            at,
-        };
-        if let Err(e) = self.store.force_barrier(txn, &applied, batch).await {
+        let (resource, data, recorded) = (self.resource.clone(), self.data.clone(), detail.clone());
+        let applied = self.store.force_barrier(txn, move |batch| {
+            let undo = resource.apply(&data, txn, &change, at, batch)?;
+            Ok(Barrier::Applied {
+                strategy,
+                user,
+                // Events never compensate: keeping what a change replaced (hashes) would only cost
+                // space.
+                undo: (strategy == Strategy::Saga).then_some(undo),
+                detail: recorded,
+                at,
+            })
+        });
+        if let Err(e) = applied.await {
             fatal(e)
         }
         info!(target: "tpc::protocol", participant = R::NAME, %txn, %strategy, "{}: applied and forced (in effect now)", R::NAME);
         Ok(Applied::Yes(detail))
     }
 
-    fn answered_apply(&self, txn: TxnId, strategy: Strategy) -> Result<Option<Applied>, Status> {
-        let recorded = self
-            .store
-            .barrier::<R::Undo>(txn)
-            .map_err(|e| Status::internal(e.to_string()))?;
+    async fn answered_apply(
+        self: &Arc<Self>,
+        txn: TxnId,
+        strategy: Strategy,
+    ) -> Result<Option<Applied>, Status> {
+        let recorded = self.recorded_barrier(txn).await?;
         match barrier::on_apply(recorded.as_ref(), strategy) {
             ApplyStep::Answer(answer) => Ok(Some(answer)),
             ApplyStep::Run => Ok(None),
@@ -125,13 +125,11 @@ impl<R: Resource> Node<R> {
                 "only a saga compensates, not {strategy}"
             )));
         }
+        self.serving()?;
         let _user = self.user_stripe(&user).lock().await;
-        let recorded = self
-            .store
-            .barrier::<R::Undo>(txn)
-            .map_err(|e| Status::internal(e.to_string()))?;
+        let recorded = self.recorded_barrier(txn).await?;
         let at = now_ms();
-        let (record, batch) = match barrier::on_compensate(recorded.as_ref(), strategy) {
+        let compensation = match barrier::on_compensate(recorded.as_ref(), strategy) {
             CompensateStep::Ack => return Ok(()),
             CompensateStep::WrongStrategy(other) => return Err(wrong_strategy(txn, other)),
             // No record, and the transaction is old enough that its record may have been collected:
@@ -153,32 +151,51 @@ impl<R: Resource> Node<R> {
                     undone: false,
                     at,
                 };
-                (record, sled::Batch::default())
+                self.store.force_barrier(txn, move |_| Ok(record)).await
             }
             CompensateStep::Undo { user, undo } => {
-                let mut batch = sled::Batch::default();
-                let undone = self
-                    .resource
-                    .compensate(&self.data, txn, &user, &undo, &mut batch)
-                    .unwrap_or_else(|e| fatal(e));
-                if undone {
-                    info!(target: "tpc::protocol", participant = R::NAME, %txn, "{}: compensated (previous state restored)", R::NAME);
-                } else {
-                    warn!(participant = R::NAME, %txn, "a newer change of the user is in effect; compensation leaves it alone");
+                let (resource, data) = (self.resource.clone(), self.data.clone());
+                let undone = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let noted = undone.clone();
+                let forced = self
+                    .store
+                    .force_barrier::<R::Undo>(txn, move |batch| {
+                        let undone = resource.compensate(&data, txn, &user, &undo, batch)?;
+                        noted.store(undone, std::sync::atomic::Ordering::Release);
+                        Ok(Barrier::Compensated {
+                            strategy,
+                            user,
+                            undone,
+                            at,
+                        })
+                    })
+                    .await;
+                if forced.is_ok() {
+                    if undone.load(std::sync::atomic::Ordering::Acquire) {
+                        info!(target: "tpc::protocol", participant = R::NAME, %txn, "{}: compensated (previous state restored)", R::NAME);
+                    } else {
+                        warn!(participant = R::NAME, %txn, "a newer change of the user is in effect; compensation leaves it alone");
+                    }
                 }
-                let record = Barrier::Compensated {
-                    strategy,
-                    user,
-                    undone,
-                    at,
-                };
-                (record, batch)
+                forced
             }
         };
-        if let Err(e) = self.store.force_barrier(txn, &record, batch).await {
+        if let Err(e) = compensation {
             fatal(e)
         }
         Ok(())
+    }
+
+    /// `txn`'s barrier record, read on the blocking pool.
+    async fn recorded_barrier(
+        self: &Arc<Self>,
+        txn: TxnId,
+    ) -> Result<Option<Barrier<R::Undo>>, Status> {
+        let node = self.clone();
+        tokio::task::spawn_blocking(move || node.store.barrier::<R::Undo>(txn))
+            .await
+            .map_err(|_| Status::internal("reading the barrier record failed"))?
+            .map_err(|e| Status::internal(e.to_string()))
     }
 
     /// Deletes barrier records older than the retention, once a minute, in slices on the blocking pool.

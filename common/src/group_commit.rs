@@ -1,6 +1,6 @@
 use std::fmt::Display;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -16,39 +16,87 @@ struct Job {
 
 /// Every write to one sled database, group-committed, and never on an async worker.
 ///
-/// A writer hands its write to [`GroupCommit::write`] (or [`GroupCommit::force`]). One task per
-/// database takes every write queued at that moment, applies them in the order they were queued on the
-/// blocking pool, calls `flush()` once if any of them must be durable, and answers them together: sixteen
-/// concurrent commits cost one flush, not sixteen, and the writes ride the flush's hop to the blocking
-/// pool instead of running where they would stall an async worker (a sled write can wait for its I/O
-/// buffers; a read behind it can wait for the disk).
+/// A writer hands its write to [`GroupCommit::write`] (or [`GroupCommit::force`]). Two threads serve
+/// each database: the *applier* applies every write the moment it arrives, in the order they were
+/// queued, and answers an unforced one at once; the *flusher* takes every forced write applied so far,
+/// calls `flush()` once for all of them, and answers them together. Sixteen concurrent commits cost one
+/// flush, not sixteen; writes keep flowing into sled while a flush runs (sled's own I/O threads start
+/// on them at once), and no write runs where it would stall an async worker (a sled write can wait for
+/// its I/O buffers, a read behind it for the disk).
 ///
 /// Why not `sled::Db::flush_async`: in sled 0.34 concurrent `flush_async` calls deadlock (sled #1308).
-/// Correctness: a write is applied before the flush of its round starts, so that flush covers it; a
-/// forced write is answered only after it.
+/// Correctness: the flusher takes a write only after it was applied, and flushes after taking it, so
+/// that flush covers it; a forced write is answered only after its flush.
 #[derive(Clone)]
 pub struct GroupCommit {
     queue: mpsc::UnboundedSender<Job>,
 }
 
+/// Forced writes applied and waiting for a flush; `None` once the applier stopped.
+type Applied = Option<Vec<Finish>>;
+
 impl GroupCommit {
-    /// Starts the writing task on the current tokio runtime.
+    /// Starts the applier and the flusher (two threads, which stop once every handle is dropped).
     pub fn start(db: sled::Db) -> Self {
         let (queue, mut rx) = mpsc::unbounded_channel::<Job>();
-        tokio::spawn(async move {
-            while let Some(first) = rx.recv().await {
-                let mut jobs = vec![first];
-                while let Ok(next) = rx.try_recv() {
-                    jobs.push(next);
+        let applied: Arc<(Mutex<Applied>, Condvar)> =
+            Arc::new((Mutex::new(Some(Vec::new())), Condvar::new()));
+        let to_flush = applied.clone();
+        let flusher_db = db.clone();
+        std::thread::Builder::new()
+            .name("tpc-apply".into())
+            .spawn(move || {
+                while let Some(job) = rx.blocking_recv() {
+                    let forced = job.forced;
+                    // A write that failed was answered already; one that panicked dropped its waiter's
+                    // sender (the waiter hears the task stopped), and the others go on.
+                    let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job.write));
+                    if let Ok(Some(finish)) = applied {
+                        if forced {
+                            let (lock, ready) = &*to_flush;
+                            if let Some(waiting) =
+                                lock.lock().unwrap_or_else(|p| p.into_inner()).as_mut()
+                            {
+                                waiting.push(finish);
+                            }
+                            ready.notify_one();
+                        } else {
+                            finish(Ok(()));
+                        }
+                    }
                 }
-                let db = db.clone();
-                // A panicking write drops every waiter of the round: each is told the task stopped.
-                let _ = tokio::task::spawn_blocking(move || round(&db, jobs)).await;
-            }
-        });
+                let (lock, ready) = &*to_flush;
+                // Whatever is still waiting is flushed one last time, then the flusher stops.
+                let last = lock.lock().unwrap_or_else(|p| p.into_inner()).take();
+                ready.notify_one();
+                if let Some(last) = last.filter(|l| !l.is_empty()) {
+                    flush_and_answer(&db, last);
+                }
+            })
+            .expect("cannot start the apply thread");
+        std::thread::Builder::new()
+            .name("tpc-flush".into())
+            .spawn(move || {
+                let (lock, ready) = &*applied;
+                loop {
+                    let batch = {
+                        let mut waiting = lock.lock().unwrap_or_else(|p| p.into_inner());
+                        loop {
+                            match waiting.as_mut() {
+                                None => return,
+                                Some(w) if !w.is_empty() => break std::mem::take(w),
+                                Some(_) => {
+                                    waiting = ready.wait(waiting).unwrap_or_else(|p| p.into_inner())
+                                }
+                            }
+                        }
+                    };
+                    flush_and_answer(&flusher_db, batch);
+                }
+            })
+            .expect("cannot start the flush thread");
         Self { queue }
     }
-
     /// Queues `write` (applied in queue order), and returns a future that resolves once it is applied
     /// and, if `forced`, on disk. The write is queued at the call, not when the future is first polled:
     /// a caller that does not need the answer may drop the future, and a failure nobody waits for is
@@ -94,21 +142,11 @@ impl GroupCommit {
     }
 }
 
-/// One round, on the blocking pool: every write in order, one flush if any must be durable, every
-/// answer.
-fn round(db: &sled::Db, jobs: Vec<Job>) {
-    let forced = jobs.iter().any(|job| job.forced);
-    let applied: Vec<(bool, Finish)> = jobs
-        .into_iter()
-        .filter_map(|job| (job.write)().map(|finish| (job.forced, finish)))
-        .collect();
-    let flushed = if forced {
-        db.flush().map(drop).map_err(Arc::new)
-    } else {
-        Ok(())
-    };
-    for (forced, finish) in applied {
-        finish(if forced { flushed.clone() } else { Ok(()) });
+/// Flushes once for `batch` (every write in it applied already) and answers each.
+fn flush_and_answer(db: &sled::Db, batch: Vec<Finish>) {
+    let flushed = db.flush().map(drop).map_err(Arc::new);
+    for finish in batch {
+        finish(flushed.clone());
     }
 }
 

@@ -10,7 +10,8 @@
 //!   participant is in doubt and cannot decide alone; it asks the coordinator with backoff;
 //! - `Commit` and `Abort` are idempotent; an `Abort` before its `Prepare` leaves a tombstone so the late
 //!   `Prepare` votes no (no hanging prepare);
-//! - the user's lock is held from `Prepare` until the outcome is applied, so readers never see a
+//! - the user's lock is held from `Prepare` until the outcome is applied, and a read of a locked user
+//!   waits for the lock (up to `Config::read_wait_ms`, then it is refused), so readers never see a
 //!   half-done change.
 
 use std::collections::{BTreeSet, HashMap};
@@ -83,7 +84,10 @@ pub enum Event<C> {
         decision: Decision,
         at: u64,
     },
-    /// Time passed (monotonic ms): ask about in-doubt transactions, forget old tombstones.
+    /// A reader (numbered by the runtime) wants `user`'s committed data, at `at` (monotonic ms).
+    ReadRequested { reader: u64, user: UserId, at: u64 },
+    /// Time passed (monotonic ms): ask about in-doubt transactions, forget old tombstones, refuse
+    /// reads that waited too long.
     Tick { now: u64 },
 }
 
@@ -98,7 +102,7 @@ impl<C> Event<C> {
             | Event::CommitApplied { txn, .. }
             | Event::AbortRequested { txn, .. }
             | Event::DecisionLearned { txn, .. } => Some(*txn),
-            Event::Recovered { .. } | Event::Tick { .. } => None,
+            Event::Recovered { .. } | Event::Tick { .. } | Event::ReadRequested { .. } => None,
         }
     }
 }
@@ -124,8 +128,11 @@ pub enum Command<C> {
     /// Ask the coordinator for the outcome, giving up after `Config::query_timeout_ms`, then report
     /// `DecisionLearned` (`Pending` if no answer came).
     QueryDecision { txn: TxnId },
-    /// The user's lock was released: wake readers waiting for it.
-    LockReleased { user: UserId },
+    /// No transaction holds the reader's user: read the committed data and answer.
+    Read { reader: u64 },
+    /// The reader waited `Config::read_wait_ms` and the user is still locked (in doubt, most likely):
+    /// answer `UNAVAILABLE`.
+    RefuseRead { reader: u64 },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,6 +154,9 @@ pub struct Config {
     /// the time) votes no: the coordinator gave up on it long since. This is what lets tombstones be
     /// forgotten after seconds instead of being kept for every transaction of the last minutes.
     pub prepare_max_age_ms: u64,
+    /// How long a read of a locked user waits for the lock (ms). A user stays locked while its
+    /// transaction is in doubt, for as long as the coordinator is unreachable.
+    pub read_wait_ms: u64,
 }
 
 impl Default for Config {
@@ -160,6 +170,7 @@ impl Default for Config {
             query_timeout_ms: 2_000,
             tombstone_ms: 30_000,
             prepare_max_age_ms: 20_000,
+            read_wait_ms: 3_000,
         }
     }
 }
@@ -209,6 +220,10 @@ pub struct Engine<C> {
     /// looks only at what is due, not at every transaction (at full load, 30 s of tombstones are tens
     /// of thousands). Entries whose transaction moved on are dropped when they come due.
     timers: BTreeSet<(u64, TxnId)>,
+    /// Readers waiting for a user's lock, by user, oldest first.
+    readers: HashMap<UserId, Vec<u64>>,
+    /// When each waiting reader gives up.
+    read_deadlines: BTreeSet<(u64, u64)>,
 }
 
 impl<C: Clone> Engine<C> {
@@ -219,6 +234,8 @@ impl<C: Clone> Engine<C> {
             locks: HashMap::new(),
             payloads: HashMap::new(),
             timers: BTreeSet::new(),
+            readers: HashMap::new(),
+            read_deadlines: BTreeSet::new(),
         }
     }
 
@@ -244,12 +261,54 @@ impl<C: Clone> Engine<C> {
         self.locks.len()
     }
 
-    /// Releases `user` if `txn` holds it. (Recovery never sees two PREPARED records of one user: the
-    /// second one's forced write also flushes the first one's earlier deletion.)
-    fn unlock(&mut self, user: &UserId, txn: TxnId) {
-        if self.locks.get(user) == Some(&txn) {
-            self.locks.remove(user);
+    /// Releases `user` if `txn` holds it, and lets the readers waiting for it read. (Recovery never
+    /// sees two PREPARED records of one user: the second one's forced write also flushes the first
+    /// one's earlier deletion.)
+    fn unlock(&mut self, user: &UserId, txn: TxnId) -> Vec<Command<C>> {
+        if self.locks.get(user) != Some(&txn) {
+            return Vec::new();
         }
+        self.locks.remove(user);
+        self.readers
+            .remove(user)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|reader| Command::Read { reader })
+            .collect()
+    }
+
+    fn read(&mut self, reader: u64, user: UserId, at: u64) -> Vec<Command<C>> {
+        if !self.locks.contains_key(&user) {
+            return vec![Command::Read { reader }];
+        }
+        self.readers.entry(user).or_default().push(reader);
+        self.read_deadlines
+            .insert((at.saturating_add(self.config.read_wait_ms), reader));
+        Vec::new()
+    }
+
+    /// Readers whose wait ran out by `now`.
+    fn refuse_late_readers(&mut self, now: u64) -> Vec<Command<C>> {
+        let mut out = Vec::new();
+        while let Some(&(due, reader)) = self.read_deadlines.first() {
+            if due > now {
+                break;
+            }
+            self.read_deadlines.pop_first();
+            // Still waiting (not let through by a release since)?
+            let mut found = false;
+            self.readers.retain(|_, waiting| {
+                if let Some(i) = waiting.iter().position(|r| *r == reader) {
+                    waiting.remove(i);
+                    found = true;
+                }
+                !waiting.is_empty()
+            });
+            if found {
+                out.push(Command::RefuseRead { reader });
+            }
+        }
+        out
     }
 
     pub fn handle(&mut self, event: Event<C>) -> Vec<Command<C>> {
@@ -294,7 +353,12 @@ impl<C: Clone> Engine<C> {
                     Vec::new()
                 }
             },
-            Event::Tick { now } => self.tick(now),
+            Event::ReadRequested { reader, user, at } => self.read(reader, user, at),
+            Event::Tick { now } => {
+                let mut out = self.tick(now);
+                out.extend(self.refuse_late_readers(now));
+                out
+            }
         }
     }
 
@@ -366,8 +430,9 @@ impl<C: Clone> Engine<C> {
                     Err(reason) => {
                         // A no-vote writes nothing and forgets the transaction.
                         self.txns.remove(&txn);
-                        self.unlock(&user, txn);
-                        vec![vote_no(txn, &reason), Command::LockReleased { user }]
+                        let mut out = vec![vote_no(txn, &reason)];
+                        out.extend(self.unlock(&user, txn));
+                        out
                     }
                 }
             }
@@ -389,12 +454,10 @@ impl<C: Clone> Engine<C> {
         if abort_requested {
             // Abort arrived while the record was being forced: undo it now, then let the user go.
             self.put(txn, State::Aborted { at });
-            self.unlock(&user, txn);
-            return vec![
-                Command::DropPrepared { txn },
-                Command::LockReleased { user },
-                vote_no(txn, ABORTED_REASON),
-            ];
+            let mut out = vec![Command::DropPrepared { txn }];
+            out.extend(self.unlock(&user, txn));
+            out.push(vote_no(txn, ABORTED_REASON));
+            return out;
         }
         self.put(
             txn,
@@ -437,8 +500,9 @@ impl<C: Clone> Engine<C> {
         };
         let user = user.clone();
         self.put(txn, State::Committed { at });
-        self.unlock(&user, txn);
-        vec![Command::LockReleased { user }, Command::Ack { txn }]
+        let mut out = self.unlock(&user, txn);
+        out.push(Command::Ack { txn });
+        out
     }
 
     fn abort(&mut self, txn: TxnId, at: u64) -> Vec<Command<C>> {
@@ -461,18 +525,17 @@ impl<C: Clone> Engine<C> {
             Some(State::Validating { user }) => {
                 let user = user.clone();
                 self.put(txn, State::Aborted { at });
-                self.unlock(&user, txn);
-                vec![Command::LockReleased { user }, Command::Ack { txn }]
+                let mut out = self.unlock(&user, txn);
+                out.push(Command::Ack { txn });
+                out
             }
             Some(State::Prepared { user, .. }) => {
                 let user = user.clone();
                 self.put(txn, State::Aborted { at });
-                self.unlock(&user, txn);
-                vec![
-                    Command::DropPrepared { txn },
-                    Command::LockReleased { user },
-                    Command::Ack { txn },
-                ]
+                let mut out = vec![Command::DropPrepared { txn }];
+                out.extend(self.unlock(&user, txn));
+                out.push(Command::Ack { txn });
+                out
             }
             Some(State::Committing { .. } | State::Committed { .. }) => {
                 vec![refuse(txn, Refusal::AlreadyCommitted)]

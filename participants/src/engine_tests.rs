@@ -106,12 +106,7 @@ fn failed_validation_votes_no_and_forgets() {
             txn,
             outcome: Err("current password is wrong".into())
         }),
-        vec![
-            no(txn, "current password is wrong"),
-            Command::LockReleased {
-                user: user("alice")
-            }
-        ]
+        vec![no(txn, "current password is wrong"),]
     );
     assert!(!e.is_locked(&user("alice")));
     // Forgotten: a later Abort finds nothing and just acks.
@@ -211,12 +206,7 @@ fn commit_applies_then_releases_and_acks() {
     );
     assert_eq!(
         e.handle(Event::CommitApplied { txn, at: 2_000 }),
-        vec![
-            Command::LockReleased {
-                user: user("alice")
-            },
-            Command::Ack { txn }
-        ]
+        vec![Command::Ack { txn }]
     );
     assert!(!e.is_locked(&user("alice")));
     assert!(e.in_doubt().is_empty());
@@ -281,13 +271,7 @@ fn abort_of_a_prepared_transaction_drops_it() {
     let txn = prepared(&mut e, "alice", "h1");
     assert_eq!(
         e.handle(Event::AbortRequested { txn, at: 3 }),
-        vec![
-            Command::DropPrepared { txn },
-            Command::LockReleased {
-                user: user("alice")
-            },
-            Command::Ack { txn }
-        ]
+        vec![Command::DropPrepared { txn }, Command::Ack { txn }]
     );
     assert!(!e.is_locked(&user("alice")));
     assert_eq!(
@@ -328,12 +312,7 @@ fn abort_during_validation_releases_at_once_and_the_prepare_votes_no() {
     });
     assert_eq!(
         e.handle(Event::AbortRequested { txn, at: 1 }),
-        vec![
-            Command::LockReleased {
-                user: user("alice")
-            },
-            Command::Ack { txn }
-        ]
+        vec![Command::Ack { txn }]
     );
     assert_eq!(
         e.handle(Event::Validated {
@@ -374,9 +353,6 @@ fn abort_during_the_forced_write_undoes_it_when_it_lands() {
         e.handle(Event::PreparedForced { txn, at: 2 }),
         vec![
             Command::DropPrepared { txn },
-            Command::LockReleased {
-                user: user("alice")
-            },
             no(txn, "transaction was aborted")
         ]
     );
@@ -528,7 +504,6 @@ fn learned_decisions_finish_the_transaction() {
         }),
         vec![
             Command::DropPrepared { txn: aborted },
-            Command::LockReleased { user: user("bob") },
             Command::Ack { txn: aborted }
         ]
     );
@@ -679,5 +654,104 @@ fn a_transaction_decided_before_it_was_in_doubt_is_never_asked_about() {
         }),
         vec![],
         "forgotten once"
+    );
+}
+
+fn read(e: &mut Engine<C>, reader: u64, name: &str, at: u64) -> Vec<Command<C>> {
+    e.handle(Event::ReadRequested {
+        reader,
+        user: user(name),
+        at,
+    })
+}
+
+#[test]
+fn a_read_of_a_free_user_goes_at_once_and_one_of_a_locked_user_waits_for_the_outcome() {
+    let mut e = engine();
+    assert_eq!(
+        read(&mut e, 1, "alice", 1_000),
+        vec![Command::Read { reader: 1 }]
+    );
+    let txn = prepared(&mut e, "alice", "h1");
+    assert_eq!(read(&mut e, 2, "alice", 1_001), vec![], "in doubt: waits");
+    assert_eq!(read(&mut e, 3, "alice", 1_002), vec![]);
+    assert_eq!(
+        read(&mut e, 4, "bob", 1_002),
+        vec![Command::Read { reader: 4 }]
+    );
+    e.handle(Event::CommitRequested { txn });
+    assert_eq!(
+        e.handle(Event::CommitApplied { txn, at: 1_010 }),
+        vec![
+            Command::Read { reader: 2 },
+            Command::Read { reader: 3 },
+            Command::Ack { txn }
+        ],
+        "the waiting readers read the committed change, oldest first"
+    );
+    // Nothing left to refuse later (the tick only forgets the committed transaction).
+    assert_eq!(
+        e.handle(Event::Tick { now: 100_000 }),
+        vec![Command::Forget { txn }]
+    );
+}
+
+#[test]
+fn an_abort_lets_the_waiting_readers_read_the_data_as_it_was() {
+    let mut e = engine();
+    let txn = prepared(&mut e, "alice", "h1");
+    read(&mut e, 7, "alice", 1_001);
+    assert_eq!(
+        e.handle(Event::AbortRequested { txn, at: 1_005 }),
+        vec![
+            Command::DropPrepared { txn },
+            Command::Read { reader: 7 },
+            Command::Ack { txn }
+        ]
+    );
+}
+
+#[test]
+fn a_reader_of_a_user_in_doubt_is_refused_after_the_read_wait_and_only_then() {
+    let mut e = engine();
+    let wait = Config::default().read_wait_ms;
+    let txn = prepared(&mut e, "alice", "h1");
+    read(&mut e, 1, "alice", 2_000);
+    read(&mut e, 2, "alice", 2_500);
+    let refused = |out: Vec<Command<C>>| -> Vec<u64> {
+        out.into_iter()
+            .filter_map(|c| match c {
+                Command::RefuseRead { reader } => Some(reader),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(
+        refused(e.handle(Event::Tick {
+            now: 2_000 + wait - 1
+        })),
+        Vec::<u64>::new()
+    );
+    assert_eq!(
+        refused(e.handle(Event::Tick { now: 2_000 + wait })),
+        vec![1]
+    );
+    assert!(
+        e.is_locked(&user("alice")),
+        "the lock is the transaction's, not the reader's"
+    );
+    // The outcome arrives before the second reader's wait is over: it reads.
+    e.handle(Event::DecisionLearned {
+        txn,
+        decision: Decision::Committed,
+        at: 2_600,
+    });
+    assert_eq!(
+        e.handle(Event::CommitApplied { txn, at: 2_601 }),
+        vec![Command::Read { reader: 2 }, Command::Ack { txn }]
+    );
+    assert_eq!(
+        refused(e.handle(Event::Tick { now: 2_500 + wait })),
+        Vec::<u64>::new()
     );
 }

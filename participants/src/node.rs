@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::Status;
 use tonic::transport::Channel;
 use tpc_common::fault::inject;
@@ -38,12 +38,14 @@ pub struct Node<R: Resource> {
     store: Store<R::Change>,
     data: Data,
     resource: Arc<R>,
-    released: Notify,
+    /// Readers waiting for the engine's word that their user is free (`true`) or that they waited
+    /// too long (`false`), by the number the engine knows them by.
+    readers: Mutex<std::collections::HashMap<u64, tokio::sync::oneshot::Sender<bool>>>,
+    next_reader: std::sync::atomic::AtomicU64,
     /// Bounds the argon2 work in flight (each OWASP hash holds 19 MiB): a flood of requests queues here
     /// instead of filling the blocking pool and the memory.
     hashing: Arc<Semaphore>,
     coordinator: TransactionManagerClient<Channel>,
-    read_wait: Duration,
     /// Serialize the saga and events operations of a user (`local.rs`).
     user_stripes: Vec<tokio::sync::Mutex<()>>,
     /// A saga step of an unknown transaction older than this is refused (`local.rs`).
@@ -68,10 +70,11 @@ impl<R: Resource> Node<R> {
         resource: R,
         store: Store<R::Change>,
         coordinator: Channel,
-        config: Config,
+        mut config: Config,
         read_wait: Duration,
         lost: Option<String>,
     ) -> Result<Arc<Self>, StoreError> {
+        config.read_wait_ms = read_wait.as_millis() as u64;
         let recovered = store.recover()?;
         let mut engine = Engine::new(config);
         if !recovered.prepared.is_empty() {
@@ -96,10 +99,10 @@ impl<R: Resource> Node<R> {
             data: store.data(),
             store,
             resource: Arc::new(resource),
-            released: Notify::new(),
+            readers: Mutex::new(std::collections::HashMap::new()),
+            next_reader: std::sync::atomic::AtomicU64::new(0),
             hashing: Arc::new(Semaphore::new(hashing_slots())),
             coordinator: TransactionManagerClient::new(coordinator),
-            read_wait,
             user_stripes: (0..local::USER_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
@@ -298,8 +301,12 @@ impl<R: Resource> Node<R> {
                     self.spawn_query(txn);
                     None
                 }
-                Command::LockReleased { .. } => {
-                    self.released.notify_waiters();
+                Command::Read { reader } => {
+                    self.answer_reader(reader, true);
+                    None
+                }
+                Command::RefuseRead { reader } => {
+                    self.answer_reader(reader, false);
                     None
                 }
             };
@@ -402,7 +409,7 @@ impl<R: Resource> Node<R> {
 
     /// Reads `user`'s committed data once no transaction holds the user (`NOT_FOUND` if there is none).
     pub async fn read<T: serde::de::DeserializeOwned + Send + 'static>(
-        &self,
+        self: &Arc<Self>,
         user: &UserId,
     ) -> Result<T, Status> {
         self.read_with(user, |data, user| data.get(user)).await
@@ -411,7 +418,7 @@ impl<R: Resource> Node<R> {
     /// Reads `user`'s committed data with `read`, on the blocking pool (a read can wait for the disk),
     /// once no transaction holds the user (`NOT_FOUND` if `read` finds nothing).
     pub async fn read_with<T: Send + 'static>(
-        &self,
+        self: &Arc<Self>,
         user: &UserId,
         read: impl FnOnce(&Data, &UserId) -> Result<Option<T>, StoreError> + Send + 'static,
     ) -> Result<T, Status> {
@@ -425,22 +432,35 @@ impl<R: Resource> Node<R> {
             .ok_or_else(|| Status::not_found(format!("unknown user {user}")))
     }
 
-    /// Waits until no transaction holds `user`'s lock, so a read never sees a half-done change; gives up
-    /// with `UNAVAILABLE` after the read deadline (the coordinator may be down with the user in doubt).
-    pub async fn wait_unlocked(&self, user: &UserId) -> Result<(), Status> {
-        let deadline = tokio::time::Instant::now() + self.read_wait;
-        loop {
-            let released = self.released.notified();
-            tokio::pin!(released);
-            released.as_mut().enable();
-            if !self.engine().is_locked(user) {
-                return Ok(());
-            }
-            if tokio::time::timeout_at(deadline, released).await.is_err() {
-                return Err(Status::unavailable(
-                    "the user has a transaction in doubt; try again later",
-                ));
-            }
+    /// Waits until the engine lets a read of `user` go (no transaction holds the user), or refuses it
+    /// with `UNAVAILABLE` after the read wait (the coordinator may be down with the user in doubt).
+    pub async fn wait_unlocked(self: &Arc<Self>, user: &UserId) -> Result<(), Status> {
+        let reader = self
+            .next_reader
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        lock(&self.readers).insert(reader, tx);
+        let asked = Event::ReadRequested {
+            reader,
+            user: user.clone(),
+            at: monotonic_ms(),
+        };
+        if let Err(status) = self.run(asked, None, None).await {
+            lock(&self.readers).remove(&reader);
+            return Err(status);
+        }
+        match rx.await {
+            Ok(true) => Ok(()),
+            _ => Err(Status::unavailable(
+                "the user has a transaction in doubt; try again later",
+            )),
+        }
+    }
+
+    fn answer_reader(&self, reader: u64, free: bool) {
+        if let Some(waiting) = lock(&self.readers).remove(&reader) {
+            // A reader that went away (its call was cancelled) no longer listens.
+            let _ = waiting.send(free);
         }
     }
 }
@@ -486,6 +506,11 @@ fn refusal_status(txn: TxnId, refusal: Refusal) -> Status {
 fn fatal(err: StoreError) -> ! {
     error!(cause = %err, "storage failed; aborting the process");
     std::process::abort()
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding it cannot leave the map half-changed (one insert or remove).
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@ use std::time::Duration;
 ///
 /// Every retry loop in tpc (resending `Commit`, asking `QueryDecision`, delivering e-mail) uses one, so a
 /// dead peer costs a trickle of requests rather than a storm, and a healed one is reached again quickly.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Backoff {
     pub initial: Duration,
     pub max: Duration,

@@ -14,20 +14,20 @@
 //!   waits for the lock (up to `Config::read_wait_ms`, then it is refused), so readers never see a
 //!   half-done change.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 use tpc_common::{Backoff, Fingerprint, TxnId, UserId};
 
 /// A participant's vote. A yes-vote carries the prepared change, from which the runtime takes what the
 /// coordinator needs (the password participant's vote carries the user's e-mail address).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Vote<C> {
     Yes(C),
     No(String),
 }
 
 /// The coordinator's answer to `QueryDecision`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Decision {
     Committed,
     Aborted,
@@ -35,7 +35,7 @@ pub enum Decision {
 }
 
 /// Why a request cannot be served in the transaction's current state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Refusal {
     /// Another request for this transaction is being worked on; retry.
     InProgress,
@@ -47,7 +47,7 @@ pub enum Refusal {
     NotPrepared,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Event<C> {
     /// `Prepare` arrived at wall time `wall_ms`, with its payload's keyed digest (`None` where unknown).
     /// The wall clock, because it is compared with the time in the transaction id, which another
@@ -107,7 +107,7 @@ impl<C> Event<C> {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Command<C> {
     /// Run the expensive checks for this transaction's operation (argon2), then report `Validated`.
     Validate { txn: TxnId },
@@ -135,7 +135,7 @@ pub enum Command<C> {
     RefuseRead { reader: u64 },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Config {
     /// How long after voting yes the participant starts asking the coordinator (ms). The coordinator
     /// normally sends the outcome well before.
@@ -175,7 +175,7 @@ impl Default for Config {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum State<C> {
     Validating {
         user: UserId,
@@ -208,20 +208,22 @@ const ABORTED_REASON: &str = "transaction was aborted";
 const TOO_OLD: &str = "transaction is too old to prepare";
 const OTHER_PAYLOAD: &str = "another request was prepared under this transaction id";
 
-#[derive(Debug)]
+/// Ordered maps, and `Hash`: the state is the same value however it was reached, so a model checker
+/// can tell states apart and a simulation replays in the same order.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Engine<C> {
     config: Config,
-    txns: HashMap<TxnId, State<C>>,
-    locks: HashMap<UserId, TxnId>,
+    txns: BTreeMap<TxnId, State<C>>,
+    locks: BTreeMap<UserId, TxnId>,
     /// The payload digest of each transaction until it is decided: a repeated `Prepare` must carry
     /// the same request. (Not kept across a restart: the digest is never written down.)
-    payloads: HashMap<TxnId, Fingerprint>,
+    payloads: BTreeMap<TxnId, Fingerprint>,
     /// When each transaction next needs the clock: an in-doubt query, or forgetting a tombstone. A tick
     /// looks only at what is due, not at every transaction (at full load, 30 s of tombstones are tens
     /// of thousands). Entries whose transaction moved on are dropped when they come due.
     timers: BTreeSet<(u64, TxnId)>,
     /// Readers waiting for a user's lock, by user, oldest first.
-    readers: HashMap<UserId, Vec<u64>>,
+    readers: BTreeMap<UserId, Vec<u64>>,
     /// When each waiting reader gives up.
     read_deadlines: BTreeSet<(u64, u64)>,
 }
@@ -230,11 +232,11 @@ impl<C: Clone> Engine<C> {
     pub fn new(config: Config) -> Self {
         Self {
             config,
-            txns: HashMap::new(),
-            locks: HashMap::new(),
-            payloads: HashMap::new(),
+            txns: BTreeMap::new(),
+            locks: BTreeMap::new(),
+            payloads: BTreeMap::new(),
             timers: BTreeSet::new(),
-            readers: HashMap::new(),
+            readers: BTreeMap::new(),
             read_deadlines: BTreeSet::new(),
         }
     }

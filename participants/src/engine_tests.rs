@@ -755,3 +755,33 @@ fn a_reader_of_a_user_in_doubt_is_refused_after_the_read_wait_and_only_then() {
         Vec::<u64>::new()
     );
 }
+
+#[test]
+fn the_state_is_one_value_whatever_order_independent_events_came_in() {
+    use std::hash::{BuildHasher, RandomState};
+    let (a, b) = (TxnId::generate(), TxnId::generate());
+    let run = |order: [(TxnId, &str); 2]| {
+        let mut e = engine();
+        for (txn, name) in order {
+            e.handle(Event::PrepareRequested {
+                txn,
+                user: user(name),
+                wall_ms: tpc_common::now_ms(),
+                payload: None,
+            });
+        }
+        for (txn, _) in order {
+            e.handle(Event::Validated {
+                txn,
+                outcome: Ok("h"),
+            });
+            e.handle(Event::PreparedForced { txn, at: 1_000 });
+        }
+        e
+    };
+    let one = run([(a, "alice"), (b, "bob")]);
+    let other = run([(b, "bob"), (a, "alice")]);
+    assert_eq!(one, other);
+    let hasher = RandomState::new();
+    assert_eq!(hasher.hash_one(&one), hasher.hash_one(&other));
+}

@@ -152,7 +152,7 @@ fn flush_and_answer(db: &sled::Db, batch: Vec<Finish>) {
 
 fn stopped() -> Arc<sled::Error> {
     Arc::new(sled::Error::ReportableBug(
-        "the group commit task stopped".into(),
+        "the group commit stopped".into(),
     ))
 }
 

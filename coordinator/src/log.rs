@@ -95,8 +95,8 @@ pub struct Log {
 }
 
 impl Log {
-    /// Opens (or creates) the log with a page cache of `cache_mib` MiB; must run inside a tokio runtime
-    /// (it starts the group commit).
+    /// Opens (or creates) the log with a page cache of `cache_mib` MiB, and starts its group commit's
+    /// two threads.
     pub fn open(dir: &Path, cache_mib: u64) -> Result<Self, LogError> {
         let db = tpc_common::open_database(dir, cache_mib)?;
         let forcer = GroupCommit::start(db.clone());

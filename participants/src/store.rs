@@ -122,8 +122,8 @@ pub struct StoreMark {
 }
 
 impl<C: Serialize + DeserializeOwned> Store<C> {
-    /// Opens (or creates) the database with a page cache of `cache_mib` MiB; must run inside a tokio
-    /// runtime (it starts the group commit).
+    /// Opens (or creates) the database with a page cache of `cache_mib` MiB, and starts its group
+    /// commit's two threads.
     pub fn open(dir: &Path, cache_mib: u64) -> Result<Self, StoreError> {
         let db = tpc_common::open_database(dir, cache_mib)?;
         let id = match db.get(STORE_ID)? {
@@ -491,7 +491,7 @@ mod tests {
             store.remove(aborted);
             store.settled().await.unwrap();
         }
-        // The group-commit task holds the database until it sees its queue closed.
+        // The group commit's threads hold the database until they see its queue closed.
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         let store: Store<String> = Store::open(dir.path(), tpc_common::DEFAULT_CACHE_MIB).unwrap();
         let recovered = store.recover().unwrap();

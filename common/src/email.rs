@@ -7,7 +7,7 @@ use crate::InvalidInput;
 /// An e-mail address, checked to be a storage value and an SMTP recipient: `dot-atom@host.name`, at
 /// most 254 bytes. Everything accepted here is accepted by lettre (a test in the coordinator checks),
 /// so a committed registration can always be mailed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 #[serde(into = "String")]
 pub struct Email(String);
 

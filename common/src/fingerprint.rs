@@ -12,7 +12,7 @@ use crate::Operation;
 /// The key is made at start and lives in this process's memory only; no digest is ever written down.
 /// A digest on disk would let whoever reads it test password guesses offline at the speed of a hash,
 /// not of argon2. After a restart, requests committed before it are told apart by kind and user only.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Fingerprinter {
     key: [u8; 32],
 }

@@ -3,7 +3,7 @@ use serde::{Deserialize, Serialize};
 use crate::{Email, Password, UserId};
 
 /// What a transaction does. Both participants receive the same operation in `Prepare`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Operation {
     Register {
         user: UserId,
@@ -18,7 +18,7 @@ pub enum Operation {
 }
 
 /// The kind of an operation, without its secrets: what logs and records keep.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OperationKind {
     Register,

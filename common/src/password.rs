@@ -6,7 +6,7 @@ use crate::InvalidInput;
 ///
 /// It exists only in memory: it is not `Serialize`, and `Debug`/`Display` print `[redacted]`, so no log
 /// line, trace or record can carry it by accident. Only the hashing code calls [`Password::expose`].
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Password(String);
 
 impl Password {

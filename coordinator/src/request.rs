@@ -3,7 +3,7 @@
 
 use tpc_common::{Fingerprint, OperationKind, UserId};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct RequestKey {
     pub kind: OperationKind,
     pub user: UserId,

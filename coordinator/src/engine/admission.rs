@@ -1,7 +1,7 @@
 //! Admitting requests: request-id deduplication, one change per user in flight, and the admission queue
 //! in front of preparing (its limit is `limit.rs`).
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use tpc_common::{Now, Operation, TxnId, UserId};
 
@@ -348,7 +348,7 @@ fn prepare(txn: TxnId, op: &Operation) -> impl Iterator<Item = Command> + '_ {
 /// participant.
 fn preparing(op: &Operation) -> Phase {
     Phase::Preparing {
-        votes: HashMap::new(),
+        votes: BTreeMap::new(),
         history_next: match op {
             Operation::Register { .. } => None,
             Operation::Update { .. } => Some(op.clone()),

@@ -15,7 +15,7 @@ pub const THRESHOLD: u32 = 3;
 /// serves changes within about this long.
 pub const OPEN_FOR: Duration = Duration::from_millis(500);
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum State {
     Closed {
         failures: u32,
@@ -32,7 +32,7 @@ enum State {
 }
 
 /// What the breaker says of a new change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Admit {
     Pass,
     /// Let through as the probe.
@@ -43,13 +43,13 @@ pub enum Admit {
 }
 
 /// A change of state worth telling an operator about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Turn {
     Opened,
     Closed,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Breaker {
     state: State,
     /// How long a probe may take before another is allowed (the prepare deadline).

@@ -47,7 +47,7 @@ impl Default for LimitConfig {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PrepareLimit {
     config: LimitConfig,
     deadline_ms: f64,
@@ -118,6 +118,30 @@ impl PrepareLimit {
             // At least a millisecond, so a client never retries in a tight loop.
             Err(Duration::from_millis(wait.ceil().max(1.0) as u64))
         }
+    }
+}
+
+// The estimates are floats, never NaN (sums and products of finite, non-negative measurements): equal
+// bits are equal values, so the limit can be part of a state a model checker hashes.
+impl Eq for LimitConfig {}
+
+impl std::hash::Hash for LimitConfig {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.initial.to_bits().hash(state);
+        self.max.to_bits().hash(state);
+        self.max_waiting.hash(state);
+    }
+}
+
+impl Eq for PrepareLimit {}
+
+impl std::hash::Hash for PrepareLimit {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.config.hash(state);
+        self.deadline_ms.to_bits().hash(state);
+        self.limit.to_bits().hash(state);
+        self.typical_ms.map(f64::to_bits).hash(state);
+        self.last_cut_at.hash(state);
     }
 }
 

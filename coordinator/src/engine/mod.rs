@@ -29,7 +29,7 @@ mod phase_one;
 mod phase_two;
 mod stores;
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 use breaker::{Breaker, Turn};
@@ -57,7 +57,7 @@ impl Participant {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Vote {
     /// The password participant's yes carries the user's e-mail address.
     Yes {
@@ -249,7 +249,7 @@ pub enum Decision {
     Aborted,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Config {
     pub prepare_deadline: Duration,
     pub commit_backoff: Backoff,
@@ -269,7 +269,7 @@ impl Default for Config {
 /// The reason given when too many changes of the same user wait already.
 pub const CONFLICT: &str = "conflict: another transaction is changing this user";
 
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Phase {
     /// Waiting for an earlier transaction of the same user to finish both phases: its participants
     /// hold the user's lock until then, so preparing now would only meet a conflict.
@@ -281,7 +281,7 @@ enum Phase {
         op: Operation,
     },
     Preparing {
-        votes: HashMap<Participant, Vote>,
+        votes: BTreeMap<Participant, Vote>,
         /// An update's operation, kept (in memory only) until the password participant has checked
         /// the current password: only then is the history participant asked (`phase_one.rs`).
         history_next: Option<Operation>,
@@ -289,16 +289,16 @@ enum Phase {
     /// All voted yes; the COMMIT record is being forced.
     Forcing,
     Committing {
-        acked: HashSet<Participant>,
+        acked: BTreeSet<Participant>,
     },
     /// Aborted; waiting until the Aborts reached the participants (and so released the user) before the
     /// user's next change starts, lest its Prepare overtake the Abort and meet the old lock.
     Aborting {
-        pending: HashSet<Participant>,
+        pending: BTreeSet<Participant>,
     },
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Txn {
     request_id: String,
     kind: OperationKind,
@@ -332,26 +332,28 @@ pub struct Active {
     pub acked: Vec<Participant>,
 }
 
-#[derive(Debug)]
+/// Ordered maps, and `Hash`: the state is one value however it was reached, so a model checker can tell
+/// states apart and a simulation replays in the same order.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Engine {
     config: Config,
-    txns: HashMap<TxnId, Txn>,
+    txns: BTreeMap<TxnId, Txn>,
     /// The transactions of each user, oldest first: admission looks at one user, never at all.
-    by_user: HashMap<UserId, BTreeSet<TxnId>>,
+    by_user: BTreeMap<UserId, BTreeSet<TxnId>>,
     /// Transactions in `Preparing`.
     preparing: usize,
     limit: PrepareLimit,
     /// The admission queue, first come first served.
     waiting: VecDeque<TxnId>,
     /// Request ids of running transactions.
-    running: HashMap<String, TxnId>,
+    running: BTreeMap<String, TxnId>,
     /// Request ids of committed transactions still in the log.
-    committed: HashMap<String, (TxnId, RequestKey)>,
+    committed: BTreeMap<String, (TxnId, RequestKey)>,
     /// Digests request payloads (a key of this process's, never written down).
     fingerprints: Fingerprinter,
-    committed_txns: HashSet<TxnId>,
+    committed_txns: BTreeSet<TxnId>,
     /// Per participant: refuse at once while it is unreachable (`breaker.rs`).
-    breakers: HashMap<Participant, Breaker>,
+    breakers: BTreeMap<Participant, Breaker>,
     /// Per participant: the store that acknowledged its changes (`stores.rs`).
     stores: Stores,
 }
@@ -366,15 +368,15 @@ impl Engine {
     pub fn new(config: Config) -> Self {
         Self {
             config,
-            txns: HashMap::new(),
-            by_user: HashMap::new(),
+            txns: BTreeMap::new(),
+            by_user: BTreeMap::new(),
             preparing: 0,
             limit: PrepareLimit::new(config.limit, config.prepare_deadline),
             waiting: VecDeque::new(),
-            running: HashMap::new(),
-            committed: HashMap::new(),
+            running: BTreeMap::new(),
+            committed: BTreeMap::new(),
             fingerprints: Fingerprinter::new(),
-            committed_txns: HashSet::new(),
+            committed_txns: BTreeSet::new(),
             breakers: Participant::ALL
                 .into_iter()
                 .map(|p| (p, Breaker::new(config.prepare_deadline)))

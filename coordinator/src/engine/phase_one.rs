@@ -1,6 +1,6 @@
 //! Phase one: collecting votes, deciding to commit (forcing the record) or to abort.
 
-use std::collections::HashSet;
+use std::collections::BTreeSet;
 
 use tpc_common::{Now, TxnId};
 
@@ -160,7 +160,7 @@ impl Engine {
         self.running.remove(&t.request_id);
         if prepared {
             t.phase = Phase::Aborting {
-                pending: Participant::ALL.into_iter().collect::<HashSet<_>>(),
+                pending: Participant::ALL.into_iter().collect::<BTreeSet<_>>(),
             };
             out.extend(
                 Participant::ALL

@@ -1,7 +1,7 @@
 //! Phase two: after the commit point, telling the participants until both acknowledged; recovery of
 //! unfinished commits after a restart; forgetting collected transactions.
 
-use std::collections::HashSet;
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use tpc_common::{Now, TxnId};
@@ -17,7 +17,7 @@ impl Engine {
             return Vec::new();
         }
         t.phase = Phase::Committing {
-            acked: HashSet::new(),
+            acked: BTreeSet::new(),
         };
         let request_id = t.request_id.clone();
         let key = RequestKey {
@@ -111,7 +111,7 @@ impl Engine {
                     deadline_at: 0,
                     fingerprint: None,
                     phase: Phase::Committing {
-                        acked: HashSet::new(),
+                        acked: BTreeSet::new(),
                     },
                 },
             );

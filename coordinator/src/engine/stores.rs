@@ -10,7 +10,7 @@
 //!
 //! Pure: the engine feeds it reports, it answers what they mean.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::Participant;
 
@@ -40,20 +40,20 @@ pub enum Verdict {
     Accepted { id: String, seq: u64 },
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Known {
     id: String,
     /// The run whose reports are current; empty after the coordinator restarted.
     boot: String,
     seq: u64,
     /// Earlier runs: a report of theirs still in flight says nothing new.
-    past_boots: HashSet<String>,
+    past_boots: BTreeSet<String>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Stores {
-    known: HashMap<Participant, Known>,
-    lost: HashMap<Participant, String>,
+    known: BTreeMap<Participant, Known>,
+    lost: BTreeMap<Participant, String>,
 }
 
 impl Stores {
@@ -65,7 +65,7 @@ impl Stores {
                 id,
                 boot: String::new(),
                 seq,
-                past_boots: HashSet::new(),
+                past_boots: BTreeSet::new(),
             },
         );
     }
@@ -149,7 +149,7 @@ fn fresh(mark: StoreMark) -> Known {
         id: mark.id,
         boot: mark.boot,
         seq: mark.seq,
-        past_boots: HashSet::new(),
+        past_boots: BTreeSet::new(),
     }
 }
 

@@ -1014,3 +1014,47 @@ fn a_change_behind_one_stuck_on_a_lost_store_is_refused_at_once_with_the_loss() 
         "{out:?}"
     );
 }
+
+#[test]
+fn the_state_is_one_value_whatever_order_independent_events_came_in() {
+    use std::hash::{BuildHasher, RandomState};
+    let register = |name: &str| Operation::Register {
+        user: UserId::parse(name).unwrap(),
+        email: Email::parse(&format!("{name}@example.com")).unwrap(),
+        password: Password::new("password", "pw".into()).unwrap(),
+    };
+    let (a, b) = (TxnId::generate(), TxnId::generate());
+    // One engine cloned: the same process, so the same fingerprint key.
+    let base = Engine::default();
+    let run = |order: [(TxnId, &str); 2]| {
+        let mut e = base.clone();
+        for (txn, name) in order {
+            e.handle(
+                Event::Begin {
+                    txn,
+                    request_id: format!("r-{name}"),
+                    op: register(name),
+                },
+                NOW,
+            );
+        }
+        for (txn, _) in order {
+            for from in Participant::ALL {
+                e.handle(
+                    Event::Voted {
+                        txn,
+                        from,
+                        vote: Vote::Yes { email: None },
+                    },
+                    NOW + 1,
+                );
+            }
+        }
+        e
+    };
+    let one = run([(a, "alice"), (b, "bob")]);
+    let other = run([(b, "bob"), (a, "alice")]);
+    assert_eq!(one, other);
+    let hasher = RandomState::new();
+    assert_eq!(hasher.hash_one(&one), hasher.hash_one(&other));
+}

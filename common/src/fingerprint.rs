@@ -49,6 +49,12 @@ impl Fingerprinter {
         Self { key }
     }
 
+    /// A fingerprinter with a given key: for a model checker or a simulation, which must reach the same
+    /// state from the same start. A server always uses [`Fingerprinter::new`].
+    pub fn with_key(key: [u8; 32]) -> Self {
+        Self { key }
+    }
+
     pub fn of(&self, op: &Operation) -> Fingerprint {
         let mut mac = <Blake2bMac<U16> as KeyInit>::new_from_slice(&self.key)
             .expect("a 32-byte key fits blake2b");

@@ -24,6 +24,8 @@ pub mod guard;
 mod invalid;
 mod operation;
 mod password;
+#[cfg(feature = "planted-bugs")]
+mod planted;
 mod principal;
 pub mod serve;
 pub mod shutdown;
@@ -44,6 +46,8 @@ pub use group_commit::GroupCommit;
 pub use invalid::InvalidInput;
 pub use operation::{Operation, OperationKind};
 pub use password::Password;
+#[cfg(feature = "planted-bugs")]
+pub use planted::PlantedBug;
 pub use principal::Principal;
 pub use strategy::Strategy;
 pub use txn_id::TxnId;

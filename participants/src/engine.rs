@@ -157,6 +157,9 @@ pub struct Config {
     /// How long a read of a locked user waits for the lock (ms). A user stays locked while its
     /// transaction is in doubt, for as long as the coordinator is unreachable.
     pub read_wait_ms: u64,
+    /// A deliberate mistake, for the checker's tests (`tpc_common::PlantedBug`).
+    #[cfg(feature = "planted-bugs")]
+    pub planted: Option<tpc_common::PlantedBug>,
 }
 
 impl Default for Config {
@@ -171,6 +174,8 @@ impl Default for Config {
             tombstone_ms: 30_000,
             prepare_max_age_ms: 20_000,
             read_wait_ms: 3_000,
+            #[cfg(feature = "planted-bugs")]
+            planted: None,
         }
     }
 }
@@ -256,6 +261,15 @@ impl<C: Clone> Engine<C> {
             .collect();
         txns.sort();
         txns
+    }
+
+    /// When the engine next needs a `Tick` (monotonic ms), if ever: an in-doubt query, a tombstone to
+    /// forget, a reader to refuse. (It may be a timer whose transaction has moved on since; that tick
+    /// does nothing.) A model checker ticks exactly then.
+    pub fn next_due(&self) -> Option<u64> {
+        let timer = self.timers.first().map(|(due, _)| *due);
+        let reader = self.read_deadlines.first().map(|(due, _)| *due);
+        timer.into_iter().chain(reader).min()
     }
 
     /// How many users a transaction holds.
@@ -427,6 +441,18 @@ impl<C: Clone> Engine<C> {
                                 abort_requested: false,
                             },
                         );
+                        #[cfg(feature = "planted-bugs")]
+                        if self.config.planted
+                            == Some(tpc_common::PlantedBug::VoteBeforePreparedForced)
+                        {
+                            return vec![
+                                Command::Vote {
+                                    txn,
+                                    vote: Vote::Yes(change.clone()),
+                                },
+                                Command::ForcePrepared { txn, user, change },
+                            ];
+                        }
                         vec![Command::ForcePrepared { txn, user, change }]
                     }
                     Err(reason) => {

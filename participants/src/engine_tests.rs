@@ -785,3 +785,19 @@ fn the_state_is_one_value_whatever_order_independent_events_came_in() {
     let hasher = RandomState::new();
     assert_eq!(hasher.hash_one(&one), hasher.hash_one(&other));
 }
+
+#[test]
+fn next_due_names_the_first_timer_a_tick_would_act_on() {
+    let mut e = engine();
+    assert_eq!(e.next_due(), None, "an idle engine needs no clock");
+    let txn = prepared(&mut e, "alice", "v2");
+    let in_doubt_at = 1_000 + Config::default().in_doubt_after_ms;
+    assert_eq!(e.next_due(), Some(in_doubt_at));
+    assert_eq!(
+        e.handle(Event::Tick { now: in_doubt_at }),
+        vec![Command::QueryDecision { txn }]
+    );
+    // The next query, after the first backoff step.
+    let backoff = Config::default().query_backoff.delay(0).as_millis() as u64;
+    assert_eq!(e.next_due(), Some(in_doubt_at + backoff));
+}

@@ -79,7 +79,7 @@ pub struct Outcome {
 
 /// The forced COMMIT record: everything needed to finish the transaction and send its e-mail after a
 /// crash. No secrets.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct CommitRecord {
     pub txn: TxnId,
     pub request_id: String,
@@ -242,7 +242,7 @@ pub enum Command {
 }
 
 /// The answer to a participant's `QueryDecision`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Decision {
     Pending,
     Committed,
@@ -254,6 +254,9 @@ pub struct Config {
     pub prepare_deadline: Duration,
     pub commit_backoff: Backoff,
     pub limit: LimitConfig,
+    /// A deliberate mistake, for the checker's tests (`tpc_common::PlantedBug`).
+    #[cfg(feature = "planted-bugs")]
+    pub planted: Option<tpc_common::PlantedBug>,
 }
 
 impl Default for Config {
@@ -262,6 +265,8 @@ impl Default for Config {
             prepare_deadline: Duration::from_secs(2),
             commit_backoff: Backoff::new(Duration::from_millis(50), Duration::from_secs(1)),
             limit: LimitConfig::default(),
+            #[cfg(feature = "planted-bugs")]
+            planted: None,
         }
     }
 }
@@ -366,6 +371,12 @@ impl Default for Engine {
 
 impl Engine {
     pub fn new(config: Config) -> Self {
+        Self::with_fingerprinter(config, Fingerprinter::new())
+    }
+
+    /// An engine whose request digests use a given key: a model checker or a simulation must reach the
+    /// same state from the same start, which a fresh random key would prevent.
+    pub fn with_fingerprinter(config: Config, fingerprints: Fingerprinter) -> Self {
         Self {
             config,
             txns: BTreeMap::new(),
@@ -375,7 +386,7 @@ impl Engine {
             waiting: VecDeque::new(),
             running: BTreeMap::new(),
             committed: BTreeMap::new(),
-            fingerprints: Fingerprinter::new(),
+            fingerprints,
             committed_txns: BTreeSet::new(),
             breakers: Participant::ALL
                 .into_iter()
@@ -429,6 +440,15 @@ impl Engine {
     }
 
     pub fn decision(&self, txn: TxnId) -> Decision {
+        #[cfg(feature = "planted-bugs")]
+        if self.config.planted == Some(tpc_common::PlantedBug::AbortedWhileVoting)
+            && matches!(
+                self.txns.get(&txn).map(|t| &t.phase),
+                Some(Phase::Preparing { .. })
+            )
+        {
+            return Decision::Aborted;
+        }
         match self.txns.get(&txn).map(|t| &t.phase) {
             Some(
                 Phase::Queued { .. }

@@ -76,6 +76,18 @@ impl Engine {
         t.phase = Phase::Forcing;
         let started = t.preparing_since;
         let mut out = vec![Command::ForceCommit { record }];
+        #[cfg(feature = "planted-bugs")]
+        if self.config.planted == Some(tpc_common::PlantedBug::ReplyBeforeCommitForced) {
+            out.push(Command::Reply {
+                clients: std::mem::take(&mut t.clients),
+                outcome: Outcome {
+                    txn,
+                    request_id: t.request_id.clone(),
+                    committed: true,
+                    reason: String::new(),
+                },
+            });
+        }
         out.extend(self.prepare_finished(started, now));
         out
     }

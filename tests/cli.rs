@@ -275,3 +275,25 @@ fn tpc_up_says_up_only_when_it_is() {
         "the URL's password is never printed: {stderr}"
     );
 }
+
+#[test]
+fn tpc_check_reports_every_property_and_exits_zero_when_all_hold() {
+    let out = tpc(&["check", "--depth", "12", "--threads", "1"], "");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("unique, depth 12"), "{stdout}");
+    for property in [
+        "agreement",
+        "durability",
+        "atomic visibility",
+        "termination",
+    ] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.trim_start().starts_with("holds") && l.contains(property)),
+            "{property}:\n{stdout}"
+        );
+    }
+    assert!(!stdout.contains("BROKEN"), "{stdout}");
+}

@@ -24,5 +24,5 @@ pub use cluster::Cluster;
 pub use model::{Action, TpcModel};
 pub use network::{Envelope, Msg, Node};
 pub use properties::*;
-pub use report::{Report, Verdict, check};
+pub use report::{Report, Search, Verdict, check};
 pub use setup::{Change, Faults, Setup};

@@ -77,34 +77,65 @@ impl std::fmt::Display for Report {
     }
 }
 
-/// Explores `setup` breadth first to `depth` steps on `threads` threads. With `stop_at_first`, it
-/// stops at the first broken property (what a test of a planted bug wants).
-pub fn check(setup: Setup, depth: usize, threads: usize, stop_at_first: bool) -> Report {
+/// How far and how to search.
+#[derive(Clone, Copy, Debug)]
+pub struct Search {
+    /// States more than this many steps from the start are not explored.
+    pub depth: usize,
+    pub threads: usize,
+    /// Stop at the first broken property (what a test of a planted bug wants).
+    pub stop_at_first: bool,
+    /// Depth first: little memory however many states, but a counterexample is not the shortest,
+    /// and a state first met near the depth limit is not explored again when met closer to the
+    /// start. Breadth first (the default) finds the shortest counterexample and explores every state
+    /// within the depth, holding a whole level of states in memory.
+    pub depth_first: bool,
+}
+
+impl Search {
+    pub fn to_depth(depth: usize) -> Self {
+        Self {
+            depth,
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            stop_at_first: false,
+            depth_first: false,
+        }
+    }
+}
+
+/// Explores `setup` as `search` says and reports on every property.
+pub fn check(setup: Setup, search: Search) -> Report {
     let model = TpcModel::new(setup);
-    let properties = model.properties();
     let started = Instant::now();
-    let finish = if stop_at_first {
+    let finish = if search.stop_at_first {
         HasDiscoveries::AnyFailures
     } else {
         HasDiscoveries::AllFailures
     };
-    let checker = model
+    let builder = model
         .clone()
         .checker()
-        .threads(threads.max(1))
-        .target_max_depth(depth)
-        .finish_when(finish)
-        .spawn_bfs()
-        .join();
+        .threads(search.threads.max(1))
+        .target_max_depth(search.depth)
+        .finish_when(finish);
+    if search.depth_first {
+        report(&model, builder.spawn_dfs().join(), started)
+    } else {
+        report(&model, builder.spawn_bfs().join(), started)
+    }
+}
+
+fn report(model: &TpcModel, checker: impl Checker<TpcModel>, started: Instant) -> Report {
     let elapsed = started.elapsed();
-    let verdicts = properties
+    let verdicts = model
+        .properties()
         .iter()
         .map(|p| {
             let found = checker.discovery(p.name);
             let verdict = match (p.expectation.clone(), found) {
                 (Expectation::Sometimes, Some(_)) => Verdict::Reached,
                 (Expectation::Sometimes, None) => Verdict::NotReached,
-                (_, Some(path)) => Verdict::Broken(trace(&model, path)),
+                (_, Some(path)) => Verdict::Broken(trace(model, path)),
                 (_, None) => Verdict::Held,
             };
             (p.name, verdict)

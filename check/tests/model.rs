@@ -3,7 +3,7 @@
 
 use tpc_check::{
     ABORTS, ACKED_IS_APPLIED, AGREEMENT, AT_REST, COMMIT_POINT, COMMITS, DURABILITY, Faults, Node,
-    RECOVERS, Report, Setup, check,
+    RECOVERS, Report, Search, Setup, check,
 };
 use tpc_common::PlantedBug;
 
@@ -20,7 +20,13 @@ fn faults(crashes: u8, losses: u8, duplicates: u8, timeouts: u8) -> Faults {
 
 /// Checks `setup` to `depth` and fails with the counterexamples if any property broke.
 fn holds(setup: Setup, depth: usize) -> Report {
-    let report = check(setup, depth, THREADS, false);
+    let report = check(
+        setup,
+        Search {
+            threads: THREADS,
+            ..Search::to_depth(depth)
+        },
+    );
     println!("{report}");
     assert_eq!(report.broken().count(), 0, "{report}");
     report
@@ -36,7 +42,14 @@ fn reached(report: &Report, name: &str) {
 
 /// Checks a setup with a planted bug and returns the names of the properties it broke.
 fn caught(setup: Setup, depth: usize) -> Vec<&'static str> {
-    let report = check(setup, depth, THREADS, true);
+    let report = check(
+        setup,
+        Search {
+            threads: THREADS,
+            stop_at_first: true,
+            ..Search::to_depth(depth)
+        },
+    );
     println!("{report}");
     report.broken().map(|(name, _)| name).collect()
 }

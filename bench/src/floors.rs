@@ -107,7 +107,8 @@ pub async fn forced_writes_per_s(
     writers: usize,
     duration: Duration,
 ) -> Result<f64, BoxError> {
-    let db = sled::open(dir)?;
+    let db: tpc_common::storage::Db =
+        Arc::new(tpc_common::storage::SledStorage::new(sled::open(dir)?));
     let group = GroupCommit::start(db.clone());
     let done = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -121,7 +122,7 @@ pub async fn forced_writes_per_s(
                 while !stop.load(Ordering::Relaxed) {
                     n += 1;
                     let key = [w.to_be_bytes(), n.to_be_bytes()].concat();
-                    db.insert(key, &value[..])?;
+                    db.insert(&key, &value)?;
                     group.force().await.map_err(|e| e.to_string())?;
                     done.fetch_add(1, Ordering::Relaxed);
                 }

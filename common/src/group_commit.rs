@@ -4,8 +4,10 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use tokio::sync::{mpsc, oneshot};
 
+use crate::storage::{Db, StorageError};
+
 /// Told the flush's outcome, once a write has been applied.
-type Finish = Box<dyn FnOnce(Result<(), Arc<sled::Error>>) + Send>;
+type Finish = Box<dyn FnOnce(Result<(), StorageError>) + Send>;
 
 /// A queued write: applies itself and returns how to tell its waiter, or `None` if it failed (its
 /// waiter was told already).
@@ -14,7 +16,7 @@ struct Job {
     forced: bool,
 }
 
-/// Every write to one sled database, group-committed, and never on an async worker.
+/// Every write to one storage (`storage.rs`), group-committed, and never on an async worker.
 ///
 /// A writer hands its write to [`GroupCommit::write`] (or [`GroupCommit::force`]). Two threads serve
 /// each database: the *applier* applies every write the moment it arrives, in the order they were
@@ -37,7 +39,7 @@ type Applied = Option<Vec<Finish>>;
 
 impl GroupCommit {
     /// Starts the applier and the flusher (two threads, which stop once every handle is dropped).
-    pub fn start(db: sled::Db) -> Self {
+    pub fn start(db: Db) -> Self {
         let (queue, mut rx) = mpsc::unbounded_channel::<Job>();
         let applied: Arc<(Mutex<Applied>, Condvar)> =
             Arc::new((Mutex::new(Some(Vec::new())), Condvar::new()));
@@ -70,7 +72,7 @@ impl GroupCommit {
                 let last = lock.lock().unwrap_or_else(|p| p.into_inner()).take();
                 ready.notify_one();
                 if let Some(last) = last.filter(|l| !l.is_empty()) {
-                    flush_and_answer(&db, last);
+                    flush_and_answer(&*db, last);
                 }
             })
             .expect("cannot start the apply thread");
@@ -91,7 +93,7 @@ impl GroupCommit {
                             }
                         }
                     };
-                    flush_and_answer(&flusher_db, batch);
+                    flush_and_answer(&*flusher_db, batch);
                 }
             })
             .expect("cannot start the flush thread");
@@ -107,14 +109,14 @@ impl GroupCommit {
         write: W,
     ) -> impl Future<Output = Result<(), E>> + Send + 'static + use<E, W>
     where
-        E: From<Arc<sled::Error>> + Display + Send + 'static,
+        E: From<StorageError> + Display + Send + 'static,
         W: FnOnce() -> Result<(), E> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel::<Result<(), E>>();
         let job = Job {
             forced,
             write: Box::new(move || match write() {
-                Ok(()) => Some(Box::new(move |flushed: Result<(), Arc<sled::Error>>| {
+                Ok(()) => Some(Box::new(move |flushed: Result<(), StorageError>| {
                     if let Err(Err(e)) = tx.send(flushed.map_err(E::from)) {
                         tracing::error!(cause = %e, "a write nobody waited for was not made durable");
                     }
@@ -137,23 +139,21 @@ impl GroupCommit {
     }
 
     /// Returns once everything written to the database before this call is on disk.
-    pub async fn force(&self) -> Result<(), Arc<sled::Error>> {
+    pub async fn force(&self) -> Result<(), StorageError> {
         self.write(true, || Ok(())).await
     }
 }
 
 /// Flushes once for `batch` (every write in it applied already) and answers each.
-fn flush_and_answer(db: &sled::Db, batch: Vec<Finish>) {
-    let flushed = db.flush().map(drop).map_err(Arc::new);
+fn flush_and_answer(db: &dyn crate::storage::Storage, batch: Vec<Finish>) {
+    let flushed = db.flush();
     for finish in batch {
         finish(flushed.clone());
     }
 }
 
-fn stopped() -> Arc<sled::Error> {
-    Arc::new(sled::Error::ReportableBug(
-        "the group commit stopped".into(),
-    ))
+fn stopped() -> StorageError {
+    StorageError::Stopped
 }
 
 #[cfg(test)]
@@ -163,25 +163,21 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_forced_writes_all_complete() {
         let dir = tempfile_dir();
-        let db = sled::open(&dir).unwrap();
+        let db: Db = Arc::new(crate::storage::SledStorage::open(&dir, 1).unwrap());
         let gc = GroupCommit::start(db.clone());
         let mut tasks = Vec::new();
         for i in 0..32u32 {
             let (db, gc) = (db.clone(), gc.clone());
             tasks.push(tokio::spawn(async move {
-                gc.write(true, move || {
-                    db.insert(i.to_be_bytes(), &b"v"[..])
-                        .map(drop)
-                        .map_err(Arc::new)
-                })
-                .await
-                .unwrap();
+                gc.write::<StorageError, _>(true, move || db.insert(&i.to_be_bytes(), b"v"))
+                    .await
+                    .unwrap();
             }));
         }
         for t in tasks {
             t.await.unwrap();
         }
-        assert_eq!(db.len(), 32);
+        assert_eq!(db.range_from(b"").count(), 32);
         drop(db);
         std::fs::remove_dir_all(dir).ok();
     }
@@ -189,22 +185,15 @@ mod tests {
     #[tokio::test]
     async fn writes_apply_in_queue_order_even_when_nobody_waits() {
         let dir = tempfile_dir();
-        let db = sled::open(&dir).unwrap();
+        let db: Db = Arc::new(crate::storage::SledStorage::open(&dir, 1).unwrap());
         let gc = GroupCommit::start(db.clone());
         for i in 0..100u32 {
             let db = db.clone();
             // Dropped at once: queued at the call all the same.
-            drop(gc.write(false, move || {
-                db.insert(b"k", &i.to_be_bytes()[..])
-                    .map(drop)
-                    .map_err(Arc::new)
-            }));
+            drop(gc.write::<StorageError, _>(false, move || db.insert(b"k", &i.to_be_bytes())));
         }
         gc.force().await.unwrap();
-        assert_eq!(
-            db.get(b"k").unwrap().unwrap().as_ref(),
-            &99u32.to_be_bytes()
-        );
+        assert_eq!(db.get(b"k").unwrap().unwrap(), 99u32.to_be_bytes());
         drop(db);
         std::fs::remove_dir_all(dir).ok();
     }
@@ -212,20 +201,16 @@ mod tests {
     #[tokio::test]
     async fn a_failed_write_is_answered_with_its_own_error_and_the_others_go_on() {
         let dir = tempfile_dir();
-        let db = sled::open(&dir).unwrap();
+        let db: Db = Arc::new(crate::storage::SledStorage::open(&dir, 1).unwrap());
         let gc = GroupCommit::start(db.clone());
-        let bad = gc.write(true, || {
-            Err(Arc::new(sled::Error::Unsupported("refused".into())))
-        });
+        let bad = gc.write::<StorageError, _>(true, || Err(StorageError::Injected("refused")));
         let good = {
             let db = db.clone();
-            gc.write(true, move || {
-                db.insert(b"k", &b"v"[..]).map(drop).map_err(Arc::new)
-            })
+            gc.write::<StorageError, _>(true, move || db.insert(b"k", b"v"))
         };
         assert!(bad.await.unwrap_err().to_string().contains("refused"));
         good.await.unwrap();
-        assert!(db.contains_key(b"k").unwrap());
+        assert!(db.contains(b"k").unwrap());
         drop(db);
         std::fs::remove_dir_all(dir).ok();
     }

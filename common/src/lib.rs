@@ -29,6 +29,7 @@ mod planted;
 mod principal;
 pub mod serve;
 pub mod shutdown;
+pub mod storage;
 mod strategy;
 pub mod telemetry;
 pub mod tls;

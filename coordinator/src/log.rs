@@ -1,4 +1,4 @@
-//! The coordinator's durable log, one sled database:
+//! The coordinator's durable log, one storage (sled in production, `tpc_common::storage`):
 //! - `t/<txn>` → [`TxnRecord`]: COMMIT records (forced: the commit point), END (unforced), ABORT notes
 //!   (unforced, only for `tpc txn list`: presumed abort needs no abort record);
 //! - `o/<txn>` → [`OutboxEntry`]: the e-mail, written in the same forced batch as the COMMIT record and
@@ -9,6 +9,7 @@ use std::future::Future;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
+use tpc_common::storage::{Batch, Db, SledStorage, StorageError};
 use tpc_common::{Email, GroupCommit, OperationKind, Strategy, TxnId, UserId};
 
 use crate::engine::{AbortNote, CommitRecord};
@@ -25,9 +26,7 @@ const STRATEGY: &[u8] = b"strategy";
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
     #[error("log storage: {0}")]
-    Sled(#[from] sled::Error),
-    #[error("log flush: {0}")]
-    Flush(#[from] std::sync::Arc<sled::Error>),
+    Storage(#[from] StorageError),
     #[error("corrupt log record: {0}")]
     Corrupt(String),
 }
@@ -90,7 +89,7 @@ pub struct OutboxEntry {
 }
 
 pub struct Log {
-    db: sled::Db,
+    db: Db,
     forcer: GroupCommit,
 }
 
@@ -98,9 +97,15 @@ impl Log {
     /// Opens (or creates) the log with a page cache of `cache_mib` MiB, and starts its group commit's
     /// two threads.
     pub fn open(dir: &Path, cache_mib: u64) -> Result<Self, LogError> {
-        let db = tpc_common::open_database(dir, cache_mib)?;
+        Ok(Self::on(std::sync::Arc::new(SledStorage::open(
+            dir, cache_mib,
+        )?)))
+    }
+
+    /// The log kept in `db` (a [`tpc_common::storage::MemoryStorage`] in tests and simulation).
+    pub fn on(db: Db) -> Self {
         let forcer = GroupCommit::start(db.clone());
-        Ok(Self { db, forcer })
+        Self { db, forcer }
     }
 
     /// The strategy that wrote this log; `None` for a new log (or one from before strategies, which
@@ -115,7 +120,7 @@ impl Log {
 
     /// Records the strategy of a new log (forced with the first forced write).
     pub fn set_strategy(&self, strategy: Strategy) -> Result<(), LogError> {
-        self.db.insert(STRATEGY, encode(&strategy))?;
+        self.db.insert(STRATEGY, &encode(&strategy))?;
         self.db.flush()?;
         Ok(())
     }
@@ -131,7 +136,7 @@ impl Log {
             State::Committing,
             record,
             mail,
-            sled::Batch::default(),
+            Batch::default(),
         )
         .await
     }
@@ -144,7 +149,7 @@ impl Log {
         state: State,
         record: &CommitRecord,
         mail: &OutboxEntry,
-        mut batch: sled::Batch,
+        mut batch: Batch,
     ) -> Result<(), LogError> {
         let txn = TxnRecord {
             txn: record.txn,
@@ -166,11 +171,11 @@ impl Log {
     }
 
     /// Applies `batch` and forces it, in the group commit's round.
-    async fn apply_forced(&self, batch: sled::Batch) -> Result<(), LogError> {
+    async fn apply_forced(&self, batch: Batch) -> Result<(), LogError> {
         let db = self.db.clone();
         self.forcer
             .write::<LogError, _>(true, move || {
-                db.apply_batch(batch)?;
+                db.apply(batch)?;
                 Ok(())
             })
             .await
@@ -184,7 +189,7 @@ impl Log {
         write: W,
     ) -> impl Future<Output = Result<(), LogError>> + Send + 'static + use<W>
     where
-        W: FnOnce(&sled::Db) -> Result<(), LogError> + Send + 'static,
+        W: FnOnce(&Db) -> Result<(), LogError> + Send + 'static,
     {
         let db = self.db.clone();
         self.forcer.write(false, move || write(&db))
@@ -205,22 +210,18 @@ impl Log {
     ) -> impl Future<Output = Result<(), LogError>> + Send + 'static + use<> {
         let (k, v) = (key(TXN, record.txn), encode(record));
         self.queue(move |db| {
-            db.insert(k, v)?;
+            db.insert(&k, &v)?;
             Ok(())
         })
     }
 
     /// Writes `record` and forces it.
     pub async fn force(&self, record: &TxnRecord) -> Result<(), LogError> {
-        self.force_with(record, sled::Batch::default()).await
+        self.force_with(record, Batch::default()).await
     }
 
     /// Writes `record` with `batch`, atomically, and forces them.
-    pub async fn force_with(
-        &self,
-        record: &TxnRecord,
-        mut batch: sled::Batch,
-    ) -> Result<(), LogError> {
+    pub async fn force_with(&self, record: &TxnRecord, mut batch: Batch) -> Result<(), LogError> {
         batch.insert(key(TXN, record.txn), encode(record));
         self.apply_forced(batch).await
     }
@@ -238,7 +239,7 @@ impl Log {
     /// and returns what it found.
     async fn queued<T: Send + 'static>(
         &self,
-        work: impl FnOnce(&sled::Db) -> Result<T, LogError> + Send + 'static,
+        work: impl FnOnce(&Db) -> Result<T, LogError> + Send + 'static,
     ) -> Result<T, LogError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.queue(move |db| {
@@ -258,13 +259,13 @@ impl Log {
 
     /// Events: whether consumer `to` still has `txn` to receive. Blocking: for startup.
     pub fn awaits(&self, to: &str, txn: TxnId) -> Result<bool, LogError> {
-        Ok(self.db.contains_key(delivery_key(to, txn))?)
+        Ok(self.db.contains(&delivery_key(to, txn))?)
     }
 
     /// [`Log::awaits`], off the async workers.
     pub async fn still_awaits(&self, to: &str, txn: TxnId) -> Result<bool, LogError> {
         let key = delivery_key(to, txn);
-        self.queued(move |db| Ok(db.contains_key(key)?)).await
+        self.queued(move |db| Ok(db.contains(&key)?)).await
     }
 
     /// Events: whether any delivery is waiting (a new sealing key would make them unreadable).
@@ -284,9 +285,9 @@ impl Log {
         let mine = delivery_key(to, txn);
         let all: Vec<Vec<u8>> = consumers.iter().map(|c| delivery_key(c, txn)).collect();
         self.queued(move |db| {
-            db.remove(mine)?;
+            db.remove(&mine)?;
             for key in all {
-                if db.contains_key(key)? {
+                if db.contains(&key)? {
                     return Ok(false);
                 }
             }
@@ -304,14 +305,14 @@ impl Log {
         to: &Email,
     ) -> Result<(), LogError> {
         let (txn, to) = (mail.txn, to.clone());
-        let mut batch = sled::Batch::default();
+        let mut batch = Batch::default();
         batch.insert(key(OUTBOX, mail.txn), encode(mail));
         batch.remove(delivery_key(from, mail.txn));
         self.queue(move |db| {
             // The record is updated in place (a consumer may be noting a refusal on it at the same
             // time); the outbox entry and the delivery then change together.
             update(db, txn, |r| r.email = Some(to.clone()))?;
-            db.apply_batch(batch)?;
+            db.apply(batch)?;
             Ok(())
         })
         .await
@@ -348,7 +349,7 @@ impl Log {
     /// write (off the commit path, and shared with concurrent commits by the group commit), so a crash
     /// can resend only e-mails accepted in the last instant before it.
     pub async fn mark_sent(&self, txns: &[TxnId]) -> Result<(), LogError> {
-        let mut batch = sled::Batch::default();
+        let mut batch = Batch::default();
         for &txn in txns {
             batch.remove(key(OUTBOX, txn));
         }
@@ -361,7 +362,7 @@ impl Log {
         self.forcer
             .write::<LogError, _>(true, move || {
                 update(&db, txn, |r| r.email_error = Some(reason.clone()))?;
-                db.remove(key(OUTBOX, txn))?;
+                db.remove(&key(OUTBOX, txn))?;
                 Ok(())
             })
             .await
@@ -369,7 +370,7 @@ impl Log {
 
     pub fn get(&self, txn: TxnId) -> Result<Option<TxnRecord>, LogError> {
         self.db
-            .get(key(TXN, txn))?
+            .get(&key(TXN, txn))?
             .map(|raw| self.read(&raw))
             .transpose()
     }
@@ -408,7 +409,7 @@ impl Log {
             serde_json::to_vec(&value).expect("a JSON value serializes"),
         );
         self.queue(move |db| {
-            db.insert(k, v)?;
+            db.insert(&k, &v)?;
             Ok(())
         })
     }
@@ -433,7 +434,7 @@ impl Log {
 
     /// Whether `txn` has a record.
     pub fn contains(&self, txn: TxnId) -> Result<bool, LogError> {
-        Ok(self.db.contains_key(key(TXN, txn))?)
+        Ok(self.db.contains(&key(TXN, txn))?)
     }
 
     /// Every record, newest first.
@@ -452,7 +453,7 @@ impl Log {
             || (record.state != State::Aborted
                 && record.email.is_some()
                 && record.email_error.is_none()
-                && !self.db.contains_key(key(OUTBOX, record.txn))?);
+                && !self.db.contains(&key(OUTBOX, record.txn))?);
         Ok(record)
     }
 
@@ -507,12 +508,12 @@ impl Log {
             resume_after: None,
         };
         let mut looked_at = 0;
-        for item in self.db.range(start.as_slice()..) {
+        for item in self.db.range_from(&start) {
             let (k, raw) = item?;
             if !k.starts_with(TXN) {
                 break;
             }
-            if from.is_some() && k.as_ref() == start.as_slice() {
+            if from.is_some() && k == start {
                 continue;
             }
             if looked_at == max {
@@ -595,7 +596,7 @@ fn decode<T: serde::de::DeserializeOwned>(raw: &[u8]) -> Result<T, LogError> {
 }
 
 /// Every delivery under `prefix`, oldest first.
-fn scan_deliveries(db: &sled::Db, prefix: &[u8]) -> Result<Vec<(TxnId, Vec<u8>)>, LogError> {
+fn scan_deliveries(db: &Db, prefix: &[u8]) -> Result<Vec<(TxnId, Vec<u8>)>, LogError> {
     db.scan_prefix(prefix)
         .map(|item| {
             let (k, v) = item?;
@@ -607,9 +608,9 @@ fn scan_deliveries(db: &sled::Db, prefix: &[u8]) -> Result<Vec<(TxnId, Vec<u8>)>
 }
 
 /// Rewrites record `txn` with `change`, atomically (a record that does not decode is left as it is).
-fn update(db: &sled::Db, txn: TxnId, change: impl Fn(&mut TxnRecord)) -> Result<(), LogError> {
+fn update(db: &Db, txn: TxnId, change: impl Fn(&mut TxnRecord)) -> Result<(), LogError> {
     let mut corrupt = None;
-    db.fetch_and_update(key(TXN, txn), |old| {
+    db.update(&key(TXN, txn), &mut |old| {
         let old = old?;
         match serde_json::from_slice::<TxnRecord>(old) {
             Ok(mut record) => {
@@ -643,6 +644,75 @@ mod tests {
             started_at: decided_at,
             decided_at,
         }
+    }
+
+    #[tokio::test]
+    async fn a_crash_keeps_the_commit_point_and_loses_only_unforced_notes() {
+        use tpc_common::storage::MemoryStorage;
+        let mem = MemoryStorage::new();
+        let log = Log::on(std::sync::Arc::new(mem.clone()));
+        let (committed, ended) = (record(), record());
+        for r in [&committed, &ended] {
+            log.force_commit(r, &email::compose(r)).await.unwrap();
+        }
+        log.end(ended.txn).await.unwrap();
+        let aborted = AbortNote {
+            txn: TxnId::generate(),
+            request_id: "aborted".into(),
+            kind: OperationKind::Update,
+            user: UserId::parse("bob").unwrap(),
+            reason: "no".into(),
+            started_at: 1,
+            decided_at: 2,
+        };
+        log.note_abort(&aborted).await.unwrap();
+        assert_eq!(
+            mem.unflushed(),
+            2,
+            "END and the abort note wait for a flush"
+        );
+
+        let after = Log::on(std::sync::Arc::new(mem.crashed(0)));
+        assert_eq!(
+            after.get(committed.txn).unwrap().map(|r| r.state),
+            Some(State::Committing)
+        );
+        assert_eq!(
+            after.get(ended.txn).unwrap().map(|r| r.state),
+            Some(State::Committing),
+            "END was lost: recovery resends Commit, which the participants acknowledge again"
+        );
+        assert_eq!(after.get(aborted.txn).unwrap(), None);
+        assert_eq!(after.outbox().await.unwrap().len(), 2, "no e-mail lost");
+
+        // The next forced write carries the unforced ones before it to disk.
+        log.mark_sent(&[committed.txn]).await.unwrap();
+        let later = Log::on(std::sync::Arc::new(mem.crashed(0)));
+        assert_eq!(
+            later.get(ended.txn).unwrap().map(|r| r.state),
+            Some(State::Committed)
+        );
+        assert!(later.get(aborted.txn).unwrap().is_some());
+        assert_eq!(later.outbox().await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_failed_flush_fails_the_commit_point() {
+        use tpc_common::storage::MemoryStorage;
+        let mem = MemoryStorage::new();
+        let log = Log::on(std::sync::Arc::new(mem.clone()));
+        let r = record();
+        mem.fail_flushes(1);
+        assert!(
+            log.force_commit(&r, &email::compose(&r)).await.is_err(),
+            "nobody may hear committed"
+        );
+        assert_eq!(
+            Log::on(std::sync::Arc::new(mem.crashed(0)))
+                .get(r.txn)
+                .unwrap(),
+            None
+        );
     }
 
     #[tokio::test]

@@ -98,7 +98,7 @@ impl Resource for Histories {
         txn: TxnId,
         change: &HistoryChange,
         at: u64,
-        batch: &mut sled::Batch,
+        batch: &mut tpc_common::storage::Batch,
     ) -> Result<HistoryUndo, StoreError> {
         let previous: Option<Recent> = data.get(&change.user)?;
         let mut recent = previous.clone().unwrap_or_default();
@@ -135,7 +135,7 @@ impl Resource for Histories {
         _txn: TxnId,
         user: &UserId,
         undo: &HistoryUndo,
-        batch: &mut sled::Batch,
+        batch: &mut tpc_common::storage::Batch,
     ) -> Result<bool, StoreError> {
         match data.get::<Recent>(user)? {
             Some(current) if current.next == undo.seq + 1 => {}

@@ -2,7 +2,7 @@
 //!
 //! - `barrier`: the saga and events operations' idempotence and ordering rules, pure.
 //! - `engine`: the participant protocol as a pure state machine (shared by both participants).
-//! - `store`: the durable sled log: PREPARED and COMMITTED records beside the data they guard.
+//! - `store`: the durable log (sled, through `tpc_common::storage`): PREPARED and COMMITTED records beside the data they guard.
 //! - `resource`: what a participant manages; `password` and `history` are the two resources.
 //! - `hashing`: argon2id on the blocking pool.
 //! - `node`: the runtime that executes the engine's commands; `api` the gRPC services; `server` wiring.

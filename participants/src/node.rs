@@ -548,7 +548,7 @@ mod tests {
             _: TxnId,
             _: &String,
             _: u64,
-            _: &mut sled::Batch,
+            _: &mut tpc_common::storage::Batch,
         ) -> Result<(), StoreError> {
             Ok(())
         }
@@ -559,7 +559,7 @@ mod tests {
             _: TxnId,
             _: &UserId,
             _: &(),
-            _: &mut sled::Batch,
+            _: &mut tpc_common::storage::Batch,
         ) -> Result<bool, StoreError> {
             Ok(true)
         }

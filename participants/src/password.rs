@@ -107,7 +107,7 @@ impl Resource for Passwords {
         txn: TxnId,
         change: &PasswordChange,
         at: u64,
-        batch: &mut sled::Batch,
+        batch: &mut tpc_common::storage::Batch,
     ) -> Result<Option<Account>, StoreError> {
         let previous = data.get(&change.user)?;
         let account = Account {
@@ -126,7 +126,7 @@ impl Resource for Passwords {
         txn: TxnId,
         user: &UserId,
         undo: &Option<Account>,
-        batch: &mut sled::Batch,
+        batch: &mut tpc_common::storage::Batch,
     ) -> Result<bool, StoreError> {
         match data.get::<Account>(user)? {
             Some(current) if current.version == txn => {}

@@ -38,7 +38,7 @@ pub trait Resource: Send + Sync + 'static {
         txn: TxnId,
         change: &Self::Change,
         at: u64,
-        batch: &mut sled::Batch,
+        batch: &mut tpc_common::storage::Batch,
     ) -> Result<Self::Undo, StoreError>;
 
     /// Adds the writes that undo `txn`'s applied change to `batch`. Runs under the user's lock, after
@@ -50,7 +50,7 @@ pub trait Resource: Send + Sync + 'static {
         txn: TxnId,
         user: &UserId,
         undo: &Self::Undo,
-        batch: &mut sled::Batch,
+        batch: &mut tpc_common::storage::Batch,
     ) -> Result<bool, StoreError>;
 
     /// What the yes-vote tells the coordinator (the password participant: the user's e-mail address).

@@ -97,7 +97,8 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|e| StoreError::Sled(e.into()))?;
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| StoreError::Storage(sled::Error::Io(e).into()))?;
     let coordinator = config
         .internal
         .endpoint(&config.coordinator, Principal::Coordinator)?

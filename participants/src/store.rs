@@ -1,4 +1,4 @@
-//! The participant's durable state in one sled database: the transaction log (PREPARED and COMMITTED
+//! The participant's durable state in one storage (sled in production, `tpc_common::storage`): the transaction log (PREPARED and COMMITTED
 //! records, keys `t/<txn>`) beside the data it guards: one record per user (keys `d/<user>`) and, for a
 //! resource that keeps a list per user, one key per item (`l/<user>\0<seq>`, so appending writes one
 //! small key instead of rewriting the list), and the saga barrier (`b/<txn>`, see `barrier.rs`). A commit writes the new data and the COMMITTED record in
@@ -9,6 +9,7 @@ use std::path::Path;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use tpc_common::storage::{Batch, Db, SledStorage, StorageError};
 use tpc_common::{GroupCommit, TxnId, UserId};
 
 use crate::barrier::Barrier;
@@ -25,9 +26,7 @@ const STORE_SEQ: &[u8] = b"m/seq";
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("storage: {0}")]
-    Sled(#[from] sled::Error),
-    #[error("storage flush: {0}")]
-    Flush(#[from] std::sync::Arc<sled::Error>),
+    Storage(#[from] StorageError),
     #[error("injected storage failure (fail point)")]
     Injected,
     #[error("corrupt record {key}: {cause}")]
@@ -49,7 +48,7 @@ pub struct Recovered<C> {
 /// Read and batch-write access to the participant's data (`d/<user>` → JSON).
 #[derive(Clone)]
 pub struct Data {
-    db: sled::Db,
+    db: Db,
 }
 
 impl Data {
@@ -58,12 +57,12 @@ impl Data {
         self.db.get(&key)?.map(|raw| decode(&key, &raw)).transpose()
     }
 
-    pub fn put<T: Serialize>(batch: &mut sled::Batch, user: &UserId, value: &T) {
+    pub fn put<T: Serialize>(batch: &mut Batch, user: &UserId, value: &T) {
         batch.insert(data_key(user), encode(value));
     }
 
     /// Deletes `user`'s record (a compensated registration).
-    pub fn remove(batch: &mut sled::Batch, user: &UserId) {
+    pub fn remove(batch: &mut Batch, user: &UserId) {
         batch.remove(data_key(user));
     }
 
@@ -78,19 +77,19 @@ impl Data {
     }
 
     /// Adds item `seq` to the end of `user`'s list.
-    pub fn append<T: Serialize>(batch: &mut sled::Batch, user: &UserId, seq: u64, item: &T) {
+    pub fn append<T: Serialize>(batch: &mut Batch, user: &UserId, seq: u64, item: &T) {
         batch.insert(list_key(user, seq), encode(item));
     }
 
     /// Drops item `seq` of `user`'s list.
-    pub fn drop_item(batch: &mut sled::Batch, user: &UserId, seq: u64) {
+    pub fn drop_item(batch: &mut Batch, user: &UserId, seq: u64) {
         batch.remove(list_key(user, seq));
     }
 
     /// `user`'s list, newest first: a range scan of the user's keys only.
     pub fn items<T: DeserializeOwned>(&self, user: &UserId) -> Result<Vec<T>, StoreError> {
         self.db
-            .scan_prefix(list_prefix(user))
+            .scan_prefix(&list_prefix(user))
             .rev()
             .map(|item| {
                 let (key, raw) = item?;
@@ -101,7 +100,7 @@ impl Data {
 }
 
 pub struct Store<C> {
-    db: sled::Db,
+    db: Db,
     forcer: GroupCommit,
     /// Which store this is and how far its durable history goes (see [`StoreMark`]).
     id: String,
@@ -125,7 +124,11 @@ impl<C: Serialize + DeserializeOwned> Store<C> {
     /// Opens (or creates) the database with a page cache of `cache_mib` MiB, and starts its group
     /// commit's two threads.
     pub fn open(dir: &Path, cache_mib: u64) -> Result<Self, StoreError> {
-        let db = tpc_common::open_database(dir, cache_mib)?;
+        Self::on(std::sync::Arc::new(SledStorage::open(dir, cache_mib)?))
+    }
+
+    /// The store kept in `db` (a [`tpc_common::storage::MemoryStorage`] in tests and simulation).
+    pub fn on(db: Db) -> Result<Self, StoreError> {
         let id = match db.get(STORE_ID)? {
             Some(id) => String::from_utf8_lossy(&id).into_owned(),
             None => {
@@ -138,7 +141,7 @@ impl<C: Serialize + DeserializeOwned> Store<C> {
         };
         let seq = match db.get(STORE_SEQ)? {
             Some(raw) => {
-                u64::from_be_bytes(raw.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+                u64::from_be_bytes(raw.as_slice().try_into().map_err(|_| StoreError::Corrupt {
                     key: "m/seq".into(),
                     cause: "not a count".into(),
                 })?)
@@ -176,7 +179,7 @@ impl<C: Serialize + DeserializeOwned> Store<C> {
     /// participants a third more CPU per change.
     async fn force_promise(
         &self,
-        write: impl FnOnce(&sled::Db) -> Result<(), StoreError> + Send + 'static,
+        write: impl FnOnce(&Db) -> Result<(), StoreError> + Send + 'static,
     ) -> Result<(), StoreError> {
         let seq = self
             .next_seq
@@ -186,7 +189,7 @@ impl<C: Serialize + DeserializeOwned> Store<C> {
         self.forcer
             .write::<StoreError, _>(true, move || {
                 write(&db)?;
-                db.fetch_and_update(STORE_SEQ, |old| {
+                db.update(STORE_SEQ, &mut |old| {
                     let old = old
                         .and_then(|raw| <[u8; 8]>::try_from(raw).ok())
                         .map_or(0, u64::from_be_bytes);
@@ -244,7 +247,7 @@ impl<C: Serialize + DeserializeOwned> Store<C> {
             at,
         });
         self.force_promise(move |db| {
-            db.insert(txn_key(txn), record)?;
+            db.insert(&txn_key(txn), &record)?;
             Ok(())
         })
         .await
@@ -256,14 +259,14 @@ impl<C: Serialize + DeserializeOwned> Store<C> {
         &self,
         txn: TxnId,
         at: u64,
-        apply: impl FnOnce(&mut sled::Batch) -> Result<(), StoreError> + Send + 'static,
+        apply: impl FnOnce(&mut Batch) -> Result<(), StoreError> + Send + 'static,
     ) -> Result<(), StoreError> {
         let committed = encode(&TxnRecord::<C>::Committed { at });
         self.force_promise(move |db| {
-            let mut batch = sled::Batch::default();
+            let mut batch = Batch::default();
             apply(&mut batch)?;
             batch.insert(txn_key(txn), committed);
-            db.apply_batch(batch)?;
+            db.apply(batch)?;
             Ok(())
         })
         .await
@@ -285,13 +288,13 @@ impl<C: Serialize + DeserializeOwned> Store<C> {
     pub async fn force_barrier<U: Serialize>(
         &self,
         txn: TxnId,
-        apply: impl FnOnce(&mut sled::Batch) -> Result<Barrier<U>, StoreError> + Send + 'static,
+        apply: impl FnOnce(&mut Batch) -> Result<Barrier<U>, StoreError> + Send + 'static,
     ) -> Result<(), StoreError> {
         self.force_promise(move |db| {
-            let mut batch = sled::Batch::default();
+            let mut batch = Batch::default();
             let barrier = apply(&mut batch)?;
             batch.insert(barrier_key(txn), encode(&barrier));
-            db.apply_batch(batch)?;
+            db.apply(batch)?;
             Ok(())
         })
         .await
@@ -302,7 +305,7 @@ impl<C: Serialize + DeserializeOwned> Store<C> {
     pub fn note_barrier<U: Serialize>(&self, txn: TxnId, barrier: &Barrier<U>) {
         let (db, record) = (self.db.clone(), encode(barrier));
         drop(self.forcer.write::<StoreError, _>(false, move || {
-            db.insert(barrier_key(txn), record)?;
+            db.insert(&barrier_key(txn), &record)?;
             Ok(())
         }));
     }
@@ -311,10 +314,10 @@ impl<C: Serialize + DeserializeOwned> Store<C> {
     /// (keys are UUIDv7 transaction ids, which begin with their creation time, so the scan stops at the
     /// first young one). Returns how many it deleted; fewer than `max` means it is done.
     pub fn collect_barriers(&self, before_ms: u64, max: usize) -> Result<usize, StoreError> {
-        let mut batch = sled::Batch::default();
+        let mut batch = Batch::default();
         let mut n = 0;
-        for item in self.db.scan_prefix(BARRIER).keys() {
-            let key = item?;
+        for item in self.db.scan_prefix(BARRIER) {
+            let (key, _) = item?;
             let old = TxnId::from_bytes(&key[BARRIER.len()..])
                 .is_some_and(|txn| txn.created_ms() < before_ms);
             if !old || n == max {
@@ -323,7 +326,7 @@ impl<C: Serialize + DeserializeOwned> Store<C> {
             batch.remove(key);
             n += 1;
         }
-        self.db.apply_batch(batch)?;
+        self.db.apply(batch)?;
         Ok(n)
     }
 
@@ -333,7 +336,7 @@ impl<C: Serialize + DeserializeOwned> Store<C> {
     pub fn remove(&self, txn: TxnId) {
         let db = self.db.clone();
         drop(self.forcer.write::<StoreError, _>(false, move || {
-            db.remove(txn_key(txn))?;
+            db.remove(&txn_key(txn))?;
             Ok(())
         }));
     }
@@ -410,6 +413,103 @@ fn decode<T: DeserializeOwned>(key: &[u8], raw: &[u8]) -> Result<T, StoreError> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+
+    use tpc_common::storage::{MemoryStorage, Storage};
+
+    fn user() -> UserId {
+        UserId::parse("alice").unwrap()
+    }
+
+    /// Waits until the group commit applied what was queued (not forced).
+    async fn applied(mem: &MemoryStorage, key: &[u8], present: bool) {
+        for _ in 0..1000 {
+            if mem.contains(key).unwrap() == present {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        panic!("the queued write was never applied");
+    }
+
+    #[tokio::test]
+    async fn a_crash_keeps_forced_records_and_loses_what_was_not_forced() {
+        let mem = MemoryStorage::new();
+        let store = Store::<String>::on(Arc::new(mem.clone())).unwrap();
+        let (prepared, committed) = (TxnId::generate(), TxnId::generate());
+        store
+            .force_prepared(prepared, &user(), &"v2".to_owned(), 1)
+            .await
+            .unwrap();
+        store
+            .force_commit(committed, 2, |batch| {
+                Data::put(batch, &user(), &"v1");
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let mark = store.mark();
+        // An abort deletes the PREPARED record unforced: a crash brings it back.
+        store.remove(prepared);
+        applied(&mem, &txn_key(prepared), false).await;
+        assert!(store.recover().unwrap().prepared.is_empty());
+
+        let after = Store::<String>::on(Arc::new(mem.crashed(0))).unwrap();
+        let recovered = after.recover().unwrap();
+        assert_eq!(recovered.prepared, [(prepared, user(), "v2".to_owned())]);
+        assert_eq!(recovered.committed, [(committed, 2)]);
+        assert_eq!(
+            after.data().get::<String>(&user()).unwrap().as_deref(),
+            Some("v1")
+        );
+        assert_eq!(
+            (after.mark().id, after.mark().seq),
+            (mark.id, mark.seq),
+            "the same store, as far as it went"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_flush_fails_the_promise_and_counts_nothing_durable() {
+        let mem = MemoryStorage::new();
+        let store = Store::<String>::on(Arc::new(mem.clone())).unwrap();
+        let before = store.mark().seq;
+        mem.fail_flushes(1);
+        let txn = TxnId::generate();
+        assert!(
+            store
+                .force_prepared(txn, &user(), &"v2".to_owned(), 1)
+                .await
+                .is_err(),
+            "no yes-vote without the record on disk"
+        );
+        assert_eq!(store.mark().seq, before);
+        assert!(
+            Store::<String>::on(Arc::new(mem.crashed(0)))
+                .unwrap()
+                .recover()
+                .unwrap()
+                .prepared
+                .is_empty()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_record_damaged_in_storage_is_refused_on_recovery() {
+        let mem = MemoryStorage::new();
+        let store = Store::<String>::on(Arc::new(mem.clone())).unwrap();
+        let txn = TxnId::generate();
+        store
+            .force_prepared(txn, &user(), &"v2".to_owned(), 1)
+            .await
+            .unwrap();
+        mem.damage(&txn_key(txn));
+        let error = store
+            .recover()
+            .err()
+            .expect("a damaged record is never recovered");
+        assert!(error.to_string().contains("checksum"), "{error}");
+    }
 
     #[test]
     fn a_record_damaged_on_disk_is_caught_with_its_key() {

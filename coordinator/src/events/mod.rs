@@ -249,7 +249,7 @@ impl Events {
             email_sent: false,
             email_error: None,
         };
-        let mut batch = sled::Batch::default();
+        let mut batch = tpc_common::storage::Batch::default();
         for to in Consumer::ALL {
             batch.insert(
                 delivery_key(to.name(), txn),

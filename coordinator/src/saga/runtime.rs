@@ -213,7 +213,7 @@ impl Actor {
                             State::Committed,
                             &record,
                             &mail,
-                            sled::Batch::default(),
+                            tpc_common::storage::Batch::default(),
                         )
                         .await;
                     if let Err(e) = forced {

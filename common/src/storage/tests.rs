@@ -1,0 +1,106 @@
+use super::*;
+
+/// What every storage must do alike.
+fn behaves_as_an_ordered_map_with_atomic_batches(db: &dyn Storage) {
+    let mut batch = Batch::default();
+    for key in ["a/2", "a/1", "b/1", "a/3"] {
+        batch.insert(key, key.as_bytes());
+    }
+    batch.remove("a/3");
+    db.apply(batch).unwrap();
+    assert_eq!(db.get(b"a/1").unwrap().as_deref(), Some(&b"a/1"[..]));
+    assert!(
+        !db.contains(b"a/3").unwrap(),
+        "a later write of the batch wins"
+    );
+    let keys = |entries: Entries| -> Vec<String> {
+        entries
+            .map(|e| String::from_utf8(e.unwrap().0).unwrap())
+            .collect()
+    };
+    assert_eq!(keys(db.scan_prefix(b"a/")), ["a/1", "a/2"]);
+    assert_eq!(keys(Box::new(db.scan_prefix(b"a/").rev())), ["a/2", "a/1"]);
+    assert_eq!(keys(db.range_from(b"a/2")), ["a/2", "b/1"]);
+    db.update(b"b/1", &mut |old| {
+        assert_eq!(old, Some(&b"b/1"[..]));
+        Some(b"changed".to_vec())
+    })
+    .unwrap();
+    assert_eq!(db.get(b"b/1").unwrap().as_deref(), Some(&b"changed"[..]));
+    db.update(b"b/1", &mut |_| None).unwrap();
+    db.remove(b"a/2").unwrap();
+    db.insert(b"c", b"3").unwrap();
+    db.flush().unwrap();
+    assert_eq!(keys(db.range_from(b"")), ["a/1", "c"]);
+}
+
+#[test]
+fn sled_and_memory_behave_alike() {
+    let dir = std::env::temp_dir().join(format!("tpc-storage-{}", crate::TxnId::generate()));
+    let sled = SledStorage::open(&dir, 1).unwrap();
+    behaves_as_an_ordered_map_with_atomic_batches(&sled);
+    drop(sled);
+    std::fs::remove_dir_all(dir).ok();
+    behaves_as_an_ordered_map_with_atomic_batches(&MemoryStorage::new());
+}
+
+#[test]
+fn a_crash_keeps_what_was_flushed_and_a_prefix_of_the_rest() {
+    let db = MemoryStorage::new();
+    db.insert(b"forced", b"1").unwrap();
+    db.flush().unwrap();
+    db.insert(b"later-1", b"1").unwrap();
+    db.remove(b"forced").unwrap();
+    db.insert(b"later-2", b"2").unwrap();
+    assert_eq!(db.unflushed(), 3);
+
+    let lost_all = db.crashed(0);
+    assert!(lost_all.contains(b"forced").unwrap());
+    assert!(!lost_all.contains(b"later-1").unwrap());
+    assert_eq!(lost_all.unflushed(), 0);
+
+    let kept_two = db.crashed(2);
+    assert!(kept_two.contains(b"later-1").unwrap());
+    assert!(
+        !kept_two.contains(b"forced").unwrap(),
+        "the removal survived"
+    );
+    assert!(
+        !kept_two.contains(b"later-2").unwrap(),
+        "never a write after a lost one"
+    );
+
+    // The crashed storage itself is untouched, and a flush makes it all durable.
+    db.flush().unwrap();
+    assert!(db.crashed(0).contains(b"later-2").unwrap());
+}
+
+#[test]
+fn injected_failures_change_nothing_and_damage_reads_back_wrong() {
+    let db = MemoryStorage::new();
+    db.insert(b"k", b"value").unwrap();
+    db.fail_writes(1);
+    assert!(matches!(
+        db.insert(b"k", b"other"),
+        Err(StorageError::Injected(_))
+    ));
+    assert_eq!(db.get(b"k").unwrap().as_deref(), Some(&b"value"[..]));
+    db.fail_flushes(1);
+    assert!(db.flush().is_err());
+    assert!(
+        !db.crashed(0).contains(b"k").unwrap(),
+        "a failed flush forced nothing"
+    );
+    db.flush().unwrap();
+
+    db.damage(b"k");
+    assert_ne!(db.get(b"k").unwrap().as_deref(), Some(&b"value"[..]));
+    let scanned = db.scan_prefix(b"k").next().unwrap().unwrap().1;
+    assert_ne!(scanned, b"value");
+    db.insert(b"k", b"new").unwrap();
+    assert_eq!(
+        db.get(b"k").unwrap().as_deref(),
+        Some(&b"new"[..]),
+        "rewritten whole"
+    );
+}

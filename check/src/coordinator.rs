@@ -213,7 +213,10 @@ impl CoordinatorNode {
     pub fn flush(&mut self, setup: &Setup, world: &mut World) {
         for write in std::mem::take(&mut self.unforced) {
             if let Write::Commit(record) = &write {
-                world.ghost.commit_records.insert(record.txn);
+                world
+                    .ghost
+                    .commit_records
+                    .insert(record.txn, record.request_id.clone());
             }
             apply(&mut self.log, &write);
         }

@@ -15,6 +15,8 @@ pub const AGREEMENT: &str =
 pub const VALIDITY: &str = "validity: a change is applied only after both participants voted yes";
 pub const ACKED_IS_APPLIED: &str =
     "a participant acknowledges a Commit only once the change is on its disk";
+pub const ONCE: &str =
+    "exactly once: a request id commits at most one transaction, whatever the retries";
 pub const COMMIT_POINT: &str =
     "commit point: the client hears committed only after the COMMIT record is on disk";
 pub const DURABILITY: &str = "durability: a change the client heard committed is never undone";
@@ -57,9 +59,14 @@ pub fn acked_is_applied(s: &Cluster) -> bool {
     g.acked_commits.iter().all(|a| g.applied.contains(a))
 }
 
+pub fn once(s: &Cluster) -> bool {
+    let requests: BTreeSet<&String> = s.world.ghost.commit_records.values().collect();
+    requests.len() == s.world.ghost.commit_records.len()
+}
+
 pub fn commit_point(s: &Cluster) -> bool {
     s.told_committed()
-        .all(|t| s.world.ghost.commit_records.contains(&t))
+        .all(|t| s.world.ghost.commit_records.contains_key(&t))
 }
 
 pub fn durability(s: &Cluster) -> bool {
@@ -77,7 +84,7 @@ pub fn no_stray_email(s: &Cluster) -> bool {
         .ghost
         .emails
         .keys()
-        .all(|t| s.world.ghost.commit_records.contains(t) && !dropped.contains(t))
+        .all(|t| s.world.ghost.commit_records.contains_key(t) && !dropped.contains(t))
 }
 
 pub fn at_rest(s: &Cluster) -> bool {
@@ -91,7 +98,7 @@ pub fn at_rest(s: &Cluster) -> bool {
             .all(|p| g.applied.contains(&(p, *t)))
     };
     let (password, history) = (s.password.view(), s.history.view());
-    g.commit_records.iter().all(applied_everywhere)
+    g.commit_records.keys().all(applied_everywhere)
         && s.told_committed().all(|t| applied_everywhere(&t))
         && password
             .versions
@@ -107,7 +114,7 @@ pub fn nothing_stuck(model: &TpcModel, s: &Cluster) -> bool {
         && s.world
             .ghost
             .commit_records
-            .iter()
+            .keys()
             .all(|t| s.world.ghost.emails.contains_key(t))
 }
 
@@ -116,6 +123,7 @@ pub fn all() -> Vec<Property<TpcModel>> {
         Property::always(AGREEMENT, |_, s| agreement(s)),
         Property::always(VALIDITY, |_, s| validity(s)),
         Property::always(ACKED_IS_APPLIED, |_, s| acked_is_applied(s)),
+        Property::always(ONCE, |_, s| once(s)),
         Property::always(COMMIT_POINT, |_, s| commit_point(s)),
         Property::always(DURABILITY, |_, s| durability(s)),
         Property::always(ATOMIC_READS, |_, s| atomic_reads(s)),

@@ -48,8 +48,8 @@ pub struct Ghost {
     pub applied: BTreeSet<(Participant, TxnId)>,
     /// Prepared changes dropped (the participant took the transaction as aborted).
     pub dropped: BTreeSet<(Participant, TxnId)>,
-    /// COMMIT records that reached the coordinator's disk.
-    pub commit_records: BTreeSet<TxnId>,
+    /// COMMIT records that reached the coordinator's disk, with their request ids.
+    pub commit_records: BTreeMap<TxnId, String>,
     /// What the client was told: (change, transaction, outcome).
     pub told: BTreeSet<(u8, TxnId, Told)>,
     /// E-mails sent, per transaction.

@@ -84,6 +84,18 @@ fn a_reader_never_sees_half_a_change() {
 }
 
 #[test]
+fn a_retried_request_commits_once() {
+    let mut setup = Setup::one_change();
+    setup.reader = false;
+    setup.history_may_refuse = false;
+    setup.retries = 1;
+    setup.faults = faults(1, 1, 0, 0);
+    setup.crashable = vec![Node::Coordinator];
+    let report = holds(setup, 16);
+    reached(&report, COMMITS);
+}
+
+#[test]
 fn two_changes_of_one_user() {
     let mut setup = Setup::same_user();
     setup.faults = faults(1, 0, 0, 0);

@@ -64,8 +64,8 @@ async fn listeners(
     let public = bind(public).await?;
     Ok((
         Listeners {
-            public,
-            internal,
+            public: public.into(),
+            internal: internal.into(),
             ready: None,
         },
         access,

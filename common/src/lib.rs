@@ -15,6 +15,7 @@ pub mod certs;
 mod clock;
 mod database;
 mod decode;
+pub mod dial;
 mod email;
 pub mod fault;
 mod fingerprint;

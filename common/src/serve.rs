@@ -68,10 +68,92 @@ pub async fn router_with_health(
     ))
 }
 
+/// Where a server takes its connections from: a TCP listener (every server, always), or the
+/// connections of a test's network (a simulator's), accepted by the test.
+pub enum Listener {
+    Tcp(TcpListener),
+    Accepting {
+        connections: Connections,
+        /// The address the test's network gave the server.
+        local: std::net::SocketAddr,
+    },
+}
+
+/// Connections accepted on a test's network.
+pub type Connections =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = std::io::Result<Accepted>> + Send>>;
+
+/// A connection from a test's network, with the addresses of both ends.
+pub struct Accepted {
+    pub io: Box<dyn crate::dial::Io>,
+    pub local: std::net::SocketAddr,
+    pub remote: std::net::SocketAddr,
+}
+
+impl From<TcpListener> for Listener {
+    fn from(listener: TcpListener) -> Self {
+        Listener::Tcp(listener)
+    }
+}
+
+impl Listener {
+    pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        match self {
+            Listener::Tcp(listener) => listener.local_addr(),
+            Listener::Accepting { local, .. } => Ok(*local),
+        }
+    }
+}
+
+impl tonic::transport::server::Connected for Accepted {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        tonic::transport::server::TcpConnectInfo {
+            local_addr: Some(self.local),
+            remote_addr: Some(self.remote),
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for Accepted {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Accepted {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
 /// A service's two listeners: clients on `public`, the cluster's own calls on `internal`.
 pub struct Listeners {
-    pub public: TcpListener,
-    pub internal: TcpListener,
+    pub public: Listener,
+    pub internal: Listener,
     /// Told when the service serves on both, its setup (stores opened, recovery) done: what `tpc up`
     /// waits for before it says it is up.
     pub ready: Option<tokio::sync::oneshot::Sender<()>>,
@@ -140,9 +222,17 @@ async fn drain(
 /// client's change take 44 ms instead of 2. (tonic sets it only on listeners it binds itself.)
 pub async fn run(
     router: Router,
-    listener: TcpListener,
+    listener: Listener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
+    let listener = match listener {
+        Listener::Tcp(listener) => listener,
+        Listener::Accepting { connections, .. } => {
+            return router
+                .serve_with_incoming_shutdown(connections.map(|c| c.map(Greeted::new)), shutdown)
+                .await;
+        }
+    };
     let mut warned_at: Option<std::time::Instant> = None;
     let incoming = TcpListenerStream::new(listener).then(move |accepted| {
         let pause = match &accepted {

@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use tonic::transport::{Channel, Endpoint};
+use tpc_common::dial::Dialer;
 use tpc_common::tls::{Internal, TlsError};
 use tpc_common::{Email, Operation, Principal, Strategy, TxnId, UserId};
 use tpc_proto::MAX_BATCH;
@@ -47,6 +48,7 @@ pub struct Peers {
 impl Peers {
     /// Must run inside a tokio runtime (it starts the batchers).
     pub fn new(
+        dialer: &Dialer,
         internal: &Internal,
         password_url: &str,
         history_url: &str,
@@ -54,10 +56,15 @@ impl Peers {
     ) -> Result<Self, TlsError> {
         Ok(Self {
             password: link(
+                dialer,
                 internal.endpoint(password_url, Principal::Password)?,
                 timeout,
             ),
-            history: link(internal.endpoint(history_url, Principal::History)?, timeout),
+            history: link(
+                dialer,
+                internal.endpoint(history_url, Principal::History)?,
+                timeout,
+            ),
         })
     }
 
@@ -180,17 +187,18 @@ fn wire_strategy(strategy: Strategy) -> tpc_proto::v1::Strategy {
     }
 }
 
-fn link(endpoint: Endpoint, timeout: Duration) -> Link {
-    let channel = endpoint
-        .connect_timeout(Duration::from_secs(1))
-        // A call never outlives the prepare deadline, and a dead or partitioned connection is noticed
-        // by keepalive and replaced, instead of swallowing every later call.
-        .timeout(timeout)
-        .http2_keep_alive_interval(Duration::from_secs(1))
-        .keep_alive_timeout(Duration::from_secs(1))
-        .keep_alive_while_idle(true)
-        .tcp_nodelay(true)
-        .connect_lazy();
+fn link(dialer: &Dialer, endpoint: Endpoint, timeout: Duration) -> Link {
+    let channel = dialer.connect_lazy(
+        endpoint
+            .connect_timeout(Duration::from_secs(1))
+            // A call never outlives the prepare deadline, and a dead or partitioned connection is noticed
+            // by keepalive and replaced, instead of swallowing every later call.
+            .timeout(timeout)
+            .http2_keep_alive_interval(Duration::from_secs(1))
+            .keep_alive_timeout(Duration::from_secs(1))
+            .keep_alive_while_idle(true)
+            .tcp_nodelay(true),
+    );
     let reader = PasswordReaderClient::new(channel.clone());
     let client = ParticipantClient::new(channel).max_decoding_message_size(usize::MAX);
     let prepare = {

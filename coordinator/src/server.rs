@@ -49,6 +49,8 @@ pub struct Config {
     pub internal: Internal,
     /// Server TLS on the public listener, if any.
     pub public_tls: Option<PublicTls>,
+    /// How the participants are reached (TCP, or a test's network).
+    pub dialer: tpc_common::dial::Dialer,
 }
 
 impl Config {
@@ -66,6 +68,7 @@ impl Config {
             guard: GuardConfig::default(),
             internal: Internal::Insecure,
             public_tls: None,
+            dialer: Default::default(),
         }
     }
 }
@@ -100,6 +103,7 @@ pub async fn run(
         None => Mailer::files(config.data_dir.join("mail"))?,
     };
     let peers = Peers::new(
+        &config.dialer,
         &config.internal,
         &config.password_url,
         &config.history_url,

@@ -56,6 +56,8 @@ pub struct Config {
     /// The operator accepts that this store lost acknowledged data (deleted, damaged, restored from
     /// an old backup): the coordinator is told to start again from it.
     pub accept_data_loss: bool,
+    /// How the coordinator is reached (TCP, or a test's network).
+    pub dialer: tpc_common::dial::Dialer,
 }
 
 impl Config {
@@ -74,6 +76,7 @@ impl Config {
             internal: Internal::Insecure,
             public_tls: None,
             accept_data_loss: false,
+            dialer: Default::default(),
         }
     }
 }
@@ -99,15 +102,16 @@ pub async fn run(
 ) -> Result<(), ServeError> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| StoreError::Storage(sled::Error::Io(e).into()))?;
-    let coordinator = config
-        .internal
-        .endpoint(&config.coordinator, Principal::Coordinator)?
-        .connect_timeout(Duration::from_secs(1))
-        .timeout(Duration::from_secs(2))
-        .http2_keep_alive_interval(Duration::from_secs(1))
-        .keep_alive_timeout(Duration::from_secs(1))
-        .keep_alive_while_idle(true)
-        .connect_lazy();
+    let coordinator = config.dialer.connect_lazy(
+        config
+            .internal
+            .endpoint(&config.coordinator, Principal::Coordinator)?
+            .connect_timeout(Duration::from_secs(1))
+            .timeout(Duration::from_secs(2))
+            .http2_keep_alive_interval(Duration::from_secs(1))
+            .keep_alive_timeout(Duration::from_secs(1))
+            .keep_alive_while_idle(true),
+    );
     let hasher = Hasher::new(config.cost);
     let public_tls = config
         .public_tls

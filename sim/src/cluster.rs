@@ -1,0 +1,75 @@
+//! The coordinator and both participants as turmoil hosts, each running its real server.
+
+use std::path::Path;
+use std::time::Duration;
+
+use tonic::transport::Channel;
+use tpc_common::serve::Listeners;
+use tpc_participants::hashing::Cost;
+use tpc_participants::server::Role;
+
+use crate::network::{dialer, listen};
+
+pub const COORDINATOR: &str = "coordinator";
+pub const PASSWORD: &str = "password";
+pub const HISTORY: &str = "history";
+/// Every host listens for clients here …
+pub const PUBLIC_PORT: u16 = 50051;
+/// … and for the cluster's own calls here.
+pub const INTERNAL_PORT: u16 = 50052;
+
+type HostResult = Result<(), Box<dyn std::error::Error>>;
+
+async fn listeners() -> std::io::Result<Listeners> {
+    Ok(Listeners {
+        public: listen(PUBLIC_PORT).await?,
+        internal: listen(INTERNAL_PORT).await?,
+        ready: None,
+    })
+}
+
+fn internal_url(host: &str) -> String {
+    format!("http://{host}:{INTERNAL_PORT}")
+}
+
+/// Adds the three services to `sim`, keeping their data under `data` (a host that is restarted finds
+/// its data again, as a restarted process does).
+pub fn add_services(sim: &mut turmoil::Sim<'_>, data: &Path) {
+    let dir = data.join(COORDINATOR);
+    sim.host(COORDINATOR, move || {
+        let mut config = tpc_coordinator::server::Config::new(
+            dir.clone(),
+            internal_url(PASSWORD),
+            internal_url(HISTORY),
+        );
+        config.dialer = dialer();
+        async move {
+            tpc_coordinator::server::run(config, listeners().await?, std::future::pending())
+                .await?;
+            HostResult::Ok(())
+        }
+    });
+    for (host, role) in [(PASSWORD, Role::Password), (HISTORY, Role::History)] {
+        let dir = data.join(host);
+        sim.host(host, move || {
+            let mut config =
+                tpc_participants::server::Config::new(role, dir.clone(), internal_url(COORDINATOR));
+            config.cost = Cost::InsecureFast;
+            config.dialer = dialer();
+            async move {
+                tpc_participants::server::run(config, listeners().await?, std::future::pending())
+                    .await?;
+                HostResult::Ok(())
+            }
+        });
+    }
+}
+
+/// A channel to `host`'s public listener, from a client host.
+pub fn public_channel(host: &str) -> Channel {
+    dialer().connect_lazy(
+        tonic::transport::Endpoint::from_shared(format!("http://{host}:{PUBLIC_PORT}"))
+            .expect("a valid URL")
+            .timeout(Duration::from_secs(5)),
+    )
+}

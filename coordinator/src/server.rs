@@ -51,6 +51,8 @@ pub struct Config {
     pub public_tls: Option<PublicTls>,
     /// How the participants are reached (TCP, or a test's network).
     pub dialer: tpc_common::dial::Dialer,
+    /// A test's storage for the log, instead of sled under `data_dir`.
+    pub storage: Option<tpc_common::storage::Db>,
 }
 
 impl Config {
@@ -69,6 +71,7 @@ impl Config {
             internal: Internal::Insecure,
             public_tls: None,
             dialer: Default::default(),
+            storage: None,
         }
     }
 }
@@ -94,10 +97,10 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    let log = Arc::new(Log::open(
-        &config.data_dir.join("coordinator"),
-        config.cache_mib,
-    )?);
+    let log = Arc::new(match &config.storage {
+        Some(db) => Log::on(db.clone()),
+        None => Log::open(&config.data_dir.join("coordinator"), config.cache_mib)?,
+    });
     let mailer = match &config.smtp {
         Some(url) => Mailer::smtp(url, &config.smtp_access)?,
         None => Mailer::files(config.data_dir.join("mail"))?,

@@ -58,6 +58,8 @@ pub struct Config {
     pub accept_data_loss: bool,
     /// How the coordinator is reached (TCP, or a test's network).
     pub dialer: tpc_common::dial::Dialer,
+    /// A test's storage for the store, instead of sled under `data_dir` (the witness stays a file there).
+    pub storage: Option<tpc_common::storage::Db>,
 }
 
 impl Config {
@@ -77,6 +79,7 @@ impl Config {
             public_tls: None,
             accept_data_loss: false,
             dialer: Default::default(),
+            storage: None,
         }
     }
 }
@@ -207,7 +210,10 @@ fn open<R: Resource>(
     config: &Config,
     coordinator: tonic::transport::Channel,
 ) -> Result<Arc<Node<R>>, ServeError> {
-    let store = Store::open(&config.data_dir.join(R::NAME), config.cache_mib)?;
+    let store = match &config.storage {
+        Some(db) => Store::on(db.clone())?,
+        None => Store::open(&config.data_dir.join(R::NAME), config.cache_mib)?,
+    };
     let witness = Witness::new(&config.data_dir, R::NAME);
     let mark = store.mark();
     let lost = match witness.check(R::NAME, &mark).map_err(ServeError::Witness)? {

@@ -8,6 +8,7 @@ use tpc_common::serve::Listeners;
 use tpc_participants::hashing::Cost;
 use tpc_participants::server::Role;
 
+use crate::disks::Disks;
 use crate::network::{dialer, listen};
 
 pub const COORDINATOR: &str = "coordinator";
@@ -32,10 +33,11 @@ fn internal_url(host: &str) -> String {
     format!("http://{host}:{INTERNAL_PORT}")
 }
 
-/// Adds the three services to `sim`, keeping their data under `data` (a host that is restarted finds
-/// its data again, as a restarted process does).
-pub fn add_services(sim: &mut turmoil::Sim<'_>, data: &Path) {
+/// Adds the three services to `sim`, their logs and stores on `disks` (a host that restarts after a
+/// crash finds what its disk kept) and the rest of their files (e-mails, the witness) under `data`.
+pub fn add_services(sim: &mut turmoil::Sim<'_>, data: &Path, disks: &Disks) {
     let dir = data.join(COORDINATOR);
+    let coordinator_disks = disks.clone();
     sim.host(COORDINATOR, move || {
         let mut config = tpc_coordinator::server::Config::new(
             dir.clone(),
@@ -43,6 +45,7 @@ pub fn add_services(sim: &mut turmoil::Sim<'_>, data: &Path) {
             internal_url(HISTORY),
         );
         config.dialer = dialer();
+        config.storage = Some(coordinator_disks.open(COORDINATOR));
         async move {
             tpc_coordinator::server::run(config, listeners().await?, std::future::pending())
                 .await?;
@@ -51,11 +54,13 @@ pub fn add_services(sim: &mut turmoil::Sim<'_>, data: &Path) {
     });
     for (host, role) in [(PASSWORD, Role::Password), (HISTORY, Role::History)] {
         let dir = data.join(host);
+        let disks = disks.clone();
         sim.host(host, move || {
             let mut config =
                 tpc_participants::server::Config::new(role, dir.clone(), internal_url(COORDINATOR));
             config.cost = Cost::InsecureFast;
             config.dialer = dialer();
+            config.storage = Some(disks.open(host));
             async move {
                 tpc_participants::server::run(config, listeners().await?, std::future::pending())
                     .await?;
@@ -63,6 +68,15 @@ pub fn add_services(sim: &mut turmoil::Sim<'_>, data: &Path) {
             }
         });
     }
+}
+
+/// A channel to `host`'s internal listener (the protocol and the admin calls), from a client host.
+pub fn internal_channel(host: &str) -> Channel {
+    dialer().connect_lazy(
+        tonic::transport::Endpoint::from_shared(internal_url(host))
+            .expect("a valid URL")
+            .timeout(Duration::from_secs(5)),
+    )
 }
 
 /// A channel to `host`'s public listener, from a client host.

@@ -7,4 +7,6 @@
 //! exactly are still to come (docs/testing.md).
 
 pub mod cluster;
+pub mod disks;
 pub mod network;
+pub mod run;

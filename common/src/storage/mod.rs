@@ -110,5 +110,11 @@ pub trait Storage: Send + Sync + 'static {
 /// A storage shared by the threads and tasks of one process.
 pub type Db = Arc<dyn Storage>;
 
+impl std::fmt::Debug for dyn Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Storage")
+    }
+}
+
 #[cfg(test)]
 mod tests;

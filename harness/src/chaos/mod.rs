@@ -6,8 +6,8 @@
 //! - `observe`: quiescence, the final state, the plaintext scan.
 
 mod nemesis;
-mod observe;
-mod workload;
+pub mod observe;
+pub mod workload;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -5,6 +5,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use tonic::Code;
+use tonic::transport::Channel;
+use tpc_proto::v1::history_reader_client::HistoryReaderClient;
+use tpc_proto::v1::password_reader_client::PasswordReaderClient;
 use tpc_proto::v1::{GetHistoryRequest, GetUserRequest, transaction};
 
 use super::workload::{PASSWORD_LEN, PASSWORD_PREFIX};
@@ -18,21 +21,26 @@ async fn transactions(cluster: &Cluster) -> Result<Vec<CoordinatorTxn>, BoxError
         .list_transactions()
         .await?
         .into_iter()
-        .map(|t| CoordinatorTxn {
-            state: match t.state() {
-                transaction::State::Committing => TxnState::Committing,
-                transaction::State::Committed => TxnState::Committed,
-                transaction::State::Aborted => TxnState::Aborted,
-                transaction::State::Compensating => TxnState::Compensating,
-                transaction::State::Active | transaction::State::Unspecified => TxnState::Active,
-            },
-            txn: t.txn_id,
-            request_id: t.request_id,
-            user: t.user_id,
-            reason: t.reason,
-            email_error: t.email_error,
-        })
+        .map(coordinator_txn)
         .collect())
+}
+
+/// A transaction as `ListTransactions` shows it, as the checker takes it.
+pub fn coordinator_txn(t: tpc_proto::v1::Transaction) -> CoordinatorTxn {
+    CoordinatorTxn {
+        state: match t.state() {
+            transaction::State::Committing => TxnState::Committing,
+            transaction::State::Committed => TxnState::Committed,
+            transaction::State::Aborted => TxnState::Aborted,
+            transaction::State::Compensating => TxnState::Compensating,
+            transaction::State::Active | transaction::State::Unspecified => TxnState::Active,
+        },
+        txn: t.txn_id,
+        request_id: t.request_id,
+        user: t.user_id,
+        reason: t.reason,
+        email_error: t.email_error,
+    }
 }
 
 async fn participants(cluster: &Cluster) -> Result<Vec<ParticipantState>, BoxError> {
@@ -96,6 +104,27 @@ pub async fn observe(
 ) -> Result<Observed, BoxError> {
     let mut passwords = cluster.passwords().await?;
     let mut histories = cluster.histories().await?;
+    Ok(Observed {
+        ops: Vec::new(),
+        users: final_users(&mut passwords, &mut histories, users).await,
+        transactions: transactions(cluster).await?,
+        participants: participants(cluster).await?,
+        mail_ids: mail
+            .mails()
+            .iter()
+            .filter_map(|m| m.message_id().map(str::to_owned))
+            .collect(),
+        plaintext: Vec::new(),
+        history_depth,
+    })
+}
+
+/// Every user as the participants' readers show it at rest.
+pub async fn final_users(
+    passwords: &mut PasswordReaderClient<Channel>,
+    histories: &mut HistoryReaderClient<Channel>,
+    users: &[String],
+) -> BTreeMap<String, FinalUser> {
     let mut finals = BTreeMap::new();
     for user in users {
         let version = passwords
@@ -144,19 +173,7 @@ pub async fn observe(
         };
         finals.insert(user.clone(), state);
     }
-    Ok(Observed {
-        ops: Vec::new(),
-        users: finals,
-        transactions: transactions(cluster).await?,
-        participants: participants(cluster).await?,
-        mail_ids: mail
-            .mails()
-            .iter()
-            .filter_map(|m| m.message_id().map(str::to_owned))
-            .collect(),
-        plaintext: Vec::new(),
-        history_depth,
-    })
+    finals
 }
 
 /// Places under `dir`, and e-mails, that contain one of `passwords`. Every chaos password starts with
@@ -166,12 +183,8 @@ pub fn find_plaintext(
     mail: &MailServer,
     passwords: &[String],
 ) -> std::io::Result<Vec<String>> {
-    let set: std::collections::HashSet<&[u8]> = passwords.iter().map(|p| p.as_bytes()).collect();
-    let leaks = |bytes: &[u8]| {
-        bytes
-            .windows(PASSWORD_LEN)
-            .any(|w| w.starts_with(PASSWORD_PREFIX.as_bytes()) && set.contains(w))
-    };
+    let set = password_set(passwords);
+    let leaks = |bytes: &[u8]| leaks(bytes, &set);
     let mut found = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(path) = stack.pop() {
@@ -189,4 +202,16 @@ pub fn find_plaintext(
         }
     }
     Ok(found)
+}
+
+/// The passwords to look for, for [`leaks`].
+pub fn password_set(passwords: &[String]) -> std::collections::HashSet<&[u8]> {
+    passwords.iter().map(|p| p.as_bytes()).collect()
+}
+
+/// Whether `bytes` contain one of the passwords (each starts with [`PASSWORD_PREFIX`]).
+pub fn leaks(bytes: &[u8], passwords: &std::collections::HashSet<&[u8]>) -> bool {
+    bytes
+        .windows(PASSWORD_LEN)
+        .any(|w| w.starts_with(PASSWORD_PREFIX.as_bytes()) && passwords.contains(w))
 }

@@ -1,0 +1,312 @@
+//! One seeded simulation run: clients change passwords while a seeded schedule partitions links, delays
+//! them and crashes hosts (each crash keeping only what its disk had forced, and a random part of the
+//! rest); then everything heals, the cluster goes quiet, and the chaos run's checker judges the history
+//! and the final state.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tonic::transport::Channel;
+use tpc_harness::chaos::observe::{coordinator_txn, final_users, leaks, password_set};
+use tpc_harness::chaos::workload::{self, Endpoints, Workload};
+use tpc_harness::checker::{self, Observed, ParticipantState, Violation};
+use tpc_proto::v1::history_reader_client::HistoryReaderClient;
+use tpc_proto::v1::participant_client::ParticipantClient;
+use tpc_proto::v1::password_reader_client::PasswordReaderClient;
+use tpc_proto::v1::transaction_manager_client::TransactionManagerClient;
+use tpc_proto::v1::{ListTransactionsRequest, StatusRequest};
+
+use crate::cluster::{self, COORDINATOR, HISTORY, PASSWORD};
+use crate::disks::Disks;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    pub seed: u64,
+    pub clients: usize,
+    pub users: usize,
+    /// How long (simulated) faults are injected while the clients work.
+    pub faults_for: Duration,
+}
+
+impl SimConfig {
+    pub fn new(seed: u64) -> Self {
+        Self {
+            seed,
+            clients: 3,
+            users: 4,
+            faults_for: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct SimReport {
+    pub seed: u64,
+    /// The faults injected, with when (simulated time).
+    pub faults: Vec<String>,
+    pub operations: usize,
+    pub committed: usize,
+    pub violations: Vec<Violation>,
+}
+
+const HOSTS: [&str; 3] = [COORDINATOR, PASSWORD, HISTORY];
+
+/// A fault to undo later.
+enum Undo {
+    Repair(&'static str, &'static str),
+    Restart(&'static str),
+    Latency(&'static str, &'static str),
+}
+
+fn internal_channel(host: &str) -> Channel {
+    cluster::internal_channel(host)
+}
+
+/// Runs seed `config.seed` and returns what the checker found.
+pub fn run(config: &SimConfig) -> Result<SimReport, Box<dyn std::error::Error>> {
+    let data = tempfile::tempdir()?;
+    let disks = Disks::default();
+    let mut sim = turmoil::Builder::new()
+        .rng_seed(config.seed)
+        .simulation_duration(config.faults_for + Duration::from_secs(300))
+        .max_message_latency(Duration::from_millis(20))
+        .build();
+    cluster::add_services(&mut sim, data.path(), &disks);
+
+    let work = Arc::new(Workload::new(config.seed, config.users));
+    for id in 0..config.clients {
+        let work = work.clone();
+        sim.client(format!("client{id}"), async move {
+            let endpoints = Endpoints {
+                coordinator: cluster::public_channel(COORDINATOR),
+                password: cluster::public_channel(PASSWORD),
+                history: cluster::public_channel(HISTORY),
+            };
+            workload::client(id, work, endpoints).await;
+            Ok(())
+        });
+    }
+
+    let mut rng = fastrand::Rng::with_seed(config.seed ^ 0xfa17);
+    let mut faults = Vec::new();
+    let mut undo: Vec<(Duration, Undo)> = Vec::new();
+    let mut next = Duration::from_millis(rng.u64(300..1500));
+    while sim.elapsed() < config.faults_for {
+        sim.step()?;
+        let now = sim.elapsed();
+        let (ready, later): (Vec<_>, Vec<_>) = std::mem::take(&mut undo)
+            .into_iter()
+            .partition(|(at, _)| *at <= now);
+        undo = later;
+        for (_, u) in ready {
+            apply_undo(&mut sim, u, &mut faults, now);
+        }
+        if now < next {
+            continue;
+        }
+        next = now + Duration::from_millis(rng.u64(300..1500));
+        let a = HOSTS[rng.usize(..3)];
+        let b = HOSTS.into_iter().filter(|h| *h != a).nth(rng.usize(..2)).unwrap_or(a);
+        let lasting = Duration::from_millis(rng.u64(200..3000));
+        match rng.u8(..4) {
+            0 => {
+                sim.partition(a, b);
+                faults.push(format!("{now:?}: partition {a} <-> {b} for {lasting:?}"));
+                undo.push((now + lasting, Undo::Repair(a, b)));
+            }
+            1 => {
+                sim.partition_oneway(a, b);
+                faults.push(format!("{now:?}: partition {a} -> {b} for {lasting:?}"));
+                undo.push((now + lasting, Undo::Repair(a, b)));
+            }
+            2 if sim.is_host_running(a) => {
+                let survivors = rng.usize(..=disks.unflushed(a));
+                disks.crash(a, survivors);
+                sim.crash(a);
+                faults.push(format!(
+                    "{now:?}: kill -9 {a} (keeping {survivors} unforced batch(es)), restart after {lasting:?}"
+                ));
+                undo.push((now + lasting, Undo::Restart(a)));
+            }
+            _ => {
+                let latency = Duration::from_millis(rng.u64(50..1500));
+                sim.set_link_latency(a, b, latency);
+                faults.push(format!("{now:?}: {a} <-> {b} delayed {latency:?} for {lasting:?}"));
+                undo.push((now + lasting, Undo::Latency(a, b)));
+            }
+        }
+    }
+    // Heal everything, and let the clients finish what they are doing.
+    let now = sim.elapsed();
+    for (_, u) in std::mem::take(&mut undo) {
+        apply_undo(&mut sim, u, &mut faults, now);
+    }
+    for a in HOSTS {
+        for b in HOSTS {
+            if a != b {
+                sim.repair(a, b);
+            }
+        }
+    }
+    work.stop.store(true, Ordering::Relaxed);
+    let observed: Arc<Mutex<Option<Result<Observed, String>>>> = Arc::default();
+    {
+        let observed = observed.clone();
+        let users = work.users.clone();
+        sim.client("observer", async move {
+            let result = observe(&users).await.map_err(|e| e.to_string());
+            *observed.lock().unwrap_or_else(|p| p.into_inner()) = Some(result);
+            Ok(())
+        });
+    }
+    sim.run()?;
+
+    let mut observed = observed
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+        .ok_or("the observer never finished")??;
+    observed.ops = work.history.snapshot();
+    observed.mail_ids = mail_ids(&data.path().join(COORDINATOR).join("mail"))?;
+    let passwords = work.passwords.all();
+    let set = password_set(&passwords);
+    observed.plaintext = disks
+        .contents()
+        .into_iter()
+        .filter(|(_, value)| leaks(value, &set))
+        .map(|(key, _)| key)
+        .collect();
+    let committed = observed
+        .transactions
+        .iter()
+        .filter(|t| t.state == checker::TxnState::Committed)
+        .count();
+    Ok(SimReport {
+        seed: config.seed,
+        faults,
+        operations: observed.ops.len(),
+        committed,
+        violations: checker::check(&observed),
+    })
+}
+
+fn apply_undo(sim: &mut turmoil::Sim<'_>, undo: Undo, faults: &mut Vec<String>, now: Duration) {
+    match undo {
+        Undo::Repair(a, b) => sim.repair(a, b),
+        Undo::Restart(host) => {
+            if !sim.is_host_running(host) {
+                sim.bounce(host);
+                faults.push(format!("{now:?}: {host} restarted"));
+            }
+        }
+        Undo::Latency(a, b) => sim.set_link_latency(a, b, Duration::from_millis(1)),
+    }
+}
+
+/// Waits until nothing is in flight (no participant in doubt or locking a user, no transaction active
+/// or committing), then reads the final state, as the chaos run does.
+async fn observe(users: &[String]) -> Result<Observed, BoxError> {
+    let mut coordinator = TransactionManagerClient::new(internal_channel(COORDINATOR));
+    let mut busy = String::new();
+    for _ in 0..600 {
+        match in_flight(&mut coordinator).await {
+            Ok(None) => {
+                busy.clear();
+                break;
+            }
+            Ok(Some(what)) => busy = what,
+            Err(e) => busy = format!("cannot observe: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if !busy.is_empty() {
+        return Err(format!("never quiet: {busy}").into());
+    }
+    let transactions = coordinator
+        .list_transactions(ListTransactionsRequest {
+            state: 0,
+            limit: 1_000_000,
+        })
+        .await?
+        .into_inner()
+        .transactions
+        .into_iter()
+        .map(coordinator_txn)
+        .collect();
+    let mut participants = Vec::new();
+    for host in [PASSWORD, HISTORY] {
+        let status = ParticipantClient::new(internal_channel(host))
+            .status(StatusRequest {})
+            .await?
+            .into_inner();
+        participants.push(ParticipantState {
+            name: host.into(),
+            in_doubt: status.in_doubt,
+            locked_users: status.locked_users,
+        });
+    }
+    let mut passwords = PasswordReaderClient::new(cluster::public_channel(PASSWORD));
+    let mut histories = HistoryReaderClient::new(cluster::public_channel(HISTORY));
+    Ok(Observed {
+        ops: Vec::new(),
+        users: final_users(&mut passwords, &mut histories, users).await,
+        transactions,
+        participants,
+        mail_ids: Vec::new(),
+        plaintext: Vec::new(),
+        history_depth: tpc_participants::history::DEFAULT_DEPTH,
+    })
+}
+
+async fn in_flight(
+    coordinator: &mut TransactionManagerClient<Channel>,
+) -> Result<Option<String>, BoxError> {
+    for host in [PASSWORD, HISTORY] {
+        let status = ParticipantClient::new(internal_channel(host))
+            .status(StatusRequest {})
+            .await?
+            .into_inner();
+        if !status.in_doubt.is_empty() || status.locked_users > 0 {
+            return Ok(Some(format!(
+                "{host}: {} in doubt, {} users locked",
+                status.in_doubt.len(),
+                status.locked_users
+            )));
+        }
+    }
+    let busy = coordinator
+        .list_transactions(ListTransactionsRequest {
+            state: 0,
+            limit: 1_000_000,
+        })
+        .await?
+        .into_inner()
+        .transactions
+        .into_iter()
+        .map(coordinator_txn)
+        .find(|t| {
+            matches!(
+                t.state,
+                checker::TxnState::Active | checker::TxnState::Committing
+            )
+        });
+    Ok(busy.map(|t| format!("transaction {} still {:?}", t.txn, t.state)))
+}
+
+/// The `Message-ID`s of the e-mails the coordinator wrote (`<txn>.eml` files).
+fn mail_ids(dir: &std::path::Path) -> std::io::Result<Vec<String>> {
+    let mut ids = BTreeMap::new();
+    if dir.exists() {
+        for entry in std::fs::read_dir(dir)? {
+            let name = entry?.file_name().to_string_lossy().into_owned();
+            if let Some(txn) = name.strip_suffix(".eml") {
+                ids.insert(checker::message_id(txn), ());
+            }
+        }
+    }
+    Ok(ids.into_keys().collect())
+}

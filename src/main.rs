@@ -223,6 +223,28 @@ struct CheckArgs {
     threads: Option<usize>,
 }
 
+#[derive(clap::Args)]
+struct SimArgs {
+    /// How many seeds to run.
+    #[arg(long, default_value_t = 100)]
+    seeds: u64,
+    /// The first seed.
+    #[arg(long, default_value_t = 0)]
+    start: u64,
+    /// Simulated time of faults per seed (then everything heals and the cluster goes quiet).
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    faults_for: std::time::Duration,
+    /// Seeds run at once (each in a process of its own).
+    #[arg(long, default_value_t = 2)]
+    jobs: usize,
+    /// Print each run's log (faults, operations, outcomes, final transactions).
+    #[arg(long)]
+    log: bool,
+    /// Run one seed in this process and print its result (what each child does).
+    #[arg(long, hide = true)]
+    child: bool,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the coordinator on PORT and the password and history participants on PORT+1 and PORT+2, their
@@ -347,6 +369,9 @@ enum Command {
     /// Model-check the production 2PC engines: every interleaving of one client's changes across the
     /// coordinator and both participants, with the faults allowed, to a depth (docs/testing.md).
     Check(CheckArgs),
+    /// Simulate the whole cluster (the real servers on a simulated network, turmoil) under seeded
+    /// partitions, delays and crashes, and check every run (docs/testing.md).
+    Sim(SimArgs),
     /// Run the whole story in a temporary directory, crash and recovery included, and narrate it.
     Demo {
         /// Keep the temporary directory (data, logs, e-mails) and print its path.
@@ -453,6 +478,7 @@ async fn main() -> ExitCode {
         }
         Command::Demo { keep } => demo::run(keep).await,
         Command::Check(args) => model_check(args),
+        Command::Sim(args) => simulate(args),
     };
     match result {
         Ok(code) => code,
@@ -605,6 +631,79 @@ fn model_check(args: CheckArgs) -> Result {
     let report = tpc_check::check(setup, search);
     print!("{report}");
     Ok(if report.broken().next().is_none() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// `tpc sim`: seeds, each in a child process of this binary, with a summary line per seed.
+fn simulate(args: SimArgs) -> Result {
+    use tpc_sim::run::SimConfig;
+    if args.child {
+        let mut config = SimConfig::new(args.start);
+        config.faults_for = args.faults_for;
+        // The simulation makes runtimes of its own, which cannot start inside this one's thread.
+        std::thread::spawn(move || tpc_sim::seeds::child(&config, args.log))
+            .join()
+            .map_err(|_| "the simulation panicked")?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let exe = std::env::current_exe()?;
+    let faults_for = format!("{}ms", args.faults_for.as_millis());
+    let started = std::time::Instant::now();
+    let summaries = tpc_sim::seeds::run_seeds(
+        args.start..args.start + args.seeds,
+        args.jobs,
+        |seed| {
+            let mut command = std::process::Command::new(&exe);
+            command.args([
+                "sim",
+                "--child",
+                "--start",
+                &seed.to_string(),
+                "--faults-for",
+                &faults_for,
+            ]);
+            if args.log {
+                command.arg("--log");
+            }
+            command
+        },
+        |s| {
+            let verdict = if s.violations.is_empty() {
+                "ok"
+            } else {
+                "VIOLATIONS"
+            };
+            println!(
+                "seed {}: {verdict}: {} operations, {} committed, {} faults",
+                s.seed, s.operations, s.committed, s.faults
+            );
+            for v in &s.violations {
+                println!("    {v}");
+            }
+            if !s.log.is_empty() {
+                println!("{}", s.log);
+            }
+        },
+    );
+    let elapsed = started.elapsed().as_secs_f64();
+    let failed: Vec<u64> = summaries
+        .iter()
+        .filter(|s| !s.violations.is_empty())
+        .map(|s| s.seed)
+        .collect();
+    println!(
+        "{} seeds in {elapsed:.1} s ({:.1} seeds/s), {} with violations",
+        summaries.len(),
+        summaries.len() as f64 / elapsed.max(1e-9),
+        failed.len()
+    );
+    for seed in &failed {
+        println!("replay: tpc sim --seeds 1 --start {seed} --faults-for {faults_for} --log");
+    }
+    Ok(if failed.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)

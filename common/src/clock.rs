@@ -10,8 +10,15 @@
 use std::sync::OnceLock;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-/// Milliseconds since the Unix epoch: the timestamps tpc writes into its logs.
+/// Where a simulation's wall clock starts (2026-01-01T00:00:00Z, in ms since the Unix epoch).
+pub const SIMULATION_EPOCH_MS: u64 = 1_767_225_600_000;
+
+/// Milliseconds since the Unix epoch: the timestamps tpc writes into its logs. (In a simulation: the
+/// simulated time since [`SIMULATION_EPOCH_MS`].)
 pub fn now_ms() -> u64 {
+    if let Some(elapsed) = crate::simulation::elapsed() {
+        return SIMULATION_EPOCH_MS + elapsed.as_millis() as u64;
+    }
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -21,6 +28,9 @@ pub fn now_ms() -> u64 {
 /// Milliseconds on a clock that never goes backwards and ignores steps of the wall clock, counted from
 /// an arbitrary origin in this process: only differences between two readings mean anything.
 pub fn monotonic_ms() -> u64 {
+    if let Some(elapsed) = crate::simulation::elapsed() {
+        return elapsed.as_millis() as u64;
+    }
     static ORIGIN: OnceLock<Instant> = OnceLock::new();
     ORIGIN.get_or_init(Instant::now).elapsed().as_millis() as u64
 }

@@ -44,8 +44,7 @@ impl Fingerprinter {
     /// A fingerprinter with a fresh random key.
     pub fn new() -> Self {
         let mut key = [0u8; 32];
-        // Without the system's random source nothing secure can be made: stop, loudly.
-        getrandom::getrandom(&mut key).expect("the system's random source");
+        crate::entropy::fill(&mut key);
         Self { key }
     }
 

@@ -2,6 +2,7 @@ use std::fmt::Display;
 use std::future::Future;
 use std::sync::{Arc, Condvar, Mutex};
 
+use futures_util::future::Either;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::storage::{Db, StorageError};
@@ -31,15 +32,33 @@ struct Job {
 /// that flush covers it; a forced write is answered only after its flush.
 #[derive(Clone)]
 pub struct GroupCommit {
-    queue: mpsc::UnboundedSender<Job>,
+    inner: Inner,
 }
+
+#[derive(Clone)]
+enum Inner {
+    /// The applier's queue.
+    Threads(mpsc::UnboundedSender<Job>),
+    /// In a simulation: each write applied, and flushed if forced, in place, so that no other thread
+    /// decides when a write lands (`simulation.rs`).
+    InPlace(Db),
+}
+
+/// How long a flush takes in a simulation: a loaded disk's, so that crashes land inside flushes too.
+const SIMULATED_FLUSH: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// Forced writes applied and waiting for a flush; `None` once the applier stopped.
 type Applied = Option<Vec<Finish>>;
 
 impl GroupCommit {
-    /// Starts the applier and the flusher (two threads, which stop once every handle is dropped).
+    /// Starts the applier and the flusher (two threads, which stop once every handle is dropped); in a
+    /// simulation, none.
     pub fn start(db: Db) -> Self {
+        if crate::simulation::active() {
+            return Self {
+                inner: Inner::InPlace(db),
+            };
+        }
         let (queue, mut rx) = mpsc::unbounded_channel::<Job>();
         let applied: Arc<(Mutex<Applied>, Condvar)> =
             Arc::new((Mutex::new(Some(Vec::new())), Condvar::new()));
@@ -97,7 +116,9 @@ impl GroupCommit {
                 }
             })
             .expect("cannot start the flush thread");
-        Self { queue }
+        Self {
+            inner: Inner::Threads(queue),
+        }
     }
     /// Queues `write` (applied in queue order), and returns a future that resolves once it is applied
     /// and, if `forced`, on disk. The write is queued at the call, not when the future is first polled:
@@ -112,6 +133,24 @@ impl GroupCommit {
         E: From<StorageError> + Display + Send + 'static,
         W: FnOnce() -> Result<(), E> + Send + 'static,
     {
+        let queue = match &self.inner {
+            Inner::Threads(queue) => queue,
+            Inner::InPlace(db) => {
+                // Applied at once; a forced write's flush takes a moment, as on a disk, so that a crash
+                // can land between the write and its flush (and one whose waiter is gone is flushed by
+                // the next).
+                let applied = write();
+                let db = db.clone();
+                return Either::Left(async move {
+                    applied?;
+                    if forced {
+                        tokio::time::sleep(SIMULATED_FLUSH).await;
+                        db.flush().map_err(E::from)?;
+                    }
+                    Ok(())
+                });
+            }
+        };
         let (tx, rx) = oneshot::channel::<Result<(), E>>();
         let job = Job {
             forced,
@@ -129,13 +168,13 @@ impl GroupCommit {
                 }
             }),
         };
-        let queued = self.queue.send(job).is_ok();
-        async move {
+        let queued = queue.send(job).is_ok();
+        Either::Right(async move {
             if !queued {
                 return Err(E::from(stopped()));
             }
             rx.await.unwrap_or_else(|_| Err(E::from(stopped())))
-        }
+        })
     }
 
     /// Returns once everything written to the database before this call is on disk.

@@ -11,12 +11,14 @@
 //! - [`serve`], [`telemetry`] and [`shutdown`]: what every tpc gRPC server needs around its services.
 
 mod backoff;
+pub mod blocking;
 pub mod certs;
 mod clock;
 mod database;
 mod decode;
 pub mod dial;
 mod email;
+pub mod entropy;
 pub mod fault;
 mod fingerprint;
 mod greeting;
@@ -30,6 +32,7 @@ mod planted;
 mod principal;
 pub mod serve;
 pub mod shutdown;
+pub mod simulation;
 pub mod storage;
 mod strategy;
 pub mod telemetry;

@@ -12,7 +12,7 @@ pub struct TxnId(Uuid);
 
 impl TxnId {
     pub fn generate() -> Self {
-        Self(Uuid::now_v7())
+        Self(crate::entropy::uuid_v7())
     }
 
     pub fn parse(raw: &str) -> Result<Self, InvalidInput> {

@@ -138,7 +138,7 @@ async fn deliver_all(
         Mailer::Files(dir) => {
             let dir = dir.clone();
             let entries = batch.clone();
-            match tokio::task::spawn_blocking(move || mailer::write_files(&dir, &entries)).await {
+            match tpc_common::blocking::run(move || mailer::write_files(&dir, &entries)).await {
                 Ok(done) => done,
                 // A panic's payload is never passed on: it could hold anything.
                 Err(_) => vec![Delivery::Failed("e-mail task failed".into()); batch.len()],

@@ -265,7 +265,7 @@ async fn collect_garbage(log: Arc<Log>, coordinator: Runner, retention: Duration
         let mut from = None;
         loop {
             let log = log.clone();
-            let slice = tokio::task::spawn_blocking(move || {
+            let slice = tpc_common::blocking::run(move || {
                 log.collect_garbage_slice(from, cutoff, GC_SLICE)
             })
             .await;

@@ -54,7 +54,7 @@ impl Api {
             )));
         }
         let request_id = if request_id.is_empty() {
-            uuid::Uuid::now_v7().to_string()
+            tpc_common::entropy::uuid_v7().to_string()
         } else {
             request_id
         };
@@ -153,7 +153,7 @@ impl TransactionManager for Api {
             return Ok(Response::new(from_active(a)));
         }
         let log = self.log.clone();
-        let recorded = tokio::task::spawn_blocking(move || log.get(txn))
+        let recorded = tpc_common::blocking::run(move || log.get(txn))
             .await
             .map_err(|_| Status::internal("reading the log failed"))?
             .map_err(internal)?;
@@ -188,7 +188,7 @@ impl TransactionManager for Api {
         // On the blocking pool, and only as far back as it takes: after a day at full load the log
         // holds millions of records, and decoding them all stalled the coordinator's workers.
         let log = self.log.clone();
-        let transactions = tokio::task::spawn_blocking(move || {
+        let transactions = tpc_common::blocking::run(move || {
             // A transaction being forced is active in memory and may already be in the log: list it
             // once.
             let mut all = Vec::new();

@@ -6,7 +6,6 @@
 use std::io::Write;
 use std::path::Path;
 use std::sync::Mutex;
-use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
@@ -75,7 +74,8 @@ struct Event<'a> {
 
 /// A shared, append-only history.
 pub struct History {
-    start: Instant,
+    /// When the history began (`tpc_common::monotonic_ms`: simulated time in a simulation).
+    start: u64,
     ops: Mutex<Vec<Op>>,
 }
 
@@ -88,13 +88,13 @@ impl Default for History {
 impl History {
     pub fn new() -> Self {
         Self {
-            start: Instant::now(),
+            start: tpc_common::monotonic_ms(),
             ops: Mutex::new(Vec::new()),
         }
     }
 
     fn now(&self) -> u64 {
-        self.start.elapsed().as_millis() as u64
+        tpc_common::monotonic_ms().saturating_sub(self.start)
     }
 
     fn ops(&self) -> std::sync::MutexGuard<'_, Vec<Op>> {

@@ -3,7 +3,6 @@
 
 use std::sync::Mutex;
 
-use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{Output, ParamsString, PasswordHash, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
 use tpc_common::Password;
@@ -61,7 +60,9 @@ impl Hasher {
     /// A PHC string (`$argon2id$v=19$m=…$salt$hash`) with a fresh random salt.
     pub fn hash(&self, password: &Password) -> Result<String, String> {
         let failed = |e: &dyn std::fmt::Display| format!("hashing failed: {e}");
-        let salt = SaltString::generate(&mut OsRng);
+        let mut random = [0u8; 16];
+        tpc_common::entropy::fill(&mut random);
+        let salt = SaltString::encode_b64(&random).map_err(|e| failed(&e))?;
         let mut raw_salt = [0u8; 64];
         let salt_bytes = salt.decode_b64(&mut raw_salt).map_err(|e| failed(&e))?;
         let mut out = [0u8; Params::DEFAULT_OUTPUT_LEN];
@@ -148,7 +149,7 @@ mod tests {
                 .verify_password(b"correct horse", &parsed)
                 .is_ok()
         );
-        let salt = SaltString::generate(&mut OsRng);
+        let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
         let theirs = hasher
             .argon2
             .hash_password(b"correct horse", &salt)

@@ -139,7 +139,7 @@ impl<R: Resource> Node<R> {
                 continue;
             }
             let (witness, seq) = (witness.clone(), mark.seq);
-            match tokio::task::spawn_blocking(move || witness.record(&mark)).await {
+            match tpc_common::blocking::run(move || witness.record(&mark)).await {
                 Ok(Ok(())) => recorded = seq,
                 Ok(Err(e)) => {
                     warn!(participant = R::NAME, cause = %e, "cannot bring the store's witness up to date")
@@ -425,7 +425,7 @@ impl<R: Resource> Node<R> {
         self.serving()?;
         self.wait_unlocked(user).await?;
         let (data, owner) = (self.data.clone(), user.clone());
-        tokio::task::spawn_blocking(move || read(&data, &owner))
+        tpc_common::blocking::run(move || read(&data, &owner))
             .await
             .map_err(|_| Status::internal("the read failed"))?
             .map_err(|e| Status::internal(e.to_string()))?
@@ -480,7 +480,7 @@ async fn blocking<T: Send + 'static>(
     slot: OwnedSemaphorePermit,
     work: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, Status> {
-    let done = tokio::task::spawn_blocking(work).await;
+    let done = tpc_common::blocking::run(work).await;
     drop(slot);
     done.map_err(|_| Status::internal("hashing task failed"))
 }

@@ -47,15 +47,11 @@ impl Passwords {
 
     pub fn new(hasher: Hasher) -> Self {
         let mut secret = [0u8; 24];
-        let decoy = match getrandom::getrandom(&mut secret) {
-            Ok(()) => {
-                let text: String = secret.iter().map(|b| format!("{b:02x}")).collect();
-                tpc_common::Password::new("decoy", text)
-                    .ok()
-                    .and_then(|p| hasher.hash(&p).ok())
-            }
-            Err(_) => None,
-        };
+        tpc_common::entropy::fill(&mut secret);
+        let text: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+        let decoy = tpc_common::Password::new("decoy", text)
+            .ok()
+            .and_then(|p| hasher.hash(&p).ok());
         Self {
             // Without a decoy an unknown user is answered sooner, never wrongly.
             decoy: decoy.unwrap_or_default(),

@@ -133,7 +133,7 @@ impl<C: Serialize + DeserializeOwned> Store<C> {
             Some(id) => String::from_utf8_lossy(&id).into_owned(),
             None => {
                 // A new store (or one from before stores had an identity).
-                let id = uuid::Uuid::now_v7().to_string();
+                let id = tpc_common::entropy::uuid_v7().to_string();
                 db.insert(STORE_ID, id.as_bytes())?;
                 db.flush()?;
                 id
@@ -153,7 +153,7 @@ impl<C: Serialize + DeserializeOwned> Store<C> {
             db,
             forcer,
             id,
-            boot: uuid::Uuid::now_v7().to_string(),
+            boot: tpc_common::entropy::uuid_v7().to_string(),
             next_seq: std::sync::atomic::AtomicU64::new(seq),
             durable_seq: std::sync::atomic::AtomicU64::new(seq),
             _change: PhantomData,

@@ -33,11 +33,19 @@ fn internal_url(host: &str) -> String {
     format!("http://{host}:{INTERNAL_PORT}")
 }
 
+/// The engines' configurations the services run (the production defaults unless a test plants a bug).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Engines {
+    pub coordinator: tpc_coordinator::engine::Config,
+    pub participant: tpc_participants::engine::Config,
+}
+
 /// Adds the three services to `sim`, their logs and stores on `disks` (a host that restarts after a
 /// crash finds what its disk kept) and the rest of their files (e-mails, the witness) under `data`.
-pub fn add_services(sim: &mut turmoil::Sim<'_>, data: &Path, disks: &Disks) {
+pub fn add_services(sim: &mut turmoil::Sim<'_>, data: &Path, disks: &Disks, engines: &Engines) {
     let dir = data.join(COORDINATOR);
     let coordinator_disks = disks.clone();
+    let coordinator_engine = engines.coordinator;
     sim.host(COORDINATOR, move || {
         let mut config = tpc_coordinator::server::Config::new(
             dir.clone(),
@@ -45,6 +53,8 @@ pub fn add_services(sim: &mut turmoil::Sim<'_>, data: &Path, disks: &Disks) {
             internal_url(HISTORY),
         );
         config.dialer = dialer();
+        config.guard = unthrottled();
+        config.engine = coordinator_engine;
         config.storage = Some(coordinator_disks.open(COORDINATOR));
         async move {
             tpc_coordinator::server::run(config, listeners().await?, std::future::pending())
@@ -55,18 +65,31 @@ pub fn add_services(sim: &mut turmoil::Sim<'_>, data: &Path, disks: &Disks) {
     for (host, role) in [(PASSWORD, Role::Password), (HISTORY, Role::History)] {
         let dir = data.join(host);
         let disks = disks.clone();
+        let engine = engines.participant;
         sim.host(host, move || {
             let mut config =
                 tpc_participants::server::Config::new(role, dir.clone(), internal_url(COORDINATOR));
             config.cost = Cost::InsecureFast;
             config.dialer = dialer();
+            // Guess throttling counts on the real clock (governor's), which a simulation does not move:
+            // off here, so that a seed replays (the real-process tests cover it).
+            config.guard = unthrottled();
             config.storage = Some(disks.open(host));
+            config.engine = engine;
             async move {
                 tpc_participants::server::run(config, listeners().await?, std::future::pending())
                     .await?;
                 HostResult::Ok(())
             }
         });
+    }
+}
+
+fn unthrottled() -> tpc_common::guard::GuardConfig {
+    tpc_common::guard::GuardConfig {
+        free_failures: u32::MAX,
+        max_backoff: Duration::ZERO,
+        per_address_per_s: 0,
     }
 }
 

@@ -2,11 +2,14 @@
 //! running the same `server::run` as `tpc up`, reaching its peers through the same tonic clients, over
 //! connections the simulator can delay, drop, partition and sever by crashing a host.
 //!
-//! What this crate has so far is the wiring (`network.rs`) and a cluster of the three services
-//! (`cluster.rs`); the seeded workload, the fault schedule and the determinism that makes a seed replay
-//! exactly are still to come (docs/testing.md).
+//! `run.rs` is one seeded run (workload, faults, heal, checker); `seeds.rs` runs many, each in a process
+//! of its own; `simulation.rs` turns on `tpc_common::simulation` (the simulated clock, randomness from the
+//! seed, work in place of threads), which is what makes a seed replay byte for byte. See
+//! docs/testing.md for what is simulated and what is not yet.
 
 pub mod cluster;
 pub mod disks;
 pub mod network;
 pub mod run;
+pub mod seeds;
+pub mod simulation;

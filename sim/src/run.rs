@@ -30,6 +30,7 @@ pub struct SimConfig {
     pub users: usize,
     /// How long (simulated) faults are injected while the clients work.
     pub faults_for: Duration,
+    pub engines: cluster::Engines,
 }
 
 impl SimConfig {
@@ -39,6 +40,7 @@ impl SimConfig {
             clients: 3,
             users: 4,
             faults_for: Duration::from_secs(10),
+            engines: cluster::Engines::default(),
         }
     }
 }
@@ -51,6 +53,9 @@ pub struct SimReport {
     pub operations: usize,
     pub committed: usize,
     pub violations: Vec<Violation>,
+    /// Everything the run did and saw, one line each (faults, operations and their outcomes, the
+    /// final transactions): the same seed gives the same log, byte for byte.
+    pub log: String,
 }
 
 const HOSTS: [&str; 3] = [COORDINATOR, PASSWORD, HISTORY];
@@ -68,6 +73,7 @@ fn internal_channel(host: &str) -> Channel {
 
 /// Runs seed `config.seed` and returns what the checker found.
 pub fn run(config: &SimConfig) -> Result<SimReport, Box<dyn std::error::Error>> {
+    let _simulated = crate::simulation::enter(config.seed);
     let data = tempfile::tempdir()?;
     let disks = Disks::default();
     let mut sim = turmoil::Builder::new()
@@ -75,7 +81,7 @@ pub fn run(config: &SimConfig) -> Result<SimReport, Box<dyn std::error::Error>> 
         .simulation_duration(config.faults_for + Duration::from_secs(300))
         .max_message_latency(Duration::from_millis(20))
         .build();
-    cluster::add_services(&mut sim, data.path(), &disks);
+    cluster::add_services(&mut sim, data.path(), &disks, &config.engines);
 
     let work = Arc::new(Workload::new(config.seed, config.users));
     for id in 0..config.clients {
@@ -110,7 +116,11 @@ pub fn run(config: &SimConfig) -> Result<SimReport, Box<dyn std::error::Error>> 
         }
         next = now + Duration::from_millis(rng.u64(300..1500));
         let a = HOSTS[rng.usize(..3)];
-        let b = HOSTS.into_iter().filter(|h| *h != a).nth(rng.usize(..2)).unwrap_or(a);
+        let b = HOSTS
+            .into_iter()
+            .filter(|h| *h != a)
+            .nth(rng.usize(..2))
+            .unwrap_or(a);
         let lasting = Duration::from_millis(rng.u64(200..3000));
         match rng.u8(..4) {
             0 => {
@@ -135,7 +145,9 @@ pub fn run(config: &SimConfig) -> Result<SimReport, Box<dyn std::error::Error>> 
             _ => {
                 let latency = Duration::from_millis(rng.u64(50..1500));
                 sim.set_link_latency(a, b, latency);
-                faults.push(format!("{now:?}: {a} <-> {b} delayed {latency:?} for {lasting:?}"));
+                faults.push(format!(
+                    "{now:?}: {a} <-> {b} delayed {latency:?} for {lasting:?}"
+                ));
                 undo.push((now + lasting, Undo::Latency(a, b)));
             }
         }
@@ -185,12 +197,26 @@ pub fn run(config: &SimConfig) -> Result<SimReport, Box<dyn std::error::Error>> 
         .iter()
         .filter(|t| t.state == checker::TxnState::Committed)
         .count();
+    let mut log = String::new();
+    for fault in &faults {
+        log.push_str(fault);
+        log.push('\n');
+    }
+    for op in &observed.ops {
+        log.push_str(&serde_json::to_string(op)?);
+        log.push('\n');
+    }
+    for t in &observed.transactions {
+        log.push_str(&serde_json::to_string(t)?);
+        log.push('\n');
+    }
     Ok(SimReport {
         seed: config.seed,
         faults,
         operations: observed.ops.len(),
         committed,
         violations: checker::check(&observed),
+        log,
     })
 }
 
@@ -226,23 +252,10 @@ async fn observe(users: &[String]) -> Result<Observed, BoxError> {
     if !busy.is_empty() {
         return Err(format!("never quiet: {busy}").into());
     }
-    let transactions = coordinator
-        .list_transactions(ListTransactionsRequest {
-            state: 0,
-            limit: 1_000_000,
-        })
-        .await?
-        .into_inner()
-        .transactions
-        .into_iter()
-        .map(coordinator_txn)
-        .collect();
+    let transactions = transactions(&mut coordinator).await?;
     let mut participants = Vec::new();
     for host in [PASSWORD, HISTORY] {
-        let status = ParticipantClient::new(internal_channel(host))
-            .status(StatusRequest {})
-            .await?
-            .into_inner();
+        let status = status(host).await?;
         participants.push(ParticipantState {
             name: host.into(),
             in_doubt: status.in_doubt,
@@ -266,10 +279,7 @@ async fn in_flight(
     coordinator: &mut TransactionManagerClient<Channel>,
 ) -> Result<Option<String>, BoxError> {
     for host in [PASSWORD, HISTORY] {
-        let status = ParticipantClient::new(internal_channel(host))
-            .status(StatusRequest {})
-            .await?
-            .into_inner();
+        let status = status(host).await?;
         if !status.in_doubt.is_empty() || status.locked_users > 0 {
             return Ok(Some(format!(
                 "{host}: {} in doubt, {} users locked",
@@ -278,7 +288,20 @@ async fn in_flight(
             )));
         }
     }
-    let busy = coordinator
+    let busy = transactions(coordinator).await?.into_iter().find(|t| {
+        matches!(
+            t.state,
+            checker::TxnState::Active | checker::TxnState::Committing
+        )
+    });
+    Ok(busy.map(|t| format!("transaction {} still {:?}", t.txn, t.state)))
+}
+
+/// Every transaction the coordinator lists.
+async fn transactions(
+    coordinator: &mut TransactionManagerClient<Channel>,
+) -> Result<Vec<checker::CoordinatorTxn>, BoxError> {
+    Ok(coordinator
         .list_transactions(ListTransactionsRequest {
             state: 0,
             limit: 1_000_000,
@@ -288,13 +311,15 @@ async fn in_flight(
         .transactions
         .into_iter()
         .map(coordinator_txn)
-        .find(|t| {
-            matches!(
-                t.state,
-                checker::TxnState::Active | checker::TxnState::Committing
-            )
-        });
-    Ok(busy.map(|t| format!("transaction {} still {:?}", t.txn, t.state)))
+        .collect())
+}
+
+/// A participant's in-doubt transactions and locked users.
+async fn status(host: &str) -> Result<tpc_proto::v1::ParticipantStatus, BoxError> {
+    Ok(ParticipantClient::new(internal_channel(host))
+        .status(StatusRequest {})
+        .await?
+        .into_inner())
 }
 
 /// The `Message-ID`s of the e-mails the coordinator wrote (`<txn>.eml` files).

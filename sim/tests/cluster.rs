@@ -1,118 +1,61 @@
-//! The real servers on turmoil's network: a password change commits across the three hosts, and
-//! survives a partition that heals.
+//! The real servers on turmoil's network: a password change commits across the three hosts, a change
+//! cut off by a partition aborts and the next commits once it heals, and a commit survives `kill -9` of
+//! every host.
 
 use std::time::Duration;
 
+use tonic::transport::Channel;
+use tpc_proto::v1::password_reader_client::PasswordReaderClient;
 use tpc_proto::v1::password_service_client::PasswordServiceClient;
 use tpc_proto::v1::transaction_result::Outcome;
-use tpc_proto::v1::{RegisterUserRequest, UpdatePasswordRequest};
+use tpc_proto::v1::{RegisterUserRequest, UpdatePasswordRequest, VerifyPasswordRequest};
 use tpc_sim::cluster::{self, COORDINATOR, HISTORY, PASSWORD};
 use tpc_sim::disks::Disks;
 
-#[test]
-fn a_password_change_commits_across_the_simulated_cluster() -> turmoil::Result {
-    let data = tempfile::tempdir().unwrap();
+fn simulation<'a>(data: &std::path::Path, disks: &Disks) -> turmoil::Sim<'a> {
     let mut sim = turmoil::Builder::new()
         .simulation_duration(Duration::from_secs(120))
         .build();
-    cluster::add_services(&mut sim, data.path(), &Disks::default());
-    sim.client("client", async {
-        let mut client = PasswordServiceClient::new(cluster::public_channel(COORDINATOR));
-        let registered = loop {
-            // The services start in the simulation too: retry until the coordinator answers.
-            match client
-                .register_user(RegisterUserRequest {
-                    user_id: "alice".into(),
-                    email: "alice@example.com".into(),
-                    password: "first password".into(),
-                    request_id: "register-alice".into(),
-                })
-                .await
-            {
-                Ok(result) => break result.into_inner(),
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        };
-        assert_eq!(registered.outcome(), Outcome::Committed, "{registered:?}");
-        let changed = client
-            .update_password(UpdatePasswordRequest {
-                user_id: "alice".into(),
-                current_password: "first password".into(),
-                new_password: "second password".into(),
-                request_id: "change-1".into(),
-            })
-            .await?
-            .into_inner();
-        assert_eq!(changed.outcome(), Outcome::Committed, "{changed:?}");
-        Ok(())
-    });
-    sim.run()
+    cluster::add_services(&mut sim, data, disks, &Default::default());
+    sim
 }
 
-#[test]
-fn a_change_across_a_healed_partition_commits() -> turmoil::Result {
-    let data = tempfile::tempdir().unwrap();
-    let mut sim = turmoil::Builder::new()
-        .simulation_duration(Duration::from_secs(120))
-        .build();
-    cluster::add_services(&mut sim, data.path(), &Disks::default());
-    sim.client("client", async {
-        let mut client = PasswordServiceClient::new(cluster::public_channel(COORDINATOR));
-        loop {
-            let result = client
-                .register_user(RegisterUserRequest {
-                    user_id: "bob".into(),
-                    email: "bob@example.com".into(),
-                    password: "first password".into(),
-                    request_id: "register-bob".into(),
-                })
-                .await;
-            match result {
-                Ok(r) if r.get_ref().outcome() == Outcome::Committed => break,
-                _ => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        }
-        Ok(())
-    });
-    // Run until the registration committed, then cut the coordinator from the history participant.
-    while !sim.step()? {}
-    sim.partition(COORDINATOR, HISTORY);
-    sim.client("changer", async {
-        let mut client = PasswordServiceClient::new(cluster::public_channel(COORDINATOR));
-        let first = client
-            .update_password(UpdatePasswordRequest {
-                user_id: "bob".into(),
-                current_password: "first password".into(),
-                new_password: "second password".into(),
-                request_id: "change-1".into(),
+fn coordinator() -> PasswordServiceClient<Channel> {
+    PasswordServiceClient::new(cluster::public_channel(COORDINATOR))
+}
+
+/// Registers `user` with "first password", retrying until it commits (the services start in the
+/// simulation too).
+async fn register(user: &str) {
+    let mut client = coordinator();
+    loop {
+        let result = client
+            .register_user(RegisterUserRequest {
+                user_id: user.into(),
+                email: format!("{user}@example.com"),
+                password: "first password".into(),
+                request_id: format!("register-{user}"),
             })
-            .await?
-            .into_inner();
-        assert_eq!(first.outcome(), Outcome::Aborted, "{first:?}");
-        Ok(())
-    });
-    for _ in 0..5_000 {
-        sim.step()?;
-    }
-    sim.repair(COORDINATOR, HISTORY);
-    sim.client("later", async {
-        let mut client = PasswordServiceClient::new(cluster::public_channel(COORDINATOR));
-        loop {
-            let result = client
-                .update_password(UpdatePasswordRequest {
-                    user_id: "bob".into(),
-                    current_password: "first password".into(),
-                    new_password: "second password".into(),
-                    request_id: "change-2".into(),
-                })
-                .await;
-            match result {
-                Ok(r) if r.get_ref().outcome() == Outcome::Committed => return Ok(()),
-                _ => tokio::time::sleep(Duration::from_millis(200)).await,
-            }
+            .await;
+        if matches!(&result, Ok(r) if r.get_ref().outcome() == Outcome::Committed) {
+            return;
         }
-    });
-    sim.run()
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Changes `user`'s password from "first password" to "second password", once.
+async fn change(user: &str, request_id: &str) -> Result<Outcome, tonic::Status> {
+    Ok(coordinator()
+        .update_password(UpdatePasswordRequest {
+            user_id: user.into(),
+            current_password: "first password".into(),
+            new_password: "second password".into(),
+            request_id: request_id.into(),
+        })
+        .await?
+        .get_ref()
+        .outcome())
 }
 
 /// Runs `sim` until the client hosts added so far are done.
@@ -122,42 +65,52 @@ fn settle(sim: &mut turmoil::Sim<'_>) -> turmoil::Result {
 }
 
 #[test]
-fn a_commit_survives_kill_9_of_every_host_losing_what_was_not_forced() -> turmoil::Result {
-    use tpc_proto::v1::password_reader_client::PasswordReaderClient;
-    use tpc_proto::v1::VerifyPasswordRequest;
+fn a_password_change_commits_across_the_simulated_cluster() -> turmoil::Result {
+    let data = tempfile::tempdir().unwrap();
+    let mut sim = simulation(data.path(), &Disks::default());
+    sim.client("client", async {
+        register("alice").await;
+        assert_eq!(change("alice", "change-1").await?, Outcome::Committed);
+        Ok(())
+    });
+    sim.run()
+}
 
+#[test]
+fn a_change_across_a_healed_partition_commits() -> turmoil::Result {
+    let data = tempfile::tempdir().unwrap();
+    let mut sim = simulation(data.path(), &Disks::default());
+    sim.client("client", async {
+        register("bob").await;
+        Ok(())
+    });
+    settle(&mut sim)?;
+    sim.partition(COORDINATOR, HISTORY);
+    sim.client("changer", async {
+        assert_eq!(change("bob", "change-1").await?, Outcome::Aborted);
+        Ok(())
+    });
+    for _ in 0..5_000 {
+        sim.step()?;
+    }
+    sim.repair(COORDINATOR, HISTORY);
+    sim.client("later", async {
+        while change("bob", "change-2").await.ok() != Some(Outcome::Committed) {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Ok(())
+    });
+    sim.run()
+}
+
+#[test]
+fn a_commit_survives_kill_9_of_every_host_losing_what_was_not_forced() -> turmoil::Result {
     let data = tempfile::tempdir().unwrap();
     let disks = Disks::default();
-    let mut sim = turmoil::Builder::new()
-        .simulation_duration(Duration::from_secs(120))
-        .build();
-    cluster::add_services(&mut sim, data.path(), &disks);
+    let mut sim = simulation(data.path(), &disks);
     sim.client("client", async {
-        let mut client = PasswordServiceClient::new(cluster::public_channel(COORDINATOR));
-        loop {
-            let result = client
-                .register_user(RegisterUserRequest {
-                    user_id: "carol".into(),
-                    email: "carol@example.com".into(),
-                    password: "first password".into(),
-                    request_id: "register-carol".into(),
-                })
-                .await;
-            if matches!(&result, Ok(r) if r.get_ref().outcome() == Outcome::Committed) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let changed = client
-            .update_password(UpdatePasswordRequest {
-                user_id: "carol".into(),
-                current_password: "first password".into(),
-                new_password: "second password".into(),
-                request_id: "change-1".into(),
-            })
-            .await?
-            .into_inner();
-        assert_eq!(changed.outcome(), Outcome::Committed, "{changed:?}");
+        register("carol").await;
+        assert_eq!(change("carol", "change-1").await?, Outcome::Committed);
         Ok(())
     });
     settle(&mut sim)?;
@@ -171,30 +124,21 @@ fn a_commit_survives_kill_9_of_every_host_losing_what_was_not_forced() -> turmoi
     sim.client("after", async {
         let mut reader = PasswordReaderClient::new(cluster::public_channel(PASSWORD));
         let verified = loop {
-            match reader
-                .verify_password(VerifyPasswordRequest {
-                    user_id: "carol".into(),
-                    password: "second password".into(),
-                })
-                .await
-            {
+            let request = VerifyPasswordRequest {
+                user_id: "carol".into(),
+                password: "second password".into(),
+            };
+            match reader.verify_password(request).await {
                 Ok(v) => break v.into_inner(),
                 Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
             }
         };
-        assert!(verified.valid, "the committed change survived: {verified:?}");
+        assert!(
+            verified.valid,
+            "the committed change survived: {verified:?}"
+        );
         // The same request again: the restarted coordinator remembers it committed.
-        let mut client = PasswordServiceClient::new(cluster::public_channel(COORDINATOR));
-        let again = client
-            .update_password(UpdatePasswordRequest {
-                user_id: "carol".into(),
-                current_password: "first password".into(),
-                new_password: "second password".into(),
-                request_id: "change-1".into(),
-            })
-            .await?
-            .into_inner();
-        assert_eq!(again.outcome(), Outcome::Committed, "{again:?}");
+        assert_eq!(change("carol", "change-1").await?, Outcome::Committed);
         Ok(())
     });
     sim.run()

@@ -192,7 +192,7 @@ impl<R: Resource> Node<R> {
         txn: TxnId,
     ) -> Result<Option<Barrier<R::Undo>>, Status> {
         let node = self.clone();
-        tokio::task::spawn_blocking(move || node.store.barrier::<R::Undo>(txn))
+        tpc_common::blocking::run(move || node.store.barrier::<R::Undo>(txn))
             .await
             .map_err(|_| Status::internal("reading the barrier record failed"))?
             .map_err(|e| Status::internal(e.to_string()))
@@ -206,7 +206,7 @@ impl<R: Resource> Node<R> {
             let before = now_ms().saturating_sub(BARRIER_RETENTION_MS);
             loop {
                 let node = self.clone();
-                let slice = tokio::task::spawn_blocking(move || {
+                let slice = tpc_common::blocking::run(move || {
                     node.store.collect_barriers(before, BARRIER_SLICE)
                 })
                 .await;

@@ -67,10 +67,6 @@ enum Undo {
     Latency(&'static str, &'static str),
 }
 
-fn internal_channel(host: &str) -> Channel {
-    cluster::internal_channel(host)
-}
-
 /// Runs seed `config.seed` and returns what the checker found.
 pub fn run(config: &SimConfig) -> Result<SimReport, Box<dyn std::error::Error>> {
     let _simulated = crate::simulation::enter(config.seed);
@@ -236,7 +232,7 @@ fn apply_undo(sim: &mut turmoil::Sim<'_>, undo: Undo, faults: &mut Vec<String>, 
 /// Waits until nothing is in flight (no participant in doubt or locking a user, no transaction active
 /// or committing), then reads the final state, as the chaos run does.
 async fn observe(users: &[String]) -> Result<Observed, BoxError> {
-    let mut coordinator = TransactionManagerClient::new(internal_channel(COORDINATOR));
+    let mut coordinator = TransactionManagerClient::new(cluster::internal_channel(COORDINATOR));
     let mut busy = String::new();
     for _ in 0..600 {
         match in_flight(&mut coordinator).await {
@@ -316,7 +312,7 @@ async fn transactions(
 
 /// A participant's in-doubt transactions and locked users.
 async fn status(host: &str) -> Result<tpc_proto::v1::ParticipantStatus, BoxError> {
-    Ok(ParticipantClient::new(internal_channel(host))
+    Ok(ParticipantClient::new(cluster::internal_channel(host))
         .status(StatusRequest {})
         .await?
         .into_inner())

@@ -161,6 +161,9 @@ pub fn run(config: &SimConfig) -> Result<SimReport, Box<dyn std::error::Error>> 
         }
     }
     work.stop.store(true, Ordering::Relaxed);
+    // The clients finish what they are doing first: an operation still running when the observer
+    // looks would complete after the state it judges was read.
+    while !sim.step()? {}
     let observed: Arc<Mutex<Option<Result<Observed, String>>>> = Arc::default();
     {
         let observed = observed.clone();

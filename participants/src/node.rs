@@ -169,21 +169,21 @@ impl<R: Resource> Node<R> {
         self.engine.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Handles `event`, then every command that follows from it, until the request is answered.
-    ///
-    /// The work runs in its own task: if the caller goes away (the coordinator crashed, the RPC was
-    /// cancelled), the step still runs to its end, so no transaction is left half-way between two
-    /// engine states, holding its user's lock forever.
+    /// Handles `event`, then every command that follows from it, and answers when the engine says
+    /// (its `Vote` or `Ack`): the runtime adds no rule of its own about when a reply may leave.
     pub async fn drive(
         self: &Arc<Self>,
         event: Event<R::Change>,
         op: Option<Operation>,
     ) -> Result<Reply<R::Change>, Status> {
-        detached(self.clone().step(event, op).in_current_span()).await
+        self.clone().step(event, op).await
     }
 
-    /// The work of [`Node::drive`], in the caller's task: for a caller that runs it in a task of its
-    /// own already (each transaction of a batch).
+    /// The work of [`Node::drive`].
+    ///
+    /// The chain of commands runs in its own task: if the caller goes away (the coordinator crashed,
+    /// the RPC was cancelled), it still runs to its end, so no transaction is left half-way between two
+    /// engine states, holding its user's lock forever; and it goes on after the answer left.
     pub async fn step(
         self: Arc<Self>,
         event: Event<R::Change>,
@@ -197,7 +197,20 @@ impl<R: Resource> Node<R> {
             Event::PrepareRequested { .. } => Some(self.hashing_slot().await?),
             _ => None,
         };
-        self.run(event, op.as_ref(), slot).await
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let chain = tokio::spawn(
+            async move { self.run(event, op.as_ref(), slot, answer).await }.in_current_span(),
+        );
+        match answered.await {
+            Ok(reply) => Ok(reply),
+            // No answer: the chain failed (a refusal, an injected lost reply).
+            Err(_) => match chain.await {
+                Ok(Err(status)) => Err(status),
+                Ok(Ok(())) => Ok(Reply::Nothing),
+                // A fixed message: a panic's payload could hold anything, and reaches no client.
+                Err(_) => Err(Status::internal("participant task failed")),
+            },
+        }
     }
 
     async fn run(
@@ -205,10 +218,11 @@ impl<R: Resource> Node<R> {
         event: Event<R::Change>,
         op: Option<&Operation>,
         mut slot: Option<OwnedSemaphorePermit>,
-    ) -> Result<Reply<R::Change>, Status> {
+        answer: tokio::sync::oneshot::Sender<Reply<R::Change>>,
+    ) -> Result<(), Status> {
         self.serving()?;
         let mut queue: VecDeque<_> = self.engine().handle(event).into();
-        let mut reply = Reply::Nothing;
+        let mut answer = Some(answer);
         // Set by an `error` fail point after a step that completed: its reply is lost.
         let mut reply_lost = false;
         while let Some(command) = queue.pop_front() {
@@ -289,11 +303,15 @@ impl<R: Resource> Node<R> {
                     None
                 }
                 Command::Vote { vote, .. } => {
-                    reply = Reply::Vote(vote);
+                    if !reply_lost && let Some(answer) = answer.take() {
+                        let _ = answer.send(Reply::Vote(vote));
+                    }
                     None
                 }
                 Command::Ack { .. } => {
-                    reply = Reply::Ack;
+                    if !reply_lost && let Some(answer) = answer.take() {
+                        let _ = answer.send(Reply::Ack);
+                    }
                     None
                 }
                 Command::Refuse { txn, refusal } => return Err(refusal_status(txn, refusal)),
@@ -317,7 +335,16 @@ impl<R: Resource> Node<R> {
         if reply_lost {
             return Err(Status::unavailable("injected: the reply was lost"));
         }
-        Ok(reply)
+        if let Some(answer) = answer.take() {
+            let _ = answer.send(Reply::Nothing);
+        }
+        Ok(())
+    }
+
+    /// [`Node::run`] for an event nobody waits to hear answered (a tick, a learnt decision).
+    async fn run_unanswered(self: &Arc<Self>, event: Event<R::Change>) -> Result<(), Status> {
+        let (answer, _) = tokio::sync::oneshot::channel();
+        self.run(event, None, None, answer).await
     }
 
     /// Runs argon2 work on the blocking pool, never on an async worker, a bounded number at a time.
@@ -374,7 +401,7 @@ impl<R: Resource> Node<R> {
                     decision,
                     at: monotonic_ms(),
                 };
-                if let Err(status) = node.run(event, None, None).await {
+                if let Err(status) = node.run_unanswered(event).await {
                     warn!(%status, "could not apply the learned decision");
                 }
             }
@@ -393,13 +420,9 @@ impl<R: Resource> Node<R> {
                 continue;
             }
             if let Err(status) = self
-                .run(
-                    Event::Tick {
-                        now: monotonic_ms(),
-                    },
-                    None,
-                    None,
-                )
+                .run_unanswered(Event::Tick {
+                    now: monotonic_ms(),
+                })
                 .await
             {
                 warn!(%status, "tick failed");
@@ -445,7 +468,7 @@ impl<R: Resource> Node<R> {
             user: user.clone(),
             at: monotonic_ms(),
         };
-        if let Err(status) = self.run(asked, None, None).await {
+        if let Err(status) = self.run_unanswered(asked).await {
             lock(&self.readers).remove(&reader);
             return Err(status);
         }

@@ -42,6 +42,9 @@ fn sim_child() {
         Ok("reply-before-force") => {
             config.engines.coordinator.planted = Some(PlantedBug::ReplyBeforeCommitForced)
         }
+        Ok("vote-before-force") => {
+            config.engines.participant.planted = Some(PlantedBug::VoteBeforePreparedForced)
+        }
         Ok("aborted-while-voting") => {
             config.engines.coordinator.planted = Some(PlantedBug::AbortedWhileVoting)
         }
@@ -120,5 +123,11 @@ fn planted_reply_before_the_commit_is_forced_is_caught() {
 #[test]
 fn planted_aborted_while_voting_is_caught() {
     let caught = first_caught("aborted-while-voting", 0..60).expect("no seed of 60 caught it");
+    println!("seed {}: {:#?}", caught.seed, caught.violations);
+}
+
+#[test]
+fn planted_vote_before_prepared_is_forced_is_caught() {
+    let caught = first_caught("vote-before-force", 0..200).expect("no seed of 200 caught it");
     println!("seed {}: {:#?}", caught.seed, caught.violations);
 }

@@ -36,7 +36,7 @@ pub struct Client {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Reader {
     pub started: bool,
-    pub done: bool,
+    /// The read out, if one is; none once started means the reader is done.
     pub call: Option<Call>,
     pub seen: Vec<u8>,
 }
@@ -121,12 +121,10 @@ impl Cluster {
         }
         self.reader.call = None;
         let Answer::Version(version) = answer else {
-            self.reader.done = true;
             return;
         };
         self.reader.seen.push(version);
         if let [before, history, after] = self.reader.seen[..] {
-            self.reader.done = true;
             if before == after && history != before {
                 self.world.ghost.torn_reads += 1;
             }
@@ -138,7 +136,6 @@ impl Cluster {
     pub fn reader_timed_out(&mut self, call: Call) {
         if self.reader.call == Some(call) {
             self.reader.call = None;
-            self.reader.done = true;
         }
     }
 

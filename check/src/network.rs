@@ -184,10 +184,6 @@ impl Network {
     pub fn carries(&self, call: Call) -> bool {
         self.0.iter().any(|e| e.msg.call() == Some(call))
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
 }
 
 /// A call number as `coordinator#3`.

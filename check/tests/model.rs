@@ -110,13 +110,20 @@ fn two_changes_of_two_users() {
     holds(setup, 14);
 }
 
-#[test]
-fn planted_reply_before_the_commit_is_forced_is_caught() {
+/// One change that the history participant always accepts, no reader, and one crash of `crash` if
+/// any: the least a planted bug needs to show.
+fn for_a_planted_bug(crash: Option<Node>) -> Setup {
     let mut setup = Setup::one_change();
     setup.reader = false;
     setup.history_may_refuse = false;
-    setup.faults = faults(1, 0, 0, 0);
-    setup.crashable = vec![Node::Coordinator];
+    setup.faults = faults(u8::from(crash.is_some()), 0, 0, 0);
+    setup.crashable = crash.into_iter().collect();
+    setup
+}
+
+#[test]
+fn planted_reply_before_the_commit_is_forced_is_caught() {
+    let mut setup = for_a_planted_bug(Some(Node::Coordinator));
     setup.coordinator.planted = Some(PlantedBug::ReplyBeforeCommitForced);
     let broken = caught(setup, 18);
     assert!(
@@ -127,11 +134,7 @@ fn planted_reply_before_the_commit_is_forced_is_caught() {
 
 #[test]
 fn planted_vote_before_prepared_is_forced_is_caught() {
-    let mut setup = Setup::one_change();
-    setup.reader = false;
-    setup.history_may_refuse = false;
-    setup.faults = faults(1, 0, 0, 0);
-    setup.crashable = vec![Node::Password];
+    let mut setup = for_a_planted_bug(Some(Node::Password));
     setup.participant.planted = Some(PlantedBug::VoteBeforePreparedForced);
     let broken = caught(setup, 19);
     assert!(
@@ -142,10 +145,7 @@ fn planted_vote_before_prepared_is_forced_is_caught() {
 
 #[test]
 fn planted_aborted_while_voting_is_caught() {
-    let mut setup = Setup::one_change();
-    setup.reader = false;
-    setup.history_may_refuse = false;
-    setup.faults = faults(0, 0, 0, 0);
+    let mut setup = for_a_planted_bug(None);
     setup.coordinator.planted = Some(PlantedBug::AbortedWhileVoting);
     let broken = caught(setup, 18);
     assert!(

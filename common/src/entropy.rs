@@ -18,7 +18,9 @@ pub fn uuid_v7() -> Uuid {
     };
     let mut random = [0u8; 10];
     fill(&mut random);
-    // Sorted within a millisecond too, as `now_v7` keeps them: the sequence in the top bits.
+    // Sorted within a millisecond too, as `now_v7` keeps them: the sequence in the top bits (the
+    // version and variant bits the builder sets cover bits 14–15 and 28–31 of it: far more ids than a
+    // simulation makes in one millisecond).
     random[..4].copy_from_slice(&n.to_be_bytes());
     uuid::Builder::from_unix_timestamp_millis(crate::now_ms(), &random).into_uuid()
 }

@@ -13,6 +13,8 @@ static ACTIVE: AtomicBool = AtomicBool::new(false);
 static STATE: Mutex<Option<Simulated>> = Mutex::new(None);
 
 struct Simulated {
+    /// Processes that stopped themselves (see [`abort`]) and are not yet crashed by the simulator.
+    aborted: u32,
     /// splitmix64's state.
     rng: u64,
     /// Counts ids made, so they sort in the order they were made.
@@ -24,6 +26,7 @@ struct Simulated {
 /// Turns the simulation on: randomness from `seed`, the clock from `elapsed`.
 pub fn enter(seed: u64, elapsed: fn() -> Duration) {
     *lock() = Some(Simulated {
+        aborted: 0,
         rng: seed,
         ids: 0,
         elapsed,
@@ -81,4 +84,30 @@ pub(crate) fn next_id() -> Option<u32> {
     let sim = state.as_mut()?;
     sim.ids = sim.ids.wrapping_add(1);
     Some(sim.ids)
+}
+
+/// The payload of the unwinding [`abort`] starts in a simulation.
+#[derive(Debug)]
+pub struct Aborted;
+
+/// Stops this process at once: what a service does when a forced write fails and it can no longer keep
+/// its promises. In a real process that is `abort()`. A simulated host shares its process with the
+/// simulator, so there it unwinds the task that failed instead (with [`Aborted`], silently: no panic
+/// message) and counts the stop; the simulator then crashes the host before it runs again
+/// ([`take_aborts`]), so nothing the host does after the failure survives it.
+pub fn abort() -> ! {
+    if active() {
+        if let Some(sim) = lock().as_mut() {
+            sim.aborted += 1;
+        }
+        std::panic::resume_unwind(Box::new(Aborted));
+    }
+    std::process::abort()
+}
+
+/// How many simulated processes stopped themselves since the last call.
+pub fn take_aborts() -> u32 {
+    lock()
+        .as_mut()
+        .map_or(0, |sim| std::mem::take(&mut sim.aborted))
 }

@@ -391,5 +391,5 @@ const END_ATTEMPTS: u32 = 10;
 /// what is on disk (presumed abort for anything not forced), as databases do when `fsync` fails.
 fn fatal(cause: &str) -> ! {
     error!(%cause, "cannot force the COMMIT record; aborting the process");
-    std::process::abort()
+    tpc_common::simulation::abort()
 }

@@ -528,7 +528,7 @@ fn refusal_status(txn: TxnId, refusal: Refusal) -> Status {
 /// recovery start from what is durable (as databases do when fsync fails).
 fn fatal(err: StoreError) -> ! {
     error!(cause = %err, "storage failed; aborting the process");
-    std::process::abort()
+    tpc_common::simulation::abort()
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

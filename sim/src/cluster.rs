@@ -56,11 +56,11 @@ pub fn add_services(sim: &mut turmoil::Sim<'_>, data: &Path, disks: &Disks, engi
         config.guard = unthrottled();
         config.engine = coordinator_engine;
         config.storage = Some(coordinator_disks.open(COORDINATOR));
-        async move {
+        supervised(async move {
             tpc_coordinator::server::run(config, listeners().await?, std::future::pending())
                 .await?;
             HostResult::Ok(())
-        }
+        })
     });
     for (host, role) in [(PASSWORD, Role::Password), (HISTORY, Role::History)] {
         let dir = data.join(host);
@@ -76,12 +76,31 @@ pub fn add_services(sim: &mut turmoil::Sim<'_>, data: &Path, disks: &Disks, engi
             config.guard = unthrottled();
             config.storage = Some(disks.open(host));
             config.engine = engine;
-            async move {
+            supervised(async move {
                 tpc_participants::server::run(config, listeners().await?, std::future::pending())
                     .await?;
                 HostResult::Ok(())
-            }
+            })
         });
+    }
+}
+
+/// Runs a host's server in its own task, so that a server stopping itself on a failed disk
+/// ([`tpc_common::simulation::abort`]) leaves the host waiting for the crash the simulator then gives it,
+/// instead of failing the whole simulation.
+async fn supervised(server: impl std::future::Future<Output = HostResult> + 'static) -> HostResult {
+    let server = async move { server.await.map_err(|e| e.to_string()) };
+    match tokio::task::spawn_local(server).await {
+        Ok(result) => Ok(result?),
+        Err(e) if e.is_panic() => {
+            let payload = e.into_panic();
+            if payload.is::<tpc_common::simulation::Aborted>() {
+                std::future::pending().await
+            } else {
+                std::panic::resume_unwind(payload)
+            }
+        }
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -29,6 +29,28 @@ impl Disks {
         }
     }
 
+    /// `host`'s disk starts failing every write (`writes`) or every flush, until [`Disks::heal`] or a
+    /// crash: a disk that returns an I/O error keeps returning them.
+    pub fn break_down(&self, host: &str, writes: bool) {
+        let current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(disk) = current.get(host) {
+            if writes {
+                disk.fail_writes(u32::MAX);
+            } else {
+                disk.fail_flushes(u32::MAX);
+            }
+        }
+    }
+
+    /// `host`'s disk works again.
+    pub fn heal(&self, host: &str) {
+        let current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(disk) = current.get(host) {
+            disk.fail_writes(0);
+            disk.fail_flushes(0);
+        }
+    }
+
     /// Every key and value on every disk, for a scan (a plaintext password must be nowhere).
     pub fn contents(&self) -> Vec<(String, Vec<u8>)> {
         use tpc_common::storage::Storage;

@@ -65,6 +65,10 @@ enum Undo {
     Repair(&'static str, &'static str),
     Restart(&'static str),
     Latency(&'static str, &'static str),
+    /// The link stops losing messages.
+    Lossless(&'static str, &'static str),
+    /// The host's disk works again (if the host did not crash on it first).
+    Heal(&'static str),
 }
 
 /// Runs seed `config.seed` and returns what the checker found.
@@ -76,6 +80,8 @@ pub fn run(config: &SimConfig) -> Result<SimReport, Box<dyn std::error::Error>> 
         .rng_seed(config.seed)
         .simulation_duration(config.faults_for + Duration::from_secs(300))
         .max_message_latency(Duration::from_millis(20))
+        // A link told to lose messages (`set_link_fail_rate`) loses a few in a row, then works again.
+        .repair_rate(0.3)
         .build();
     cluster::add_services(&mut sim, data.path(), &disks, &config.engines);
 
@@ -97,14 +103,38 @@ pub fn run(config: &SimConfig) -> Result<SimReport, Box<dyn std::error::Error>> 
     let mut faults = Vec::new();
     let mut undo: Vec<(Duration, Undo)> = Vec::new();
     let mut next = Duration::from_millis(rng.u64(300..1500));
+    // The host whose disk is failing, if one is: a service that stops itself on a failed write
+    // (`tpc_common::simulation::abort`) is that host.
+    let mut broken: Option<&'static str> = None;
     while sim.elapsed() < config.faults_for {
         sim.step()?;
         let now = sim.elapsed();
+        if tpc_common::simulation::take_aborts() > 0 {
+            let host = broken
+                .take()
+                .ok_or("a service stopped itself, and no disk was failing")?;
+            let survivors = rng.usize(..=disks.unflushed(host));
+            disks.crash(host, survivors);
+            sim.crash(host);
+            let lasting = Duration::from_millis(rng.u64(200..3000));
+            faults.push(format!(
+                "{now:?}: {host} stopped itself on its failing disk (keeping {survivors} unforced batch(es)), restart after {lasting:?}"
+            ));
+            undo.push((now + lasting, Undo::Restart(host)));
+        }
         let (ready, later): (Vec<_>, Vec<_>) = std::mem::take(&mut undo)
             .into_iter()
             .partition(|(at, _)| *at <= now);
         undo = later;
         for (_, u) in ready {
+            if let Undo::Heal(host) = u {
+                if broken == Some(host) {
+                    disks.heal(host);
+                    broken = None;
+                    faults.push(format!("{now:?}: {host}'s disk works again"));
+                }
+                continue;
+            }
             apply_undo(&mut sim, u, &mut faults, now);
         }
         if now < next {
@@ -118,7 +148,7 @@ pub fn run(config: &SimConfig) -> Result<SimReport, Box<dyn std::error::Error>> 
             .nth(rng.usize(..2))
             .unwrap_or(a);
         let lasting = Duration::from_millis(rng.u64(200..3000));
-        match rng.u8(..4) {
+        match rng.u8(..6) {
             0 => {
                 sim.partition(a, b);
                 faults.push(format!("{now:?}: partition {a} <-> {b} for {lasting:?}"));
@@ -138,6 +168,24 @@ pub fn run(config: &SimConfig) -> Result<SimReport, Box<dyn std::error::Error>> 
                 ));
                 undo.push((now + lasting, Undo::Restart(a)));
             }
+            3 if broken.is_none() && sim.is_host_running(a) => {
+                let writes = rng.bool();
+                disks.break_down(a, writes);
+                broken = Some(a);
+                faults.push(format!(
+                    "{now:?}: {a}'s disk fails every {} for {lasting:?}",
+                    if writes { "write" } else { "flush" }
+                ));
+                undo.push((now + lasting, Undo::Heal(a)));
+            }
+            4 => {
+                let rate = [0.01, 0.05, 0.2][rng.usize(..3)];
+                sim.set_link_fail_rate(a, b, rate);
+                faults.push(format!(
+                    "{now:?}: {a} <-> {b} loses messages (a run starting at {rate} of them) for {lasting:?}"
+                ));
+                undo.push((now + lasting, Undo::Lossless(a, b)));
+            }
             _ => {
                 let latency = Duration::from_millis(rng.u64(50..1500));
                 sim.set_link_latency(a, b, latency);
@@ -150,6 +198,9 @@ pub fn run(config: &SimConfig) -> Result<SimReport, Box<dyn std::error::Error>> 
     }
     // Heal everything, and let the clients finish what they are doing.
     let now = sim.elapsed();
+    if let Some(host) = broken.take() {
+        disks.heal(host);
+    }
     for (_, u) in std::mem::take(&mut undo) {
         apply_undo(&mut sim, u, &mut faults, now);
     }
@@ -175,6 +226,9 @@ pub fn run(config: &SimConfig) -> Result<SimReport, Box<dyn std::error::Error>> 
         });
     }
     sim.run()?;
+    if tpc_common::simulation::take_aborts() > 0 {
+        return Err("a service stopped itself after every disk was healed".into());
+    }
 
     let mut observed = observed
         .lock()
@@ -229,6 +283,11 @@ fn apply_undo(sim: &mut turmoil::Sim<'_>, undo: Undo, faults: &mut Vec<String>, 
             }
         }
         Undo::Latency(a, b) => sim.set_link_latency(a, b, Duration::from_millis(1)),
+        Undo::Lossless(a, b) => {
+            sim.set_link_fail_rate(a, b, 0.0);
+            sim.repair(a, b);
+        }
+        Undo::Heal(_) => {}
     }
 }
 

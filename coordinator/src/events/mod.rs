@@ -259,7 +259,7 @@ impl Events {
         let forced = inner.log.force_with(&record, batch).await;
         if let Err(e) = forced {
             error!(cause = %e, "cannot force the published change; aborting the process");
-            std::process::abort();
+            tpc_common::simulation::abort();
         }
         debug!(target: "tpc::protocol", txn_id = %txn, "events: change published (record and deliveries forced)");
         for (to, feed) in &inner.consumers {

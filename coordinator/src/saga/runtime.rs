@@ -274,5 +274,5 @@ impl Actor {
 
 fn fatal(cause: &str) -> ! {
     error!(%cause, "saga log write failed; aborting the process");
-    std::process::abort()
+    tpc_common::simulation::abort()
 }

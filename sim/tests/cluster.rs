@@ -1,6 +1,6 @@
 //! The real servers on turmoil's network: a password change commits across the three hosts, a change
-//! cut off by a partition aborts and the next commits once it heals, and a commit survives `kill -9` of
-//! every host.
+//! cut off by a partition aborts and the next commits once it heals, a commit survives `kill -9` of
+//! every host, and a participant whose disk fails stops itself, its change settling one way everywhere.
 
 use std::time::Duration;
 
@@ -12,12 +12,17 @@ use tpc_proto::v1::{RegisterUserRequest, UpdatePasswordRequest, VerifyPasswordRe
 use tpc_sim::cluster::{self, COORDINATOR, HISTORY, PASSWORD};
 use tpc_sim::disks::Disks;
 
-fn simulation<'a>(data: &std::path::Path, disks: &Disks) -> turmoil::Sim<'a> {
+/// A cluster on `disks`, and the simulation switch (one test at a time: it is process-wide).
+fn simulation<'a>(
+    data: &std::path::Path,
+    disks: &Disks,
+) -> (turmoil::Sim<'a>, tpc_sim::simulation::Entered) {
+    let entered = tpc_sim::simulation::enter(7);
     let mut sim = turmoil::Builder::new()
         .simulation_duration(Duration::from_secs(120))
         .build();
     cluster::add_services(&mut sim, data, disks, &Default::default());
-    sim
+    (sim, entered)
 }
 
 fn coordinator() -> PasswordServiceClient<Channel> {
@@ -67,7 +72,7 @@ fn settle(sim: &mut turmoil::Sim<'_>) -> turmoil::Result {
 #[test]
 fn a_password_change_commits_across_the_simulated_cluster() -> turmoil::Result {
     let data = tempfile::tempdir().unwrap();
-    let mut sim = simulation(data.path(), &Disks::default());
+    let (mut sim, _simulated) = simulation(data.path(), &Disks::default());
     sim.client("client", async {
         register("alice").await;
         assert_eq!(change("alice", "change-1").await?, Outcome::Committed);
@@ -79,7 +84,7 @@ fn a_password_change_commits_across_the_simulated_cluster() -> turmoil::Result {
 #[test]
 fn a_change_across_a_healed_partition_commits() -> turmoil::Result {
     let data = tempfile::tempdir().unwrap();
-    let mut sim = simulation(data.path(), &Disks::default());
+    let (mut sim, _simulated) = simulation(data.path(), &Disks::default());
     sim.client("client", async {
         register("bob").await;
         Ok(())
@@ -107,7 +112,7 @@ fn a_change_across_a_healed_partition_commits() -> turmoil::Result {
 fn a_commit_survives_kill_9_of_every_host_losing_what_was_not_forced() -> turmoil::Result {
     let data = tempfile::tempdir().unwrap();
     let disks = Disks::default();
-    let mut sim = simulation(data.path(), &disks);
+    let (mut sim, _simulated) = simulation(data.path(), &disks);
     sim.client("client", async {
         register("carol").await;
         assert_eq!(change("carol", "change-1").await?, Outcome::Committed);
@@ -142,4 +147,82 @@ fn a_commit_survives_kill_9_of_every_host_losing_what_was_not_forced() -> turmoi
         Ok(())
     });
     sim.run()
+}
+
+#[test]
+fn a_participant_whose_disk_fails_stops_itself_and_its_change_settles_one_way() -> turmoil::Result {
+    let data = tempfile::tempdir().unwrap();
+    let disks = Disks::default();
+    let (mut sim, _simulated) = simulation(data.path(), &disks);
+    sim.client("client", async {
+        register("dave").await;
+        Ok(())
+    });
+    settle(&mut sim)?;
+    assert_eq!(tpc_common::simulation::take_aborts(), 0);
+
+    // The change cannot be forced while the disk fails; the coordinator may prepare it again on the
+    // restarted participant within its deadline, so either outcome may come back, as long as the
+    // answers and the password in effect agree.
+    disks.break_down(PASSWORD, true);
+    let first: std::rc::Rc<std::cell::Cell<Option<Outcome>>> = Default::default();
+    let answered = first.clone();
+    sim.client("changer", async move {
+        answered.set(change("dave", "change-1").await.ok());
+        Ok(())
+    });
+    // Under the simulation switch the participant's stop unwinds and is counted, instead of aborting
+    // this test's process; the test then crashes it, as the simulator does.
+    let mut stopped = false;
+    for _ in 0..20_000 {
+        sim.step()?;
+        if tpc_common::simulation::take_aborts() > 0 {
+            stopped = true;
+            break;
+        }
+    }
+    assert!(
+        stopped,
+        "the password participant kept running on a failing disk"
+    );
+    disks.crash(PASSWORD, 0);
+    sim.crash(PASSWORD);
+    sim.bounce(PASSWORD);
+    settle(&mut sim)?;
+
+    sim.client("later", async move {
+        let outcome = loop {
+            match change("dave", "change-1").await {
+                Ok(outcome) => break outcome,
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        };
+        // A committed request stays committed; an aborted one may run again (abort means nothing
+        // happened: docs/protocol.md).
+        if first.get() == Some(Outcome::Committed) {
+            assert_eq!(
+                outcome,
+                Outcome::Committed,
+                "a committed request asked again"
+            );
+        }
+        let mut reader = PasswordReaderClient::new(cluster::public_channel(PASSWORD));
+        let verified = reader
+            .verify_password(VerifyPasswordRequest {
+                user_id: "dave".into(),
+                password: "second password".into(),
+            })
+            .await?
+            .into_inner();
+        assert_eq!(
+            verified.valid,
+            outcome == Outcome::Committed,
+            "change-1 ended {outcome:?}; the new password is in effect: {}",
+            verified.valid
+        );
+        Ok(())
+    });
+    sim.run()?;
+    assert_eq!(tpc_common::simulation::take_aborts(), 0);
+    Ok(())
 }

@@ -12,6 +12,7 @@
 
 pub mod batcher;
 mod clients;
+mod dialed_smtp;
 pub mod email;
 pub mod engine;
 pub mod events;

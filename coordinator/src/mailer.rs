@@ -16,7 +16,9 @@ use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use tpc_common::TxnId;
+use tpc_common::dial::Connector;
 
+use crate::dialed_smtp::DialedSmtp;
 use crate::log::OutboxEntry;
 
 /// Sender address of every tpc e-mail.
@@ -32,6 +34,8 @@ pub enum Mailer {
     },
     /// `.eml` files in a directory.
     Files(PathBuf),
+    /// An SMTP server on a test's network.
+    Dialed(DialedSmtp),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -187,6 +191,20 @@ impl Mailer {
         })
     }
 
+    /// A plaintext SMTP server (`smtp://host:port`) reached through a test's network.
+    pub fn dialed(url: &str, connector: Connector) -> Result<Self, MailerError> {
+        let bad = |why: &str| MailerError::Url(format!("{}: {why}", redact_url(url)));
+        let parsed = url::Url::parse(url).map_err(|e| bad(&e.to_string()))?;
+        if parsed.scheme() != "smtp" || parsed.query().is_some() || !parsed.username().is_empty() {
+            return Err(bad("a test's network takes plain smtp://host:port only"));
+        }
+        let host = parsed.host_str().ok_or_else(|| bad("no host"))?;
+        let server = format!("smtp://{host}:{}", parsed.port().unwrap_or(25))
+            .parse()
+            .map_err(|e: tonic::codegen::http::uri::InvalidUri| bad(&e.to_string()))?;
+        Ok(Mailer::Dialed(DialedSmtp::new(connector, server)))
+    }
+
     pub fn files(dir: PathBuf) -> Result<Self, MailerError> {
         std::fs::create_dir_all(&dir)?;
         Ok(Mailer::Files(dir))
@@ -196,6 +214,7 @@ impl Mailer {
         match self {
             Mailer::Smtp { described, .. } => described.clone(),
             Mailer::Files(dir) => format!(".eml files in {}", dir.display()),
+            Mailer::Dialed(relay) => relay.describe(),
         }
     }
 

@@ -11,7 +11,6 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use lettre::{AsyncSmtpTransport, Tokio1Executor};
 use tokio::sync::mpsc;
 use tpc_common::fault::inject;
 use tpc_common::{Backoff, TxnId};
@@ -144,7 +143,14 @@ async fn deliver_all(
                 Err(_) => vec![Delivery::Failed("e-mail task failed".into()); batch.len()],
             }
         }
-        Mailer::Smtp { transport, .. } => send_all(transport, &batch).await,
+        Mailer::Smtp { transport, .. } => {
+            send_all(&batch, |entry| {
+                let transport = transport.clone();
+                async move { Mailer::send_smtp(&transport, &entry).await }
+            })
+            .await
+        }
+        Mailer::Dialed(relay) => send_all(&batch, |entry| relay.clone().send(entry)).await,
     };
     let (mut sent, mut failed) = (Vec::new(), Vec::new());
     for (entry, delivery) in batch.into_iter().zip(done) {
@@ -176,18 +182,22 @@ async fn deliver_all(
     (sent.into_iter().map(|e| e.txn).collect(), failed)
 }
 
-/// Hands the e-mails to the SMTP server, `IN_FLIGHT` at a time; one delivery per entry, in order.
-async fn send_all(
-    transport: &AsyncSmtpTransport<Tokio1Executor>,
+/// Hands the e-mails to the SMTP server (`send` sends one), `IN_FLIGHT` at a time; one delivery per
+/// entry, in order.
+async fn send_all<Sending>(
     batch: &[OutboxEntry],
-) -> Vec<Delivery> {
+    send: impl Fn(OutboxEntry) -> Sending,
+) -> Vec<Delivery>
+where
+    Sending: std::future::Future<Output = Delivery> + Send + 'static,
+{
     let mut done: Vec<Option<Delivery>> = batch.iter().map(|_| None).collect();
     let mut sends = tokio::task::JoinSet::new();
     let mut next = 0;
     loop {
         while sends.len() < IN_FLIGHT && next < batch.len() {
-            let (transport, entry, i) = (transport.clone(), batch[next].clone(), next);
-            sends.spawn(async move { (i, Mailer::send_smtp(&transport, &entry).await) });
+            let (sending, i) = (send(batch[next].clone()), next);
+            sends.spawn(async move { (i, sending.await) });
             next += 1;
         }
         match sends.join_next().await {

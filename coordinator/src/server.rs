@@ -102,7 +102,10 @@ pub async fn run(
         None => Log::open(&config.data_dir.join("coordinator"), config.cache_mib)?,
     });
     let mailer = match &config.smtp {
-        Some(url) => Mailer::smtp(url, &config.smtp_access)?,
+        Some(url) => match &config.dialer {
+            tpc_common::dial::Dialer::Tcp => Mailer::smtp(url, &config.smtp_access)?,
+            tpc_common::dial::Dialer::Custom(connector) => Mailer::dialed(url, connector.clone())?,
+        },
         None => Mailer::files(config.data_dir.join("mail"))?,
     };
     let peers = Peers::new(

@@ -12,6 +12,8 @@ mod output;
 mod proxy;
 
 pub use cluster::{Cluster, ClusterOptions, LINKS, Service};
-pub use mail_server::{BUSY_MAILBOX, Mail, MailSecurity, MailServer, REFUSED_MAILBOX};
+pub use mail_server::{
+    BUSY_MAILBOX, Inbox, Mail, MailSecurity, MailServer, REFUSED_MAILBOX, plain_session,
+};
 pub use output::fresh_output_dir;
 pub use proxy::{FaultProxy, LinkFaults};

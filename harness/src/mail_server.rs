@@ -37,7 +37,9 @@ impl Mail {
     }
 }
 
-type Inbox = Arc<Mutex<Vec<Mail>>>;
+/// What a mail server received. A simulator keeps it across the server's crashes: an e-mail a server
+/// accepted is its to keep.
+pub type Inbox = Arc<Mutex<Vec<Mail>>>;
 
 /// How a [`MailServer`] protects its sessions.
 #[derive(Clone, Default)]
@@ -276,6 +278,24 @@ async fn session(
             converse(stream, &mut session, false).await.map(drop)
         }
     }
+}
+
+/// Serves one plaintext SMTP session (no TLS, no AUTH) on any stream, such as a simulated network's,
+/// keeping what it receives in `inbox`.
+pub async fn plain_session<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    peer: std::net::IpAddr,
+    inbox: Inbox,
+) -> std::io::Result<()> {
+    let collector = Collector {
+        inbox,
+        auth: None,
+        from: String::new(),
+        to: Vec::new(),
+        data: Vec::new(),
+    };
+    let mut session = SessionBuilder::new("tpc-test-smtp").build(peer, collector);
+    converse(stream, &mut session, true).await.map(drop)
 }
 
 /// Runs the SMTP dialogue on `stream` until the client quits or leaves; returns the stream if the

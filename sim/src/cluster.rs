@@ -1,10 +1,13 @@
-//! The coordinator and both participants as turmoil hosts, each running its real server.
+//! The coordinator, both participants and a mail server as turmoil hosts, each running its real server
+//! (the mail server: the harness's SMTP server, keeping what it accepted across its crashes).
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 use std::time::Duration;
 
 use tonic::transport::Channel;
 use tpc_common::serve::Listeners;
+use tpc_harness::{Inbox, plain_session};
 use tpc_participants::hashing::Cost;
 use tpc_participants::server::Role;
 
@@ -14,6 +17,9 @@ use crate::network::{dialer, listen};
 pub const COORDINATOR: &str = "coordinator";
 pub const PASSWORD: &str = "password";
 pub const HISTORY: &str = "history";
+pub const MAIL: &str = "mail";
+/// The mail server listens here.
+pub const SMTP_PORT: u16 = 25;
 /// Every host listens for clients here …
 pub const PUBLIC_PORT: u16 = 50051;
 /// … and for the cluster's own calls here.
@@ -40,9 +46,32 @@ pub struct Engines {
     pub participant: tpc_participants::engine::Config,
 }
 
-/// Adds the three services to `sim`, their logs and stores on `disks` (a host that restarts after a
-/// crash finds what its disk kept) and the rest of their files (e-mails, the witness) under `data`.
-pub fn add_services(sim: &mut turmoil::Sim<'_>, data: &Path, disks: &Disks, engines: &Engines) {
+/// Adds the three services and the mail server to `sim`: the services' logs and stores on `disks` (a
+/// host that restarts after a crash finds what its disk kept), the rest of their files (the witness)
+/// under `data`, and the e-mails the mail server accepts in `mail`.
+pub fn add_services(
+    sim: &mut turmoil::Sim<'_>,
+    data: &Path,
+    disks: &Disks,
+    engines: &Engines,
+    mail: &Inbox,
+) {
+    let inbox = mail.clone();
+    sim.host(MAIL, move || {
+        let inbox = inbox.clone();
+        async move {
+            let listener =
+                turmoil::net::TcpListener::bind((IpAddr::from(Ipv4Addr::UNSPECIFIED), SMTP_PORT))
+                    .await?;
+            loop {
+                let (stream, peer) = listener.accept().await?;
+                let inbox = inbox.clone();
+                tokio::spawn(async move {
+                    let _ = plain_session(stream, peer.ip(), inbox).await;
+                });
+            }
+        }
+    });
     let dir = data.join(COORDINATOR);
     let coordinator_disks = disks.clone();
     let coordinator_engine = engines.coordinator;
@@ -56,6 +85,7 @@ pub fn add_services(sim: &mut turmoil::Sim<'_>, data: &Path, disks: &Disks, engi
         config.guard = unthrottled();
         config.engine = coordinator_engine;
         config.storage = Some(coordinator_disks.open(COORDINATOR));
+        config.smtp = Some(format!("smtp://{MAIL}:{SMTP_PORT}"));
         supervised(async move {
             tpc_coordinator::server::run(config, listeners().await?, std::future::pending())
                 .await?;

@@ -3,12 +3,12 @@
 //! rest); then everything heals, the cluster goes quiet, and the chaos run's checker judges the history
 //! and the final state.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tonic::transport::Channel;
+use tpc_harness::Inbox;
 use tpc_harness::chaos::observe::{coordinator_txn, final_users, leaks, password_set};
 use tpc_harness::chaos::workload::{self, Endpoints, Workload};
 use tpc_harness::checker::{self, Observed, ParticipantState, Violation};
@@ -18,7 +18,7 @@ use tpc_proto::v1::password_reader_client::PasswordReaderClient;
 use tpc_proto::v1::transaction_manager_client::TransactionManagerClient;
 use tpc_proto::v1::{ListTransactionsRequest, StatusRequest};
 
-use crate::cluster::{self, COORDINATOR, HISTORY, PASSWORD};
+use crate::cluster::{self, COORDINATOR, HISTORY, MAIL, PASSWORD};
 use crate::disks::Disks;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -58,7 +58,7 @@ pub struct SimReport {
     pub log: String,
 }
 
-const HOSTS: [&str; 3] = [COORDINATOR, PASSWORD, HISTORY];
+const HOSTS: [&str; 4] = [COORDINATOR, PASSWORD, HISTORY, MAIL];
 
 /// A fault to undo later.
 enum Undo {
@@ -76,6 +76,7 @@ pub fn run(config: &SimConfig) -> Result<SimReport, Box<dyn std::error::Error>> 
     let _simulated = crate::simulation::enter(config.seed);
     let data = tempfile::tempdir()?;
     let disks = Disks::default();
+    let mail = Inbox::default();
     let mut sim = turmoil::Builder::new()
         .rng_seed(config.seed)
         .simulation_duration(config.faults_for + Duration::from_secs(300))
@@ -83,7 +84,7 @@ pub fn run(config: &SimConfig) -> Result<SimReport, Box<dyn std::error::Error>> 
         // A link told to lose messages (`set_link_fail_rate`) loses a few in a row, then works again.
         .repair_rate(0.3)
         .build();
-    cluster::add_services(&mut sim, data.path(), &disks, &config.engines);
+    cluster::add_services(&mut sim, data.path(), &disks, &config.engines, &mail);
 
     let work = Arc::new(Workload::new(config.seed, config.users));
     for id in 0..config.clients {
@@ -141,11 +142,11 @@ pub fn run(config: &SimConfig) -> Result<SimReport, Box<dyn std::error::Error>> 
             continue;
         }
         next = now + Duration::from_millis(rng.u64(300..1500));
-        let a = HOSTS[rng.usize(..3)];
+        let a = HOSTS[rng.usize(..HOSTS.len())];
         let b = HOSTS
             .into_iter()
             .filter(|h| *h != a)
-            .nth(rng.usize(..2))
+            .nth(rng.usize(..HOSTS.len() - 1))
             .unwrap_or(a);
         let lasting = Duration::from_millis(rng.u64(200..3000));
         match rng.u8(..6) {
@@ -168,7 +169,7 @@ pub fn run(config: &SimConfig) -> Result<SimReport, Box<dyn std::error::Error>> 
                 ));
                 undo.push((now + lasting, Undo::Restart(a)));
             }
-            3 if broken.is_none() && sim.is_host_running(a) => {
+            3 if a != MAIL && broken.is_none() && sim.is_host_running(a) => {
                 let writes = rng.bool();
                 disks.break_down(a, writes);
                 broken = Some(a);
@@ -219,8 +220,9 @@ pub fn run(config: &SimConfig) -> Result<SimReport, Box<dyn std::error::Error>> 
     {
         let observed = observed.clone();
         let users = work.users.clone();
+        let mail = mail.clone();
         sim.client("observer", async move {
-            let result = observe(&users).await.map_err(|e| e.to_string());
+            let result = observe(&users, &mail).await.map_err(|e| e.to_string());
             *observed.lock().unwrap_or_else(|p| p.into_inner()) = Some(result);
             Ok(())
         });
@@ -236,7 +238,7 @@ pub fn run(config: &SimConfig) -> Result<SimReport, Box<dyn std::error::Error>> 
         .take()
         .ok_or("the observer never finished")??;
     observed.ops = work.history.snapshot();
-    observed.mail_ids = mail_ids(&data.path().join(COORDINATOR).join("mail"))?;
+    observed.mail_ids = received(&mail);
     let passwords = work.passwords.all();
     let set = password_set(&passwords);
     observed.plaintext = disks
@@ -263,6 +265,12 @@ pub fn run(config: &SimConfig) -> Result<SimReport, Box<dyn std::error::Error>> 
         log.push_str(&serde_json::to_string(t)?);
         log.push('\n');
     }
+    let distinct: std::collections::HashSet<&String> = observed.mail_ids.iter().collect();
+    log.push_str(&format!(
+        "e-mails: {} received, {} of them again (the same Message-ID)\n",
+        observed.mail_ids.len(),
+        observed.mail_ids.len() - distinct.len()
+    ));
     Ok(SimReport {
         seed: config.seed,
         faults,
@@ -292,12 +300,13 @@ fn apply_undo(sim: &mut turmoil::Sim<'_>, undo: Undo, faults: &mut Vec<String>, 
 }
 
 /// Waits until nothing is in flight (no participant in doubt or locking a user, no transaction active
-/// or committing), then reads the final state, as the chaos run does.
-async fn observe(users: &[String]) -> Result<Observed, BoxError> {
+/// or committing, every committed transaction's e-mail received), then reads the final state, as the
+/// chaos run does.
+async fn observe(users: &[String], mail: &Inbox) -> Result<Observed, BoxError> {
     let mut coordinator = TransactionManagerClient::new(cluster::internal_channel(COORDINATOR));
     let mut busy = String::new();
     for _ in 0..600 {
-        match in_flight(&mut coordinator).await {
+        match in_flight(&mut coordinator, mail).await {
             Ok(None) => {
                 busy.clear();
                 break;
@@ -335,6 +344,7 @@ async fn observe(users: &[String]) -> Result<Observed, BoxError> {
 
 async fn in_flight(
     coordinator: &mut TransactionManagerClient<Channel>,
+    mail: &Inbox,
 ) -> Result<Option<String>, BoxError> {
     for host in [PASSWORD, HISTORY] {
         let status = status(host).await?;
@@ -346,13 +356,21 @@ async fn in_flight(
             )));
         }
     }
-    let busy = transactions(coordinator).await?.into_iter().find(|t| {
-        matches!(
+    let received: std::collections::HashSet<String> = received(mail).into_iter().collect();
+    for t in transactions(coordinator).await? {
+        if matches!(
             t.state,
             checker::TxnState::Active | checker::TxnState::Committing
-        )
-    });
-    Ok(busy.map(|t| format!("transaction {} still {:?}", t.txn, t.state)))
+        ) {
+            return Ok(Some(format!("transaction {} still {:?}", t.txn, t.state)));
+        }
+        if t.state == checker::TxnState::Committed
+            && !received.contains(&checker::message_id(&t.txn))
+        {
+            return Ok(Some(format!("e-mail for {} not received", t.txn)));
+        }
+    }
+    Ok(None)
 }
 
 /// Every transaction the coordinator lists.
@@ -380,16 +398,11 @@ async fn status(host: &str) -> Result<tpc_proto::v1::ParticipantStatus, BoxError
         .into_inner())
 }
 
-/// The `Message-ID`s of the e-mails the coordinator wrote (`<txn>.eml` files).
-fn mail_ids(dir: &std::path::Path) -> std::io::Result<Vec<String>> {
-    let mut ids = BTreeMap::new();
-    if dir.exists() {
-        for entry in std::fs::read_dir(dir)? {
-            let name = entry?.file_name().to_string_lossy().into_owned();
-            if let Some(txn) = name.strip_suffix(".eml") {
-                ids.insert(checker::message_id(txn), ());
-            }
-        }
-    }
-    Ok(ids.into_keys().collect())
+/// The `Message-ID`s of the e-mails the mail server accepted, duplicates included.
+fn received(mail: &Inbox) -> Vec<String> {
+    mail.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .filter_map(|m| m.message_id().map(str::to_owned))
+        .collect()
 }

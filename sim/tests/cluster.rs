@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use tonic::transport::Channel;
+use tpc_harness::Inbox;
 use tpc_proto::v1::password_reader_client::PasswordReaderClient;
 use tpc_proto::v1::password_service_client::PasswordServiceClient;
 use tpc_proto::v1::transaction_result::Outcome;
@@ -17,11 +18,20 @@ fn simulation<'a>(
     data: &std::path::Path,
     disks: &Disks,
 ) -> (turmoil::Sim<'a>, tpc_sim::simulation::Entered) {
+    simulation_mailing(data, disks, &Inbox::default())
+}
+
+/// The same, its mail server's e-mails in `mail`.
+fn simulation_mailing<'a>(
+    data: &std::path::Path,
+    disks: &Disks,
+    mail: &Inbox,
+) -> (turmoil::Sim<'a>, tpc_sim::simulation::Entered) {
     let entered = tpc_sim::simulation::enter(7);
     let mut sim = turmoil::Builder::new()
         .simulation_duration(Duration::from_secs(120))
         .build();
-    cluster::add_services(&mut sim, data, disks, &Default::default());
+    cluster::add_services(&mut sim, data, disks, &Default::default(), mail);
     (sim, entered)
 }
 
@@ -70,15 +80,35 @@ fn settle(sim: &mut turmoil::Sim<'_>) -> turmoil::Result {
 }
 
 #[test]
-fn a_password_change_commits_across_the_simulated_cluster() -> turmoil::Result {
+fn a_password_change_commits_across_the_simulated_cluster_and_mails_the_user() -> turmoil::Result {
     let data = tempfile::tempdir().unwrap();
-    let (mut sim, _simulated) = simulation(data.path(), &Disks::default());
+    let mail = Inbox::default();
+    let (mut sim, _simulated) = simulation_mailing(data.path(), &Disks::default(), &mail);
     sim.client("client", async {
         register("alice").await;
         assert_eq!(change("alice", "change-1").await?, Outcome::Committed);
         Ok(())
     });
-    sim.run()
+    sim.run()?;
+    // The outbox sends after the commit point: wait for the registration's and the change's e-mails.
+    sim.client("postman", {
+        let mail = mail.clone();
+        async move {
+            while mail.lock().unwrap().len() < 2 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Ok(())
+        }
+    });
+    sim.run()?;
+    let mail = mail.lock().unwrap();
+    assert!(
+        mail.iter()
+            .all(|m| m.to == ["alice@example.com"] && m.message_id().is_some()),
+        "{:?}",
+        mail.iter().map(|m| &m.to).collect::<Vec<_>>()
+    );
+    Ok(())
 }
 
 #[test]

@@ -369,8 +369,9 @@ enum Command {
     /// Model-check the production 2PC engines: every interleaving of one client's changes across the
     /// coordinator and both participants, with the faults allowed, to a depth (docs/testing.md).
     Check(CheckArgs),
-    /// Simulate the whole cluster (the real servers on a simulated network, turmoil) under seeded
-    /// partitions, delays and crashes, and check every run (docs/testing.md).
+    /// Simulate the whole cluster (the real servers and an SMTP server on a simulated network, turmoil)
+    /// under seeded partitions, delays, lossy links, crashes and failing disks, and check every run
+    /// (docs/testing.md).
     Sim(SimArgs),
     /// Run the whole story in a temporary directory, crash and recovery included, and narrate it.
     Demo {

@@ -97,6 +97,41 @@ pub struct CoordinatorArgs {
     strategy: StrategyArg,
     #[command(flatten)]
     tuning: Tuning,
+    #[command(flatten)]
+    ha: HaArgs,
+}
+
+/// Where the decision log lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogArg {
+    /// sled under --data-dir: one coordinator, nothing to install.
+    Sled,
+    /// etcd (--etcd): several coordinators, one leader, standbys that take over (needs a build with
+    /// `--features etcd`).
+    Etcd,
+}
+
+#[derive(clap::Args)]
+pub struct HaArgs {
+    /// Where the decision log lives.
+    #[arg(long, value_enum, default_value = "sled")]
+    log: LogArg,
+    /// etcd's client URLs, comma-separated (with --log etcd).
+    #[arg(long, value_delimiter = ',')]
+    etcd: Vec<String>,
+    /// Every etcd key of this coordinator group starts with it.
+    #[arg(long, default_value = "/tpc/")]
+    etcd_prefix: String,
+    /// How long the leader's etcd lease lasts without a keep-alive: a standby takes over from a dead
+    /// leader after about this long.
+    #[arg(long, default_value = "2s", value_parser = crate::parse_duration)]
+    lease_ttl: std::time::Duration,
+    /// This coordinator's public URL as the others name it to clients (default: from --listen).
+    #[arg(long)]
+    advertise: Option<String>,
+    /// This coordinator's internal URL as the others name it (default: from --internal-listen).
+    #[arg(long)]
+    advertise_internal: Option<String>,
 }
 
 /// The relay's CA and AUTH password: from a file, or from `TPC_SMTP_PASSWORD`.
@@ -136,8 +171,60 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result {
     config.guard = args.tuning.guard();
     config.internal = internal;
     config.public_tls = args.security.public_tls();
-    coord::run(config, listeners, tpc_common::shutdown::signal()).await?;
+    match args.ha.log {
+        LogArg::Sled => {
+            coord::run(config, listeners, tpc_common::shutdown::signal()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        LogArg::Etcd => coordinate_on_etcd(config, args.ha, listeners).await,
+    }
+}
+
+#[cfg(feature = "etcd")]
+async fn coordinate_on_etcd(config: coord::Config, ha: HaArgs, listeners: Listeners) -> Result {
+    if ha.etcd.is_empty() {
+        return Err("--log etcd needs --etcd URL[,URL…]".into());
+    }
+    let url = |scheme: &str, addr: std::io::Result<std::net::SocketAddr>| -> Result<String> {
+        Ok(format!("{scheme}://{}", addr?))
+    };
+    let me = tpc_ha::Addresses {
+        public: match ha.advertise {
+            Some(url) => url,
+            None => url(
+                if config.public_tls.is_some() {
+                    "https"
+                } else {
+                    "http"
+                },
+                listeners.public.local_addr(),
+            )?,
+        },
+        internal: match ha.advertise_internal {
+            Some(url) => url,
+            None => url(
+                if matches!(config.internal, Internal::Mutual(_)) {
+                    "https"
+                } else {
+                    "http"
+                },
+                listeners.internal.local_addr(),
+            )?,
+        },
+    };
+    let ha = tpc_ha::HaConfig {
+        endpoints: ha.etcd,
+        prefix: ha.etcd_prefix,
+        me,
+        lease_ttl: ha.lease_ttl,
+    };
+    tpc_ha::run(config, ha, listeners, tpc_common::shutdown::signal()).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(not(feature = "etcd"))]
+async fn coordinate_on_etcd(_: coord::Config, _: HaArgs, _: Listeners) -> Result {
+    Err("this tpc was built without etcd: build it with `cargo build --release --features etcd` (needs protoc: Debian's protobuf-compiler)".into())
 }
 
 #[derive(clap::Args)]

@@ -26,7 +26,7 @@ use crate::runtime::Coordinator;
 use crate::saga::{self, Saga};
 use crate::service::Api;
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Config {
     pub data_dir: PathBuf,
     pub password_url: String,
@@ -51,8 +51,11 @@ pub struct Config {
     pub public_tls: Option<PublicTls>,
     /// How the participants are reached (TCP, or a test's network).
     pub dialer: tpc_common::dial::Dialer,
-    /// A test's storage for the log, instead of sled under `data_dir`.
+    /// The log's storage, instead of sled under `data_dir`: a test's memory disk, or etcd (high
+    /// availability).
     pub storage: Option<tpc_common::storage::Db>,
+    /// Set when this coordinator was elected among several (high availability on etcd).
+    pub leadership: Option<Arc<dyn crate::service::Leadership>>,
 }
 
 impl Config {
@@ -72,6 +75,7 @@ impl Config {
             public_tls: None,
             dialer: Default::default(),
             storage: None,
+            leadership: None,
         }
     }
 }
@@ -158,6 +162,7 @@ pub async fn run(
         log: log.clone(),
         guard: guard.clone(),
         access: config.internal.clone(),
+        leadership: config.leadership.clone(),
     };
     let (public, health) =
         tpc_common::serve::router_with_health(&["tpc.v1.PasswordService"], public_tls).await?;

@@ -32,6 +32,15 @@ pub struct Api {
     pub guard: Arc<Guard>,
     /// Who may call the internal service: see [`ADMIN`] and [`PARTICIPANTS`].
     pub access: Internal,
+    /// Set when this coordinator is one of several (high availability on etcd).
+    pub leadership: Option<Arc<dyn Leadership>>,
+}
+
+/// A coordinator elected among several, which may have been deposed without knowing it yet (paused,
+/// partitioned from etcd while another was elected).
+pub trait Leadership: Send + Sync + 'static {
+    /// Whether this process still leads, asked of the replicated store, not remembered.
+    fn still_leading(&self) -> std::pin::Pin<Box<dyn Future<Output = bool> + Send + '_>>;
 }
 
 const MAX_REQUEST_ID: usize = 128;
@@ -219,7 +228,19 @@ impl TransactionManager for Api {
         let decision = match self.coordinator.decision(txn).await? {
             Decision::Pending => query_decision_response::Decision::Pending,
             Decision::Committed => query_decision_response::Decision::Committed,
-            Decision::Aborted => query_decision_response::Decision::Aborted,
+            Decision::Aborted => {
+                // "Aborted" is mostly presumed: this coordinator never saw a COMMIT for it. That is
+                // only true of the leader; a deposed one may not have seen the new leader's commit.
+                // (A COMMIT it knows of is a fact whoever leads: it was written under its fence.)
+                if let Some(leadership) = &self.leadership
+                    && !leadership.still_leading().await
+                {
+                    return Err(Status::unavailable(
+                        "this coordinator no longer leads; ask the others",
+                    ));
+                }
+                query_decision_response::Decision::Aborted
+            }
         };
         debug!(target: "tpc::protocol", txn_id = %txn, "participant asked QueryDecision → {}", decision.as_str_name());
         Ok(Response::new(QueryDecisionResponse {

@@ -611,7 +611,7 @@ impl Cluster {
     }
 }
 
-fn signal(pid: u32, sig: libc::c_int) -> std::io::Result<()> {
+pub(crate) fn signal(pid: u32, sig: libc::c_int) -> std::io::Result<()> {
     let pid = libc::pid_t::try_from(pid).map_err(std::io::Error::other)?;
     // SAFETY: kill(2) has no memory-safety preconditions; the pid is our own child's.
     if unsafe { libc::kill(pid, sig) } == 0 {
@@ -645,7 +645,7 @@ async fn narrate(name: &'static str, stderr: tokio::process::ChildStderr) {
 /// the proxies' and every client's ports come from, so none of those can take it between this choice
 /// and the service binding it (a restarted service binds the same port again). Each process starts at
 /// its own offset, so parallel test processes rarely meet.
-fn free_port() -> std::io::Result<u16> {
+pub(crate) fn free_port() -> std::io::Result<u16> {
     use std::sync::atomic::{AtomicU32, Ordering};
     const FIRST: u32 = 20_000;
     const SPAN: u32 = 12_000;

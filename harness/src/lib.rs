@@ -6,6 +6,7 @@
 pub mod chaos;
 pub mod checker;
 mod cluster;
+pub mod etcd;
 pub mod history;
 mod mail_server;
 mod output;

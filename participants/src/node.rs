@@ -45,7 +45,11 @@ pub struct Node<R: Resource> {
     /// Bounds the argon2 work in flight (each OWASP hash holds 19 MiB): a flood of requests queues here
     /// instead of filling the blocking pool and the memory.
     hashing: Arc<Semaphore>,
-    coordinator: TransactionManagerClient<Channel>,
+    /// Every coordinator of the group (one, unless they run with a leader elected on etcd): an
+    /// in-doubt query goes to the one that answered last, then to the others.
+    coordinators: Vec<TransactionManagerClient<Channel>>,
+    /// The coordinator that answered the last query.
+    answering: std::sync::atomic::AtomicUsize,
     /// Serialize the saga and events operations of a user (`local.rs`).
     user_stripes: Vec<tokio::sync::Mutex<()>>,
     /// A saga step of an unknown transaction older than this is refused (`local.rs`).
@@ -69,7 +73,7 @@ impl<R: Resource> Node<R> {
     pub fn open(
         resource: R,
         store: Store<R::Change>,
-        coordinator: Channel,
+        coordinators: Vec<Channel>,
         mut config: Config,
         read_wait: Duration,
         lost: Option<String>,
@@ -102,7 +106,11 @@ impl<R: Resource> Node<R> {
             readers: Mutex::new(std::collections::HashMap::new()),
             next_reader: std::sync::atomic::AtomicU64::new(0),
             hashing: Arc::new(Semaphore::new(hashing_slots())),
-            coordinator: TransactionManagerClient::new(coordinator),
+            coordinators: coordinators
+                .into_iter()
+                .map(TransactionManagerClient::new)
+                .collect(),
+            answering: std::sync::atomic::AtomicUsize::new(0),
             user_stripes: (0..local::USER_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
@@ -370,31 +378,7 @@ impl<R: Resource> Node<R> {
         let span = info_span!("in_doubt", participant = R::NAME, txn_id = %txn);
         tokio::spawn(
             async move {
-                let mut client = node.coordinator.clone();
-                let request = tpc_common::telemetry::request_with_txn_id(
-                    QueryDecisionRequest {
-                        txn_id: txn.to_string(),
-                    },
-                    &txn,
-                );
-                let answer =
-                    tokio::time::timeout(node.query_timeout, client.query_decision(request)).await;
-                // No answer is reported too: the engine asks again at its next turn, not before.
-                let decision = match answer {
-                    Ok(Ok(resp)) => match resp.into_inner().decision() {
-                        WireDecision::Committed => Decision::Committed,
-                        WireDecision::Aborted => Decision::Aborted,
-                        WireDecision::Pending | WireDecision::Unspecified => Decision::Pending,
-                    },
-                    Ok(Err(status)) => {
-                        debug!(code = ?status.code(), "coordinator did not answer QueryDecision");
-                        Decision::Pending
-                    }
-                    Err(_) => {
-                        debug!("QueryDecision timed out");
-                        Decision::Pending
-                    }
-                };
+                let decision = node.ask_decision(txn).await;
                 debug!(target: "tpc::protocol", participant = R::NAME, "{}: in doubt, asked QueryDecision → {decision:?}", R::NAME);
                 let event = Event::DecisionLearned {
                     txn,
@@ -407,6 +391,40 @@ impl<R: Resource> Node<R> {
             }
             .instrument(span),
         );
+    }
+
+    /// Asks the coordinators, starting with the one that answered last, until one decides; a standby
+    /// (or a deposed leader) answers `UNAVAILABLE`, and so does a dead one, in effect.
+    async fn ask_decision(&self, txn: TxnId) -> Decision {
+        use std::sync::atomic::Ordering;
+        let first = self.answering.load(Ordering::Relaxed);
+        let count = self.coordinators.len().max(1);
+        for i in 0..self.coordinators.len() {
+            let which = (first + i) % count;
+            let mut client = self.coordinators[which].clone();
+            let request = tpc_common::telemetry::request_with_txn_id(
+                QueryDecisionRequest {
+                    txn_id: txn.to_string(),
+                },
+                &txn,
+            );
+            match tokio::time::timeout(self.query_timeout, client.query_decision(request)).await {
+                Ok(Ok(resp)) => {
+                    self.answering.store(which, Ordering::Relaxed);
+                    return match resp.into_inner().decision() {
+                        WireDecision::Committed => Decision::Committed,
+                        WireDecision::Aborted => Decision::Aborted,
+                        WireDecision::Pending | WireDecision::Unspecified => Decision::Pending,
+                    };
+                }
+                Ok(Err(status)) => {
+                    debug!(coordinator = which, code = ?status.code(), "coordinator did not answer QueryDecision");
+                }
+                Err(_) => debug!(coordinator = which, "QueryDecision timed out"),
+            }
+        }
+        // No answer is reported too: the engine asks again at its next turn, not before.
+        Decision::Pending
     }
 
     /// Runs the engine's clock: in-doubt queries and forgetting old tombstones.
@@ -619,7 +637,7 @@ mod tests {
         let gate = Arc::new(Gate::default());
         let store = Store::open(dir.path(), tpc_common::DEFAULT_CACHE_MIB).unwrap();
         let coordinator =
-            tonic::transport::Endpoint::from_static("http://127.0.0.1:9").connect_lazy();
+            vec![tonic::transport::Endpoint::from_static("http://127.0.0.1:9").connect_lazy()];
         let node = Node::open(
             gate.clone(),
             store,

@@ -35,7 +35,8 @@ pub enum Role {
 pub struct Config {
     pub role: Role,
     pub data_dir: PathBuf,
-    /// The coordinator's URL, for `QueryDecision`.
+    /// The coordinator's URL, for `QueryDecision`; several, comma-separated, when the coordinators run
+    /// with a leader elected on etcd (a standby answers `UNAVAILABLE`, and the next is asked).
     pub coordinator: String,
     pub cost: Cost,
     /// History only: how many recent passwords are refused.
@@ -105,16 +106,24 @@ pub async fn run(
 ) -> Result<(), ServeError> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| StoreError::Storage(sled::Error::Io(e).into()))?;
-    let coordinator = config.dialer.connect_lazy(
-        config
-            .internal
-            .endpoint(&config.coordinator, Principal::Coordinator)?
-            .connect_timeout(Duration::from_secs(1))
-            .timeout(Duration::from_secs(2))
-            .http2_keep_alive_interval(Duration::from_secs(1))
-            .keep_alive_timeout(Duration::from_secs(1))
-            .keep_alive_while_idle(true),
-    );
+    let coordinators = config
+        .coordinator
+        .split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .map(|url| {
+            Ok(config.dialer.connect_lazy(
+                config
+                    .internal
+                    .endpoint(url, Principal::Coordinator)?
+                    .connect_timeout(Duration::from_secs(1))
+                    .timeout(Duration::from_secs(2))
+                    .http2_keep_alive_interval(Duration::from_secs(1))
+                    .keep_alive_timeout(Duration::from_secs(1))
+                    .keep_alive_while_idle(true),
+            ))
+        })
+        .collect::<Result<Vec<_>, ServeError>>()?;
     let hasher = Hasher::new(config.cost);
     let public_tls = config
         .public_tls
@@ -127,7 +136,7 @@ pub async fn run(
         tpc_common::serve::router_with_health(&[PARTICIPANT], config.internal.server()).await?;
     let (public, internal, clock) = match config.role {
         Role::Password => {
-            let node = open(Passwords::new(hasher), &config, coordinator)?;
+            let node = open(Passwords::new(hasher), &config, coordinators)?;
             let (public, public_health) =
                 tpc_common::serve::router_with_health(&[PASSWORD_READER], public_tls).await?;
             if node.lost().is_some() {
@@ -155,7 +164,7 @@ pub async fn run(
                 depth: config.history_depth,
                 keep: config.history_keep,
             };
-            let node = open(histories, &config, coordinator)?;
+            let node = open(histories, &config, coordinators)?;
             let (public, public_health) =
                 tpc_common::serve::router_with_health(&[HISTORY_READER], public_tls).await?;
             if node.lost().is_some() {
@@ -208,7 +217,7 @@ const TICK: Duration = Duration::from_millis(100);
 fn open<R: Resource>(
     resource: R,
     config: &Config,
-    coordinator: tonic::transport::Channel,
+    coordinators: Vec<tonic::transport::Channel>,
 ) -> Result<Arc<Node<R>>, ServeError> {
     let store = match &config.storage {
         Some(db) => Store::on(db.clone())?,
@@ -238,7 +247,7 @@ fn open<R: Resource>(
     let node = Node::open(
         resource,
         store,
-        coordinator,
+        coordinators,
         config.engine,
         config.read_wait,
         lost,

@@ -25,6 +25,13 @@ pub enum StorageError {
     Injected(&'static str),
     #[error("the storage's writer stopped")]
     Stopped,
+    /// A replicated log (etcd) refused a write because this process no longer holds the leadership its
+    /// writes are fenced with: another coordinator leads now.
+    #[error("fenced: another coordinator leads now")]
+    Fenced,
+    /// A replicated log (etcd) failed or did not answer in time.
+    #[error("replicated log: {0}")]
+    Replicated(String),
 }
 
 impl From<sled::Error> for StorageError {

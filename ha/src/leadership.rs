@@ -1,0 +1,207 @@
+//! One leader among the coordinators, through etcd: a lease with a short TTL, kept alive by the leader,
+//! and a leader key bound to it that only one process can create.
+//!
+//! The leader key's create revision is the leader's term: every write to the log compares it
+//! ([`Fence`]), so a leader that lost its lease without noticing (paused, partitioned) writes nothing
+//! once another has been elected. A standby polls the key; when the lease behind it expires, etcd
+//! deletes it and the first standby to create it again leads.
+
+use std::time::Duration;
+
+use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpResponse};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::etcd_log::Fence;
+
+/// Where this coordinator serves, as the leader key's value says it to the others' standbys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Addresses {
+    /// For clients (`PasswordService`).
+    pub public: String,
+    /// For the participants (`QueryDecision`) and the admin calls.
+    pub internal: String,
+}
+
+impl Addresses {
+    fn encode(&self) -> String {
+        format!("{} {}", self.public, self.internal)
+    }
+
+    fn decode(value: &[u8]) -> Option<Self> {
+        let value = std::str::from_utf8(value).ok()?;
+        let (public, internal) = value.split_once(' ')?;
+        Some(Self {
+            public: public.into(),
+            internal: internal.into(),
+        })
+    }
+}
+
+pub struct Election {
+    client: Client,
+    key: Vec<u8>,
+    me: Addresses,
+    ttl: Duration,
+}
+
+/// This process leads: its writes are fenced with `fence`, and `lost` turns true once its lease is
+/// gone (it must stop at once: another may lead already).
+pub struct Elected {
+    pub fence: Fence,
+    pub lost: watch::Receiver<bool>,
+}
+
+/// How often a standby looks at the leader key.
+const POLL: Duration = Duration::from_millis(200);
+
+impl Election {
+    pub async fn connect(
+        endpoints: &[String],
+        prefix: &str,
+        me: Addresses,
+        ttl: Duration,
+    ) -> Result<Self, etcd_client::Error> {
+        let client = Client::connect(endpoints, Some(crate::connect_options())).await?;
+        Ok(Self {
+            client,
+            key: format!("{prefix}leader").into_bytes(),
+            me,
+            ttl,
+        })
+    }
+
+    /// Who leads now, if anyone.
+    pub async fn leader(&self) -> Result<Option<Addresses>, etcd_client::Error> {
+        let response = self.client.clone().get(self.key.clone(), None).await?;
+        Ok(response
+            .kvs()
+            .first()
+            .and_then(|kv| Addresses::decode(kv.value())))
+    }
+
+    /// The leader key's create revision (the leader's term), if anyone leads: a linearizable read.
+    pub async fn term(&self) -> Result<Option<i64>, etcd_client::Error> {
+        let response = self.client.clone().get(self.key.clone(), None).await?;
+        Ok(response.kvs().first().map(|kv| kv.create_revision()))
+    }
+
+    /// Waits until this process leads; tells `seen` who leads meanwhile (`None`: nobody).
+    pub async fn campaign(
+        &self,
+        seen: &watch::Sender<Option<Addresses>>,
+    ) -> Result<Elected, etcd_client::Error> {
+        loop {
+            let (lease, lost) = self.keep_a_lease().await?;
+            loop {
+                if *lost.borrow() {
+                    warn!("the standby's lease expired; taking a new one");
+                    break;
+                }
+                let put = TxnOp::put(
+                    self.key.clone(),
+                    self.me.encode(),
+                    Some(PutOptions::new().with_lease(lease)),
+                );
+                let txn = Txn::new()
+                    .when([Compare::create_revision(
+                        self.key.clone(),
+                        CompareOp::Equal,
+                        0,
+                    )])
+                    .and_then([put])
+                    .or_else([TxnOp::get(self.key.clone(), None)]);
+                let response = self.client.clone().txn(txn).await?;
+                if response.succeeded() {
+                    let create_revision =
+                        response.header().map(|h| h.revision()).unwrap_or_default();
+                    info!(
+                        create_revision,
+                        lease,
+                        "elected: this coordinator leads (its writes are fenced with the leader key's revision)"
+                    );
+                    seen.send_replace(Some(self.me.clone()));
+                    return Ok(Elected {
+                        fence: Fence {
+                            key: self.key.clone(),
+                            create_revision,
+                        },
+                        lost,
+                    });
+                }
+                let leader = response.op_responses().into_iter().find_map(|r| match r {
+                    TxnOpResponse::Get(get) => get
+                        .kvs()
+                        .first()
+                        .and_then(|kv| Addresses::decode(kv.value())),
+                    _ => None,
+                });
+                seen.send_if_modified(|current| {
+                    let changed = *current != leader;
+                    *current = leader.clone();
+                    changed
+                });
+                tokio::time::sleep(POLL).await;
+            }
+        }
+    }
+
+    /// Grants a lease of `ttl` and keeps it alive in a task of its own; the receiver turns true once
+    /// a keep-alive is refused or goes unanswered for a whole `ttl` (by then etcd may have expired it).
+    async fn keep_a_lease(&self) -> Result<(i64, watch::Receiver<bool>), etcd_client::Error> {
+        let mut client = self.client.clone();
+        let ttl_s = self.ttl.as_secs().max(1) as i64;
+        let lease = client.lease_grant(ttl_s, None).await?.id();
+        let (mut keeper, mut answers) = client.lease_keep_alive(lease).await?;
+        let (lost_tx, lost) = watch::channel(false);
+        let ttl = self.ttl;
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(ttl / 4);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut last_kept = tokio::time::Instant::now();
+            loop {
+                every.tick().await;
+                let kept = tokio::time::timeout(ttl / 2, async {
+                    keeper.keep_alive().await?;
+                    answers.message().await
+                })
+                .await;
+                match kept {
+                    Ok(Ok(Some(answer))) if answer.ttl() > 0 => {
+                        last_kept = tokio::time::Instant::now()
+                    }
+                    Ok(Ok(_)) => {
+                        warn!(lease, "etcd says the lease expired");
+                        break;
+                    }
+                    Ok(Err(e)) => warn!(lease, cause = %e, "lease keep-alive failed"),
+                    Err(_) => warn!(lease, "lease keep-alive unanswered"),
+                }
+                if last_kept.elapsed() >= ttl {
+                    warn!(
+                        lease,
+                        "no keep-alive for a whole TTL: the lease must be taken as lost"
+                    );
+                    break;
+                }
+            }
+            let _ = lost_tx.send(true);
+        });
+        Ok((lease, lost))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Addresses;
+
+    #[test]
+    fn addresses_round_trip_through_the_leader_key() {
+        let me = Addresses {
+            public: "https://127.0.0.1:50051".into(),
+            internal: "https://127.0.0.1:50061".into(),
+        };
+        assert_eq!(Addresses::decode(me.encode().as_bytes()), Some(me));
+        assert_eq!(Addresses::decode(b"garbage"), None);
+    }
+}

@@ -1,0 +1,28 @@
+//! Coordinator high availability: the decision log on etcd, one leader elected through an etcd lease,
+//! every write fenced with the leader's term, and standbys that take over when the leader's lease
+//! expires (docs/high-availability.md).
+//!
+//! Everything is behind the `etcd` feature: etcd's client generates its gRPC code with `protoc` at
+//! build time, and the default build needs nothing but the Rust toolchain.
+#![cfg(feature = "etcd")]
+
+mod etcd_log;
+mod leadership;
+mod run;
+mod standby;
+
+pub use etcd_log::{EtcdLog, Fence};
+pub use leadership::{Addresses, Elected, Election};
+pub use run::{HaConfig, HaError, run};
+pub use standby::LEADER_METADATA;
+
+/// How every etcd client of a coordinator connects: a dead member is noticed within seconds.
+fn connect_options() -> etcd_client::ConnectOptions {
+    etcd_client::ConnectOptions::default()
+        .with_connect_timeout(std::time::Duration::from_secs(2))
+        .with_keep_alive(
+            std::time::Duration::from_secs(1),
+            std::time::Duration::from_secs(2),
+        )
+        .with_keep_alive_while_idle(true)
+}

@@ -7,6 +7,7 @@ pub mod chaos;
 pub mod checker;
 mod cluster;
 pub mod etcd;
+pub mod ha;
 pub mod history;
 mod mail_server;
 mod output;

@@ -1,0 +1,321 @@
+//! Coordinator high availability against real processes: three coordinators on a real 3-member etcd
+//! cluster (`--log etcd`), the two participants given all three, a real SMTP server. `kill -9` of the
+//! leader under load, and a leader frozen (SIGSTOP) past its lease and then woken.
+//!
+//! Built with `--features etcd` only (`.ci/run` runs it); skipped when no `etcd` binary is installed.
+#![cfg(feature = "etcd")]
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tpc_harness::checker::message_id;
+use tpc_harness::etcd::etcd_available;
+use tpc_harness::ha::{Follower, HaCluster, HaOptions};
+use tpc_proto::v1::transaction_result::Outcome;
+use tpc_proto::v1::{RegisterUserRequest, UpdatePasswordRequest, VerifyPasswordRequest};
+
+const LEASE_TTL: Duration = Duration::from_secs(2);
+/// How long a client keeps following the leader before it gives up on one call.
+const CALL_WITHIN: Duration = Duration::from_secs(20);
+
+async fn start(dir: &std::path::Path) -> Option<HaCluster> {
+    if !etcd_available() {
+        eprintln!("SKIPPED: no etcd binary (apt-get install etcd-server, or set TPC_ETCD)");
+        return None;
+    }
+    Some(
+        HaCluster::start(HaOptions {
+            exe: env!("CARGO_BIN_EXE_tpc").into(),
+            dir: dir.to_owned(),
+            coordinators: 3,
+            lease_ttl: LEASE_TTL,
+        })
+        .await
+        .expect("the highly available cluster starts"),
+    )
+}
+
+/// What the clients were told: each user's password as of its last acknowledged change, and every
+/// committed transaction with when it was acknowledged.
+#[derive(Default)]
+struct Told {
+    passwords: HashMap<String, String>,
+    committed: Vec<(String, Instant)>,
+    aborted: usize,
+    failed: usize,
+}
+
+async fn register(follower: &mut Follower, user: &str, password: &str) -> String {
+    let result = follower
+        .call(CALL_WITHIN, |mut c| {
+            let request = RegisterUserRequest {
+                user_id: user.into(),
+                email: format!("{user}@example.com"),
+                password: password.into(),
+                request_id: format!("register-{user}"),
+            };
+            async move { c.register_user(request).await }
+        })
+        .await
+        .expect("registration answers");
+    assert_eq!(result.outcome(), Outcome::Committed, "{result:?}");
+    result.txn_id
+}
+
+/// One client: changes its users' passwords in turn until `stop`, following the leader.
+async fn client(
+    urls: Vec<String>,
+    users: Vec<String>,
+    told: Arc<Mutex<Told>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) {
+    let mut follower = Follower::new(urls);
+    let mut n = 0;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        for user in &users {
+            n += 1;
+            let current = told.lock().unwrap().passwords[user].clone();
+            let new = format!("{user} password {n}");
+            let request_id = format!("{user}-change-{n}");
+            let result = follower
+                .call(CALL_WITHIN, |mut c| {
+                    let request = UpdatePasswordRequest {
+                        user_id: user.clone(),
+                        current_password: current.clone(),
+                        new_password: new.clone(),
+                        request_id: request_id.clone(),
+                    };
+                    async move { c.update_password(request).await }
+                })
+                .await;
+            let mut told = told.lock().unwrap();
+            match result {
+                Ok(r) if r.outcome() == Outcome::Committed => {
+                    told.passwords.insert(user.clone(), new);
+                    told.committed.push((r.txn_id, Instant::now()));
+                }
+                Ok(_) => told.aborted += 1,
+                // No answer within CALL_WITHIN: the outcome is unknown, and so is the password from
+                // here on; this client stops changing this user.
+                Err(_) => {
+                    told.failed += 1;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Waits until no participant has anything in doubt or locked.
+async fn quiesce(cluster: &HaCluster, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let mut busy = None;
+        for i in 0..2 {
+            match cluster.participant_status(i).await {
+                Ok(s) if s.in_doubt.is_empty() && s.locked_users == 0 => {}
+                Ok(s) => {
+                    busy = Some(format!(
+                        "participant {i}: {} in doubt, {} locked",
+                        s.in_doubt.len(),
+                        s.locked_users
+                    ))
+                }
+                Err(e) => busy = Some(format!("participant {i}: {e}")),
+            }
+        }
+        match busy {
+            None => return,
+            Some(what) if Instant::now() > deadline => panic!("never quiet: {what}"),
+            Some(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// Every acknowledged password is the one in effect, and every committed change's e-mail arrived.
+async fn check_nothing_acknowledged_was_lost(
+    cluster: &HaCluster,
+    told: &Told,
+    registrations: &[String],
+) {
+    let mut reader = cluster.passwords().await.unwrap();
+    for (user, password) in &told.passwords {
+        let verified = reader
+            .verify_password(VerifyPasswordRequest {
+                user_id: user.clone(),
+                password: password.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(
+            verified.valid,
+            "{user}'s acknowledged password is not in effect"
+        );
+    }
+    let expected: Vec<String> = told
+        .committed
+        .iter()
+        .map(|(txn, _)| txn.clone())
+        .chain(registrations.iter().cloned())
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let received: std::collections::HashSet<String> = cluster
+            .mail
+            .mails()
+            .iter()
+            .filter_map(|m| m.message_id().map(str::to_owned))
+            .collect();
+        let missing: Vec<&String> = expected
+            .iter()
+            .filter(|txn| !received.contains(&message_id(txn)))
+            .collect();
+        if missing.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} committed changes never mailed, e.g. {:?}",
+            missing.len(),
+            expected.len(),
+            missing.first()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_of_the_leader_under_load_a_standby_takes_over_and_nothing_acknowledged_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut cluster) = start(dir.path()).await else {
+        return;
+    };
+    let urls = cluster.coordinator_urls();
+    let mut follower = Follower::new(urls.clone());
+    let told = Arc::new(Mutex::new(Told::default()));
+    let mut registrations = Vec::new();
+    let clients = 8;
+    let mut users_of: Vec<Vec<String>> = vec![Vec::new(); clients];
+    for u in 0..clients * 2 {
+        let user = format!("user{u}");
+        let password = format!("{user} first password");
+        registrations.push(register(&mut follower, &user, &password).await);
+        told.lock()
+            .unwrap()
+            .passwords
+            .insert(user.clone(), password);
+        users_of[u % clients].push(user);
+    }
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let workers: Vec<_> = users_of
+        .into_iter()
+        .map(|users| tokio::spawn(client(urls.clone(), users, told.clone(), stop.clone())))
+        .collect();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let leader = cluster.leader().await.expect("a coordinator leads");
+    let before = told.lock().unwrap().committed.len();
+    let killed_at = Instant::now();
+    cluster.kill_coordinator(leader).await.unwrap();
+    let new_leader = cluster
+        .wait_for_leader(Duration::from_secs(15))
+        .await
+        .expect("a standby takes over");
+    let leads_after = killed_at.elapsed();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in workers {
+        w.await.unwrap();
+    }
+
+    let told = Arc::try_unwrap(told).ok().unwrap().into_inner().unwrap();
+    let first_commit_after = told
+        .committed
+        .iter()
+        .filter(|(_, at)| *at > killed_at)
+        .map(|(_, at)| at.duration_since(killed_at))
+        .min()
+        .expect("changes commit after the leader died");
+    eprintln!(
+        "killed coordinator{leader} after {before} commits; coordinator{new_leader} leads after {leads_after:?}, first commit after {first_commit_after:?}; {} committed, {} aborted, {} unanswered",
+        told.committed.len(),
+        told.aborted,
+        told.failed
+    );
+    assert_ne!(new_leader, leader);
+    assert_eq!(
+        told.failed, 0,
+        "every change got an answer within {CALL_WITHIN:?}"
+    );
+    quiesce(&cluster, Duration::from_secs(10)).await;
+    check_nothing_acknowledged_was_lost(&cluster, &told, &registrations).await;
+
+    // The dead leader comes back as a standby.
+    cluster.start_coordinator(leader).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(cluster.leader().await, Some(new_leader));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_frozen_past_its_lease_is_replaced_and_stops_when_it_wakes() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut cluster) = start(dir.path()).await else {
+        return;
+    };
+    let urls = cluster.coordinator_urls();
+    let mut follower = Follower::new(urls.clone());
+    let registration = register(&mut follower, "frozen", "first password").await;
+    let leader = cluster.leader().await.expect("a coordinator leads");
+
+    cluster.pause_coordinator(leader).unwrap();
+    let paused_at = Instant::now();
+    // A standby leads once the frozen leader's lease has expired.
+    let new_leader = loop {
+        let deadline = Duration::from_secs(15);
+        assert!(paused_at.elapsed() < deadline, "no standby took over");
+        match cluster.leader().await {
+            Some(i) if i != leader => break i,
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    eprintln!(
+        "coordinator{new_leader} leads {:?} after coordinator{leader} froze",
+        paused_at.elapsed()
+    );
+    let changed = Follower::new(vec![urls[new_leader].clone()])
+        .call(CALL_WITHIN, |mut c| async move {
+            c.update_password(UpdatePasswordRequest {
+                user_id: "frozen".into(),
+                current_password: "first password".into(),
+                new_password: "second password".into(),
+                request_id: "frozen-change-1".into(),
+            })
+            .await
+        })
+        .await
+        .unwrap();
+    assert_eq!(changed.outcome(), Outcome::Committed);
+
+    // The old leader wakes: it finds its lease gone and stops, having written nothing.
+    cluster.resume_coordinator(leader).unwrap();
+    let status = cluster
+        .wait_coordinator_exit(leader, Duration::from_secs(10))
+        .await
+        .expect("the deposed leader stops by itself");
+    assert!(!status.success(), "it stops with an error: {status}");
+    let log = std::fs::read_to_string(cluster.log_file(&format!("coordinator{leader}"))).unwrap();
+    assert!(
+        log.contains("lost its leadership") || log.contains("lost the leadership"),
+        "{log}"
+    );
+    assert_eq!(cluster.leader().await, Some(new_leader));
+
+    quiesce(&cluster, Duration::from_secs(10)).await;
+    let mut told = Told::default();
+    told.passwords
+        .insert("frozen".into(), "second password".into());
+    told.committed.push((changed.txn_id, Instant::now()));
+    check_nothing_acknowledged_was_lost(&cluster, &told, &[registration]).await;
+}

@@ -60,7 +60,7 @@ async fn a_deposed_leader_cannot_write_and_its_successor_can() {
 
     // The first leader's lease is gone (as after a pause longer than its TTL): etcd deletes the
     // leader key, and a standby is elected.
-    let mut client = etcd_client::Client::connect(&endpoints, None)
+    let mut client = tpc_ha::etcd_client::Client::connect(&endpoints, None)
         .await
         .unwrap();
     client

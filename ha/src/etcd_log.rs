@@ -21,7 +21,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{
-    Client, Compare, CompareOp, GetOptions, SortOrder, SortTarget, Txn, TxnOp, TxnResponse,
+    Client, Compare, CompareOp, GetOptions, KvClient, SortOrder, SortTarget, Txn, TxnOp,
+    TxnResponse,
 };
 use tpc_common::storage::{Batch, Change, Entries, Entry, Storage, StorageError};
 
@@ -100,24 +101,45 @@ impl EtcdLog {
         [self.inner.keys.as_slice(), key].concat()
     }
 
-    fn call<T: Send + 'static>(
-        &self,
-        call: impl Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
-    ) -> Result<T, StorageError> {
+    /// Runs one etcd request, made by `make`, retrying it while etcd is briefly unavailable (a member
+    /// died, a new etcd leader is being elected), for at most [`CALL_TIMEOUT`] in all. Retrying is
+    /// safe for everything this storage sends: reads; batches of absolute puts and deletes, which
+    /// land the same twice; and the compare-and-swap of `update`, which fails if the first attempt
+    /// landed, and then reads again.
+    fn call<T, F, Fut>(&self, make: F) -> Result<T, StorageError>
+    where
+        T: Send + 'static,
+        F: Fn(KvClient) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, etcd_client::Error>> + Send,
+    {
         let runtime = self
             .inner
             .runtime
             .0
             .as_ref()
             .expect("running until dropped");
-        wait(runtime.handle(), call)
+        let kv = self.inner.client.kv_client();
+        wait(runtime.handle(), async move {
+            let mut pause = Duration::from_millis(20);
+            loop {
+                match make(kv.clone()).await {
+                    Err(e) if passing(&e) => {
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_millis(500));
+                    }
+                    answered => return answered,
+                }
+            }
+        })
     }
 
     /// One fenced transaction of `ops`.
     fn fenced(&self, ops: Vec<TxnOp>) -> Result<(), StorageError> {
-        let mut kv = self.inner.client.kv_client();
         let txn = Txn::new().when([self.inner.fence.compare()]).and_then(ops);
-        let response: TxnResponse = self.call(async move { kv.txn(txn).await })?;
+        let response: TxnResponse = self.call(move |mut kv| {
+            let txn = txn.clone();
+            async move { kv.txn(txn).await }
+        })?;
         if response.succeeded() {
             Ok(())
         } else {
@@ -127,7 +149,6 @@ impl EtcdLog {
 
     /// Up to [`PAGE`] entries of `[from, to)`, in key order or from the end.
     fn page(&self, from: &[u8], to: &[u8], reverse: bool) -> Result<Vec<Entry>, StorageError> {
-        let mut kv = self.inner.client.kv_client();
         let mut options = GetOptions::new().with_range(to.to_vec()).with_limit(PAGE);
         if reverse {
             options = options.with_sort(SortTarget::Key, SortOrder::Descend);
@@ -135,7 +156,10 @@ impl EtcdLog {
             options = options.with_sort(SortTarget::Key, SortOrder::Ascend);
         }
         let from = from.to_vec();
-        let response = self.call(async move { kv.get(from, Some(options)).await })?;
+        let response = self.call(move |mut kv| {
+            let (from, options) = (from.clone(), options.clone());
+            async move { kv.get(from, Some(options)).await }
+        })?;
         let skip = self.inner.keys.len();
         Ok(response
             .kvs()
@@ -176,9 +200,21 @@ fn wait<T: Send + 'static>(
         Ok(Ok(Ok(value))) => Ok(value),
         Ok(Ok(Err(e))) => Err(StorageError::Replicated(e.to_string())),
         Ok(Err(_)) => Err(StorageError::Replicated(format!(
-            "etcd did not answer within {CALL_TIMEOUT:?}"
+            "the decision log has no quorum: etcd did not answer within {CALL_TIMEOUT:?}"
         ))),
         Err(_) => Err(StorageError::Stopped),
+    }
+}
+
+/// Whether `error` is etcd being briefly unavailable, worth the same request again.
+fn passing(error: &etcd_client::Error) -> bool {
+    match error {
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        etcd_client::Error::GRpcStatus(status) => matches!(
+            status.code(),
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+        ),
+        _ => false,
     }
 }
 
@@ -277,9 +313,11 @@ impl DoubleEndedIterator for Pages {
 
 impl Storage for EtcdLog {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
-        let mut kv = self.inner.client.kv_client();
         let key = self.full(key);
-        let response = self.call(async move { kv.get(key, None).await })?;
+        let response = self.call(move |mut kv| {
+            let key = key.clone();
+            async move { kv.get(key, None).await }
+        })?;
         Ok(response.kvs().first().map(|kv| kv.value().to_vec()))
     }
 
@@ -325,9 +363,11 @@ impl Storage for EtcdLog {
     fn update(&self, key: &[u8], change: Change<'_>) -> Result<(), StorageError> {
         let key = self.full(key);
         loop {
-            let mut kv = self.inner.client.kv_client();
             let read = key.clone();
-            let current = self.call(async move { kv.get(read, None).await })?;
+            let current = self.call(move |mut kv| {
+                let read = read.clone();
+                async move { kv.get(read, None).await }
+            })?;
             let (old, revision) = match current.kvs().first() {
                 Some(kv) => (Some(kv.value().to_vec()), kv.mod_revision()),
                 None => (None, 0),
@@ -337,11 +377,13 @@ impl Storage for EtcdLog {
                 None => TxnOp::delete(key.clone(), None),
             };
             let unchanged = Compare::mod_revision(key.clone(), CompareOp::Equal, revision);
-            let mut kv = self.inner.client.kv_client();
             let txn = Txn::new()
                 .when([self.inner.fence.compare(), unchanged])
                 .and_then([op]);
-            let response = self.call(async move { kv.txn(txn).await })?;
+            let response = self.call(move |mut kv| {
+                let txn = txn.clone();
+                async move { kv.txn(txn).await }
+            })?;
             if response.succeeded() {
                 return Ok(());
             }
@@ -360,9 +402,11 @@ impl Storage for EtcdLog {
 impl EtcdLog {
     /// Whether the leader key still has the create revision this process was elected under.
     fn still_fenced(&self) -> Result<bool, StorageError> {
-        let mut kv = self.inner.client.kv_client();
         let key = self.inner.fence.key.clone();
-        let response = self.call(async move { kv.get(key, None).await })?;
+        let response = self.call(move |mut kv| {
+            let key = key.clone();
+            async move { kv.get(key, None).await }
+        })?;
         Ok(response
             .kvs()
             .first()

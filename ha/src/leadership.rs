@@ -38,6 +38,17 @@ impl Addresses {
     }
 }
 
+/// Who leads, as a standby sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Leader {
+    /// Nobody yet: the last leader's lease has not expired, or the election is under way.
+    #[default]
+    Nobody,
+    Known(Addresses),
+    /// etcd does not answer: without a quorum nobody can lead.
+    NoQuorum,
+}
+
 pub struct Election {
     client: Client,
     key: Vec<u8>,
@@ -71,13 +82,18 @@ impl Election {
         })
     }
 
-    /// Who leads now, if anyone.
-    pub async fn leader(&self) -> Result<Option<Addresses>, etcd_client::Error> {
-        let response = self.client.clone().get(self.key.clone(), None).await?;
-        Ok(response
-            .kvs()
-            .first()
-            .and_then(|kv| Addresses::decode(kv.value())))
+    /// Who leads now, as far as etcd answers within a lease's time.
+    pub async fn leader(&self) -> Leader {
+        let mut client = self.client.clone();
+        let read = client.get(self.key.clone(), None);
+        match tokio::time::timeout(self.ttl, read).await {
+            Ok(Ok(response)) => response
+                .kvs()
+                .first()
+                .and_then(|kv| Addresses::decode(kv.value()))
+                .map_or(Leader::Nobody, Leader::Known),
+            _ => Leader::NoQuorum,
+        }
     }
 
     /// The leader key's create revision (the leader's term), if anyone leads: a linearizable read.
@@ -86,63 +102,89 @@ impl Election {
         Ok(response.kvs().first().map(|kv| kv.create_revision()))
     }
 
-    /// Waits until this process leads; tells `seen` who leads meanwhile (`None`: nobody).
-    pub async fn campaign(
-        &self,
-        seen: &watch::Sender<Option<Addresses>>,
-    ) -> Result<Elected, etcd_client::Error> {
+    /// Waits until this process leads; tells `seen` who leads meanwhile. While etcd does not answer
+    /// (no quorum) it keeps trying: a standby outlives an etcd outage.
+    pub async fn campaign(&self, seen: &watch::Sender<Leader>) -> Elected {
+        let mut pause = POLL;
         loop {
-            let (lease, lost) = self.keep_a_lease().await?;
-            loop {
-                if *lost.borrow() {
-                    warn!("the standby's lease expired; taking a new one");
-                    break;
+            match self.try_to_lead(seen).await {
+                Ok(elected) => return elected,
+                Err(e) => {
+                    warn!(cause = %e, "etcd does not answer; campaigning again");
+                    seen.send_replace(Leader::NoQuorum);
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
                 }
-                let put = TxnOp::put(
+            }
+        }
+    }
+
+    async fn try_to_lead(
+        &self,
+        seen: &watch::Sender<Leader>,
+    ) -> Result<Elected, etcd_client::Error> {
+        let (lease, lost) = self.keep_a_lease().await?;
+        loop {
+            if *lost.borrow() {
+                return Err(etcd_client::Error::LeaseKeepAliveError(
+                    "the standby's lease expired".into(),
+                ));
+            }
+            let put = TxnOp::put(
+                self.key.clone(),
+                self.me.encode(),
+                Some(PutOptions::new().with_lease(lease)),
+            );
+            let txn = Txn::new()
+                .when([Compare::create_revision(
                     self.key.clone(),
-                    self.me.encode(),
-                    Some(PutOptions::new().with_lease(lease)),
-                );
-                let txn = Txn::new()
-                    .when([Compare::create_revision(
-                        self.key.clone(),
-                        CompareOp::Equal,
-                        0,
-                    )])
-                    .and_then([put])
-                    .or_else([TxnOp::get(self.key.clone(), None)]);
-                let response = self.client.clone().txn(txn).await?;
-                if response.succeeded() {
-                    let create_revision =
-                        response.header().map(|h| h.revision()).unwrap_or_default();
-                    info!(
-                        create_revision,
-                        lease,
-                        "elected: this coordinator leads (its writes are fenced with the leader key's revision)"
-                    );
-                    seen.send_replace(Some(self.me.clone()));
-                    return Ok(Elected {
-                        fence: Fence {
-                            key: self.key.clone(),
-                            create_revision,
-                        },
-                        lost,
-                    });
+                    CompareOp::Equal,
+                    0,
+                )])
+                .and_then([put])
+                .or_else([TxnOp::get(self.key.clone(), None)]);
+            let response = match tokio::time::timeout(self.ttl, self.client.clone().txn(txn)).await
+            {
+                Ok(response) => response?,
+                Err(_) => {
+                    return Err(etcd_client::Error::ElectError(
+                        "etcd did not answer the campaign".into(),
+                    ));
                 }
-                let leader = response.op_responses().into_iter().find_map(|r| match r {
+            };
+            if response.succeeded() {
+                let create_revision = response.header().map(|h| h.revision()).unwrap_or_default();
+                info!(
+                    create_revision,
+                    lease,
+                    "elected: this coordinator leads (its writes are fenced with the leader key's revision)"
+                );
+                seen.send_replace(Leader::Known(self.me.clone()));
+                return Ok(Elected {
+                    fence: Fence {
+                        key: self.key.clone(),
+                        create_revision,
+                    },
+                    lost,
+                });
+            }
+            let leader = response
+                .op_responses()
+                .into_iter()
+                .find_map(|r| match r {
                     TxnOpResponse::Get(get) => get
                         .kvs()
                         .first()
                         .and_then(|kv| Addresses::decode(kv.value())),
                     _ => None,
-                });
-                seen.send_if_modified(|current| {
-                    let changed = *current != leader;
-                    *current = leader.clone();
-                    changed
-                });
-                tokio::time::sleep(POLL).await;
-            }
+                })
+                .map_or(Leader::Nobody, Leader::Known);
+            seen.send_if_modified(|current| {
+                let changed = *current != leader;
+                *current = leader.clone();
+                changed
+            });
+            tokio::time::sleep(POLL).await;
         }
     }
 
@@ -152,30 +194,46 @@ impl Election {
         let mut client = self.client.clone();
         let ttl_s = self.ttl.as_secs().max(1) as i64;
         let lease = client.lease_grant(ttl_s, None).await?.id();
-        let (mut keeper, mut answers) = client.lease_keep_alive(lease).await?;
         let (lost_tx, lost) = watch::channel(false);
         let ttl = self.ttl;
         tokio::spawn(async move {
             let mut every = tokio::time::interval(ttl / 4);
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut last_kept = tokio::time::Instant::now();
+            // The keep-alive stream runs over one connection to one etcd member: when that member
+            // dies the stream breaks, and a new one is opened (to a member that is up).
+            let mut stream = None;
             loop {
                 every.tick().await;
                 let kept = tokio::time::timeout(ttl / 2, async {
+                    if stream.is_none() {
+                        stream = Some(client.lease_keep_alive(lease).await?);
+                    }
+                    let (keeper, answers) = stream.as_mut().expect("just opened");
                     keeper.keep_alive().await?;
                     answers.message().await
                 })
                 .await;
                 match kept {
                     Ok(Ok(Some(answer))) if answer.ttl() > 0 => {
-                        last_kept = tokio::time::Instant::now()
+                        last_kept = tokio::time::Instant::now();
                     }
-                    Ok(Ok(_)) => {
+                    Ok(Ok(Some(_))) => {
                         warn!(lease, "etcd says the lease expired");
                         break;
                     }
-                    Ok(Err(e)) => warn!(lease, cause = %e, "lease keep-alive failed"),
-                    Err(_) => warn!(lease, "lease keep-alive unanswered"),
+                    Ok(Ok(None)) => {
+                        warn!(lease, "the lease keep-alive stream ended; opening another");
+                        stream = None;
+                    }
+                    Ok(Err(e)) => {
+                        warn!(lease, cause = %e, "lease keep-alive failed; opening another stream");
+                        stream = None;
+                    }
+                    Err(_) => {
+                        warn!(lease, "lease keep-alive unanswered; opening another stream");
+                        stream = None;
+                    }
                 }
                 if last_kept.elapsed() >= ttl {
                     warn!(

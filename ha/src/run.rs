@@ -26,7 +26,7 @@ use tpc_coordinator::service::Leadership;
 use tracing::{error, info};
 
 use crate::etcd_log::{EtcdLog, Fence};
-use crate::leadership::{Addresses, Election};
+use crate::leadership::{Addresses, Election, Leader};
 use crate::standby::{self, Standby};
 
 const PUBLIC: &str = <standby::Public as standby::Listener>::SERVICE;
@@ -82,7 +82,7 @@ pub async fn run(
     );
     let election =
         Election::connect(&ha.endpoints, &ha.prefix, ha.me.clone(), ha.lease_ttl).await?;
-    let (seen, leader) = watch::channel(election.leader().await?);
+    let (seen, leader) = watch::channel(election.leader().await);
     let (stop_standby, standby_stopped) = tokio::sync::oneshot::channel::<()>();
     let standby = tokio::spawn(serve_standby(
         config.clone(),
@@ -93,7 +93,7 @@ pub async fn run(
     info!(endpoints = ?ha.endpoints, "standby: campaigning to lead the coordinators");
     tokio::pin!(shutdown);
     let elected = tokio::select! {
-        elected = election.campaign(&seen) => elected?,
+        elected = election.campaign(&seen) => elected,
         () = &mut shutdown => {
             let _ = stop_standby.send(());
             let _ = standby.await;
@@ -138,7 +138,7 @@ pub async fn run(
 /// The standby's servers on `listeners`, until `stop`.
 async fn serve_standby(
     config: Config,
-    leader: watch::Receiver<Option<Addresses>>,
+    leader: watch::Receiver<Leader>,
     listeners: Listeners,
     stop: tokio::sync::oneshot::Receiver<()>,
 ) -> Result<(), HaError> {

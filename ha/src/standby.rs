@@ -13,7 +13,7 @@ use tonic::body::Body;
 use tonic::codegen::http;
 use tonic::server::NamedService;
 
-use crate::leadership::Addresses;
+use crate::leadership::{Addresses, Leader};
 
 /// The metadata key that carries the leader's URL.
 pub const LEADER_METADATA: &str = "tpc-leader";
@@ -42,12 +42,12 @@ impl Listener for Internal {
 }
 
 pub struct Standby<L> {
-    leader: watch::Receiver<Option<Addresses>>,
+    leader: watch::Receiver<Leader>,
     listener: PhantomData<L>,
 }
 
 impl<L> Standby<L> {
-    pub fn new(leader: watch::Receiver<Option<Addresses>>) -> Self {
+    pub fn new(leader: watch::Receiver<Leader>) -> Self {
         Self {
             leader,
             listener: PhantomData,
@@ -66,9 +66,9 @@ impl<L: Listener> NamedService for Standby<L> {
 }
 
 /// The answer a standby gives to every call.
-pub fn not_the_leader<L: Listener>(leader: Option<&Addresses>) -> tonic::Status {
+pub fn not_the_leader<L: Listener>(leader: &Leader) -> tonic::Status {
     match leader {
-        Some(leader) => {
+        Leader::Known(leader) => {
             let url = L::address(leader);
             let mut status = tonic::Status::unavailable(format!(
                 "this coordinator is a standby; the leader is {url}"
@@ -78,8 +78,11 @@ pub fn not_the_leader<L: Listener>(leader: Option<&Addresses>) -> tonic::Status 
             }
             status
         }
-        None => tonic::Status::unavailable(
+        Leader::Nobody => tonic::Status::unavailable(
             "this coordinator is a standby and no coordinator leads yet; retry in a moment",
+        ),
+        Leader::NoQuorum => tonic::Status::unavailable(
+            "the decision log has no quorum (etcd does not answer): no coordinator can lead until it does",
         ),
     }
 }
@@ -94,8 +97,8 @@ impl<L: Listener> tower_service::Service<http::Request<Body>> for Standby<L> {
     }
 
     fn call(&mut self, _: http::Request<Body>) -> Self::Future {
-        let leader = self.leader.borrow().clone();
-        std::future::ready(Ok(not_the_leader::<L>(leader.as_ref()).into_http()))
+        let status = not_the_leader::<L>(&self.leader.borrow());
+        std::future::ready(Ok(status.into_http()))
     }
 }
 
@@ -109,16 +112,19 @@ mod tests {
             public: "http://127.0.0.1:1".into(),
             internal: "https://127.0.0.1:2".into(),
         };
-        let public = not_the_leader::<Public>(Some(&leader));
+        let leader = Leader::Known(leader);
+        let public = not_the_leader::<Public>(&leader);
         assert_eq!(public.code(), tonic::Code::Unavailable);
         assert_eq!(
             public.metadata().get(LEADER_METADATA).unwrap(),
             "http://127.0.0.1:1"
         );
-        let internal = not_the_leader::<Internal>(Some(&leader));
+        let internal = not_the_leader::<Internal>(&leader);
         assert!(internal.message().contains("https://127.0.0.1:2"));
-        let nobody = not_the_leader::<Public>(None);
+        let nobody = not_the_leader::<Public>(&Leader::Nobody);
         assert_eq!(nobody.code(), tonic::Code::Unavailable);
         assert!(nobody.metadata().get(LEADER_METADATA).is_none());
+        let no_quorum = not_the_leader::<Internal>(&Leader::NoQuorum);
+        assert!(no_quorum.message().contains("no quorum"));
     }
 }

@@ -28,8 +28,8 @@ async fn elect(endpoints: &[String], prefix: &str, n: u16) -> (Election, tpc_ha:
     let election = Election::connect(endpoints, prefix, me(n), Duration::from_secs(2))
         .await
         .unwrap();
-    let (seen, _) = watch::channel(None);
-    let elected = election.campaign(&seen).await.unwrap();
+    let (seen, _) = watch::channel(tpc_ha::Leader::Nobody);
+    let elected = election.campaign(&seen).await;
     (election, elected)
 }
 

@@ -374,6 +374,8 @@ impl Follower {
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let deadline = tokio::time::Instant::now() + within;
+        // What a coordinator last said, over a connection that failed: the more telling answer.
+        let mut said: Option<tonic::Status> = None;
         loop {
             let client = self
                 .client()
@@ -386,8 +388,18 @@ impl Follower {
                 status.code(),
                 tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown
             );
+            // A status a server sent carries its response's headers; one made up for a failed
+            // connection carries none.
+            let answered = !status.metadata().is_empty();
             if !retry || tokio::time::Instant::now() > deadline {
-                return Err(status);
+                return Err(if answered {
+                    status
+                } else {
+                    said.unwrap_or(status)
+                });
+            }
+            if answered {
+                said = Some(status.clone());
             }
             let named = status
                 .metadata()

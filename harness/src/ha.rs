@@ -384,13 +384,15 @@ impl Follower {
                 Ok(response) => return Ok(response.into_inner()),
                 Err(status) => status,
             };
-            let retry = matches!(
-                status.code(),
-                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown
-            );
             // A status a server sent carries its response's headers; one made up for a failed
-            // connection carries none.
+            // connection (refused, reset by a killed leader mid-call) carries none, and is worth
+            // another coordinator whatever its code.
             let answered = !status.metadata().is_empty();
+            let retry = !answered
+                || matches!(
+                    status.code(),
+                    tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+                );
             if !retry || tokio::time::Instant::now() > deadline {
                 return Err(if answered {
                     status

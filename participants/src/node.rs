@@ -46,10 +46,8 @@ pub struct Node<R: Resource> {
     /// instead of filling the blocking pool and the memory.
     hashing: Arc<Semaphore>,
     /// Every coordinator of the group (one, unless they run with a leader elected on etcd): an
-    /// in-doubt query goes to the one that answered last, then to the others.
+    /// in-doubt query goes to all of them at once.
     coordinators: Vec<TransactionManagerClient<Channel>>,
-    /// The coordinator that answered the last query.
-    answering: std::sync::atomic::AtomicUsize,
     /// Serialize the saga and events operations of a user (`local.rs`).
     user_stripes: Vec<tokio::sync::Mutex<()>>,
     /// A saga step of an unknown transaction older than this is refused (`local.rs`).
@@ -110,7 +108,6 @@ impl<R: Resource> Node<R> {
                 .into_iter()
                 .map(TransactionManagerClient::new)
                 .collect(),
-            answering: std::sync::atomic::AtomicUsize::new(0),
             user_stripes: (0..local::USER_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
@@ -393,34 +390,39 @@ impl<R: Resource> Node<R> {
         );
     }
 
-    /// Asks the coordinators, starting with the one that answered last, until one decides; a standby
-    /// (or a deposed leader) answers `UNAVAILABLE`, and so does a dead one, in effect.
+    /// Asks every coordinator at once and takes the first decision: a standby (or a deposed leader)
+    /// answers `UNAVAILABLE`, a dead one does not answer, and neither may hold up the leader's word.
+    /// With one coordinator it is one call, as ever.
     async fn ask_decision(&self, txn: TxnId) -> Decision {
-        use std::sync::atomic::Ordering;
-        let first = self.answering.load(Ordering::Relaxed);
-        let count = self.coordinators.len().max(1);
-        for i in 0..self.coordinators.len() {
-            let which = (first + i) % count;
-            let mut client = self.coordinators[which].clone();
+        let mut asking = tokio::task::JoinSet::new();
+        for (which, client) in self.coordinators.iter().enumerate() {
+            let mut client = client.clone();
             let request = tpc_common::telemetry::request_with_txn_id(
                 QueryDecisionRequest {
                     txn_id: txn.to_string(),
                 },
                 &txn,
             );
-            match tokio::time::timeout(self.query_timeout, client.query_decision(request)).await {
-                Ok(Ok(resp)) => {
-                    self.answering.store(which, Ordering::Relaxed);
+            let timeout = self.query_timeout;
+            asking.spawn(async move {
+                let answer = tokio::time::timeout(timeout, client.query_decision(request)).await;
+                (which, answer)
+            });
+        }
+        while let Some(answer) = asking.join_next().await {
+            match answer {
+                Ok((_, Ok(Ok(resp)))) => {
                     return match resp.into_inner().decision() {
                         WireDecision::Committed => Decision::Committed,
                         WireDecision::Aborted => Decision::Aborted,
                         WireDecision::Pending | WireDecision::Unspecified => Decision::Pending,
                     };
                 }
-                Ok(Err(status)) => {
+                Ok((which, Ok(Err(status)))) => {
                     debug!(coordinator = which, code = ?status.code(), "coordinator did not answer QueryDecision");
                 }
-                Err(_) => debug!(coordinator = which, "QueryDecision timed out"),
+                Ok((which, Err(_))) => debug!(coordinator = which, "QueryDecision timed out"),
+                Err(_) => debug!("a QueryDecision task failed"),
             }
         }
         // No answer is reported too: the engine asks again at its next turn, not before.

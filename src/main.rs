@@ -323,6 +323,11 @@ enum Command {
         /// Strategies to measure side by side, each at every client count (a comma list).
         #[arg(long, value_enum, value_delimiter = ',', default_value = "2pc")]
         strategies: Vec<StrategyArg>,
+        /// Where the coordinator's decision log lives, each measured with every strategy (a comma
+        /// list): etcd starts a 3-member cluster on loopback per run (needs a build with
+        /// `--features etcd` and the etcd binary).
+        #[arg(long, value_enum, value_delimiter = ',', default_value = "sled")]
+        logs: Vec<servers::LogArg>,
         /// Concurrent clients; a comma list (1,4,16,64,256) runs a sweep, each on a fresh cluster.
         #[arg(long, value_delimiter = ',', default_value = "64")]
         clients: Vec<usize>,
@@ -439,6 +444,7 @@ async fn main() -> ExitCode {
         } => render_report(&results),
         Command::Bench {
             strategies,
+            logs,
             clients,
             duration,
             warmup,
@@ -453,7 +459,15 @@ async fn main() -> ExitCode {
             render: None,
         } => {
             let strategies = strategies.into_iter().map(Into::into).collect();
+            let logs = logs
+                .into_iter()
+                .map(|log| match log {
+                    servers::LogArg::Sled => tpc_bench::DecisionLog::Sled,
+                    servers::LogArg::Etcd => tpc_bench::DecisionLog::Etcd,
+                })
+                .collect();
             bench(tpc_bench::Config {
+                logs,
                 // Set by `bench`, where an error can be returned.
                 exe: PathBuf::new(),
                 strategies,

@@ -269,11 +269,12 @@ fn runs_by_clients(results: &Results) -> Vec<&Run> {
     runs
 }
 
-/// One line's worth of runs: a strategy under one fault mode.
+/// One line's worth of runs: a strategy under one fault mode, on one decision log.
 #[derive(Clone, Copy, PartialEq)]
 struct Series<'a> {
     strategy: &'a str,
     faults: &'a str,
+    log: &'a str,
 }
 
 impl Series<'_> {
@@ -281,6 +282,7 @@ impl Series<'_> {
         Series {
             strategy: &run.strategy,
             faults: &run.faults,
+            log: &run.log,
         }
     }
 
@@ -300,13 +302,16 @@ fn series(results: &Results) -> Vec<Series<'_>> {
     seen
 }
 
-/// A line's label: `what`, after the strategy's name when several strategies ran, and the fault mode
-/// when several ran.
+/// A line's label: `what`, after the strategy's name when several strategies ran, the decision log
+/// when several ran, and the fault mode when several ran.
 fn labelled(results: &Results, s: Series, what: &str) -> String {
     let all = series(results);
     let mut label = Vec::new();
     if all.iter().any(|o| o.strategy != s.strategy) {
         label.push(s.strategy.to_owned());
+    }
+    if all.iter().any(|o| o.log != s.log) {
+        label.push(format!("on {}", s.log));
     }
     if all.iter().any(|o| o.faults != s.faults) {
         label.push(format!("faults {}", s.faults));
@@ -640,7 +645,11 @@ pub fn bars(
 
 /// A run's short name in a chart: strategy and fault mode, and the clients when several counts ran.
 fn short_name(results: &Results, run: &Run) -> String {
-    let mut name = format!("{} / {}", run.strategy, run.faults);
+    let mut name = if run.log == "sled" {
+        format!("{} / {}", run.strategy, run.faults)
+    } else {
+        format!("{} on {} / {}", run.strategy, run.log, run.faults)
+    };
     let counts: std::collections::BTreeSet<usize> =
         results.runs.iter().map(|r| r.clients).collect();
     if counts.len() > 1 {

@@ -12,6 +12,7 @@ pub fn run(clients: usize) -> Run {
         strategy: "2pc".into(),
         clients,
         faults: "none".into(),
+        log: "sled".into(),
         users: 100,
         measured_s: 20.0,
         committed: (per_s * 20.0) as u64,

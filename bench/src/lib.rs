@@ -99,6 +99,26 @@ pub struct Config {
     pub progress: bool,
     /// Plaintext between the services instead of the default mutual TLS.
     pub insecure_internal: bool,
+    /// Where the coordinator's decision log lives, each run with every strategy and client count.
+    pub logs: Vec<DecisionLog>,
+}
+
+/// Where the coordinator keeps its decision log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecisionLog {
+    /// sled in the coordinator's data directory (the default).
+    Sled,
+    /// A 3-member etcd cluster on loopback (`--log etcd`; a `tpc` built with `--features etcd`).
+    Etcd,
+}
+
+impl DecisionLog {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DecisionLog::Sled => "sled",
+            DecisionLog::Etcd => "etcd",
+        }
+    }
 }
 
 impl Config {
@@ -179,22 +199,29 @@ pub async fn run(config: Config) -> Result<Results, BoxError> {
     let mut runs = Vec::new();
     let mut plan = Vec::new();
     for &faults in &config.faults {
-        for &strategy in &config.strategies {
-            for &clients in &config.clients {
-                plan.push(sweep::Plan {
-                    strategy,
-                    faults,
-                    clients,
-                });
+        for &log in &config.logs {
+            for &strategy in &config.strategies {
+                for &clients in &config.clients {
+                    plan.push(sweep::Plan {
+                        strategy,
+                        faults,
+                        log,
+                        clients,
+                    });
+                }
             }
         }
     }
     for (i, &p) in plan.iter().enumerate() {
         let bar = progress_bar(&config, p, i + 1, plan.len());
         let (strategy, clients) = (p.strategy, p.clients);
+        let on = match p.log {
+            DecisionLog::Sled => String::new(),
+            log => format!("-on-{}", log.as_str()),
+        };
         let dir = config.out.join(match p.faults {
-            FaultMode::None => format!("run-{strategy}-{clients}-clients"),
-            mode => format!("run-{strategy}-faults-{mode}-{clients}-clients"),
+            FaultMode::None => format!("run-{strategy}{on}-{clients}-clients"),
+            mode => format!("run-{strategy}{on}-faults-{mode}-{clients}-clients"),
         });
         let run = sweep::run_at(&config, &floors, p, &dir, &bar).await;
         bar.finish_and_clear();
@@ -213,6 +240,7 @@ pub async fn run(config: Config) -> Result<Results, BoxError> {
                 &config.out.join("burst"),
                 strategy,
                 FaultMode::None,
+                None,
                 None,
             )
             .await?;
@@ -267,8 +295,12 @@ fn progress_bar(
         FaultMode::None => String::new(),
         mode => format!(", faults {mode}"),
     };
+    let on = match plan.log {
+        DecisionLog::Sled => String::new(),
+        log => format!(" on {}", log.as_str()),
+    };
     bar.set_prefix(format!(
-        "run {nth}/{of}: {}, {} clients{faults}",
+        "run {nth}/{of}: {}{on}, {} clients{faults}",
         plan.strategy, plan.clients
     ));
     bar.enable_steady_tick(Duration::from_millis(200));

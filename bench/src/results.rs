@@ -49,6 +49,10 @@ pub struct ConfigRecord {
     pub internal_tls: bool,
 }
 
+fn sled() -> String {
+    "sled".into()
+}
+
 fn no_faults() -> Vec<String> {
     vec!["none".into()]
 }
@@ -82,6 +86,9 @@ pub struct Run {
     pub clients: usize,
     /// The fault mode of the run: "none", "crash", "partition" or "all" (`--faults`).
     pub faults: String,
+    /// Where the coordinator's decision log lived: "sled" or "etcd" (`--logs`).
+    #[serde(default = "sled")]
+    pub log: String,
     pub users: usize,
     /// Length of the measured window (after the warm-up).
     pub measured_s: f64,

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tpc_common::{Strategy, TxnId};
+use tpc_harness::etcd::EtcdCluster;
 use tpc_harness::{Cluster, ClusterOptions, MailServer, Service};
 
 use crate::faults::{self, FaultMode, Processes};
@@ -17,7 +18,7 @@ use crate::load::{self, LoadOutcome, Workload};
 use crate::readers::Readers;
 use crate::recorder::WINDOW;
 use crate::results::{Floors, Run};
-use crate::{Config, anomalies, floors, mail_delay, measure, users};
+use crate::{Config, DecisionLog, anomalies, floors, mail_delay, measure, users};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -36,6 +37,7 @@ pub async fn start_cluster(
     strategy: Strategy,
     faults: FaultMode,
     smtp: Option<String>,
+    etcd: Option<Vec<String>>,
 ) -> Result<Cluster, BoxError> {
     Cluster::start(ClusterOptions {
         exe: config.exe.clone(),
@@ -52,15 +54,17 @@ pub async fn start_cluster(
         strategy,
         throttle_guesses: false,
         insecure_internal: config.insecure_internal,
+        etcd,
     })
     .await
 }
 
-/// One run: a strategy, a fault mode and a client count.
+/// One run: a strategy, a fault mode, a decision log and a client count.
 #[derive(Debug, Clone, Copy)]
 pub struct Plan {
     pub strategy: Strategy,
     pub faults: FaultMode,
+    pub log: DecisionLog,
     pub clients: usize,
 }
 
@@ -75,6 +79,7 @@ pub async fn run_at(
     let Plan {
         strategy,
         faults,
+        log,
         clients,
     } = plan;
     bar.set_message("starting the cluster");
@@ -83,6 +88,14 @@ pub async fn run_at(
         FaultMode::None => None,
         _ => Some(MailServer::start().await?),
     };
+    // A 3-member etcd cluster on loopback for a decision log on etcd, kept until the run ends.
+    let etcd = match log {
+        DecisionLog::Sled => None,
+        DecisionLog::Etcd => {
+            bar.set_message("starting etcd");
+            Some(EtcdCluster::start(&dir.join("etcd"), 3).await?)
+        }
+    };
     // Dropped on an early return, the cluster kills its processes.
     let mut cluster = start_cluster(
         config,
@@ -90,6 +103,7 @@ pub async fn run_at(
         strategy,
         faults,
         mail.as_ref().map(MailServer::url),
+        etcd.as_ref().map(EtcdCluster::endpoints),
     )
     .await?;
     let channels = load::channels(&cluster.url(Service::Coordinator), clients).await?;
@@ -195,6 +209,7 @@ pub async fn run_at(
     run.mail_delay = delays.map(|d| mail_delay::summarize(d, expected));
     run.strategy = strategy.as_str().into();
     run.faults = faults.as_str().into();
+    run.log = log.as_str().into();
     run.anomalies = Some(anomalies);
     run.reads = reads;
     run.fault_events = fault_events;
@@ -332,6 +347,7 @@ pub fn summarize(
         strategy: "2pc".into(),
         clients,
         faults: "none".into(),
+        log: "sled".into(),
         users,
         measured_s,
         committed,

@@ -118,7 +118,11 @@ pub fn floors(f: &Floors, cost: &str) -> String {
 
 /// "saga, 64 clients", and ", faults all" when the run injected faults.
 pub fn run_label(run: &Run) -> String {
-    let mut label = format!("{}, {}", run.strategy, clients(run.clients));
+    let mut label = if run.log == "sled" {
+        format!("{}, {}", run.strategy, clients(run.clients))
+    } else {
+        format!("{} on {}, {}", run.strategy, run.log, clients(run.clients))
+    };
     if run.faults != "none" {
         let _ = write!(label, ", faults {}", run.faults);
     }
@@ -212,7 +216,12 @@ pub fn rows(runs: &[Run]) -> Vec<[String; 13]> {
     runs.iter()
         .map(|r| {
             [
-                r.strategy.clone(),
+                // The decision log, when it is not the default sled.
+                if r.log == "sled" {
+                    r.strategy.clone()
+                } else {
+                    format!("{} on {}", r.strategy, r.log)
+                },
                 r.faults.clone(),
                 r.clients.to_string(),
                 rate(r.committed_per_s),

@@ -1,9 +1,13 @@
 //! The coordinator's log on etcd: the same [`Storage`] the sled log implements, so the coordinator's
 //! `Log` (records, outbox, store marks, garbage collection) runs on it unchanged.
 //!
-//! - **Durable on return.** Every write is one etcd transaction, which returns once a majority of the
-//!   members have it in their write-ahead log; `flush` has nothing left to do. The COMMIT record and
-//!   its outbox entry are one batch, so one transaction: its success is the commit point.
+//! - **Durable on flush, in groups.** `apply` keeps a batch in memory (reads see it at once); `flush`
+//!   sends every batch applied so far in as few etcd transactions as etcd takes (128 operations
+//!   each), in order, never splitting a batch, and returns once a majority of the members have them
+//!   in their write-ahead log. The coordinator's group commit flushes once for all the forced writes
+//!   that arrived meanwhile, so concurrent commits share one round trip to etcd, as they share one
+//!   `fsync` with sled. The COMMIT record and its outbox entry are one batch, so in one transaction:
+//!   its success is the commit point. Unforced writes are sent within [`BACKGROUND_FLUSH`] anyway.
 //! - **Fenced.** Every transaction compares the leader key's create revision with the one this process
 //!   was elected under ([`Fence`]). A coordinator that was deposed (its lease expired during a pause or
 //!   a partition, and another was elected) can no longer write anything, whatever it believes: its
@@ -15,9 +19,9 @@
 //! of this storage's own and the caller waits on a channel, so it works from the log's writer threads,
 //! the blocking pool and (briefly, at start) an async task alike.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use etcd_client::{
@@ -59,7 +63,39 @@ struct Inner {
     keys: Vec<u8>,
     fence: Fence,
     runtime: Runtime,
+    /// Batches applied and not yet in etcd; reads see them.
+    pending: Mutex<Pending>,
+    /// One flush at a time, so transactions reach etcd in the order their batches were applied.
+    flushing: Mutex<()>,
 }
+
+#[derive(Default)]
+struct Pending {
+    /// Applied since the last flush took its batches, in order.
+    applied: Vec<Batch>,
+    /// Taken by the flush under way, until etcd has them.
+    sending: Vec<Batch>,
+}
+
+impl Pending {
+    /// The newest pending write of `key`, if any: `Some(None)` is a pending delete.
+    fn lookup(&self, key: &[u8]) -> Option<Option<Vec<u8>>> {
+        self.applied
+            .iter()
+            .rev()
+            .chain(self.sending.iter().rev())
+            .find_map(|batch| {
+                batch
+                    .writes()
+                    .filter(|(k, _)| *k == key)
+                    .last()
+                    .map(|(_, v)| v.map(<[u8]>::to_vec))
+            })
+    }
+}
+
+/// How soon unforced writes reach etcd when no forced write carries them along.
+pub const BACKGROUND_FLUSH: Duration = Duration::from_millis(100);
 
 /// The storage's own runtime, shut down without waiting when the storage goes (it may be dropped on
 /// an async worker, where waiting is not allowed).
@@ -87,14 +123,108 @@ impl EtcdLog {
             async move { Client::connect(endpoints, Some(crate::connect_options())).await }
         };
         let client = wait(runtime.handle(), connecting)?;
-        Ok(Self {
+        let log = Self {
             inner: Arc::new(Inner {
                 client,
                 keys: format!("{prefix}log/").into_bytes(),
                 fence,
                 runtime: Runtime(Some(runtime)),
+                pending: Mutex::new(Pending::default()),
+                flushing: Mutex::new(()),
             }),
-        })
+        };
+        let weak = Arc::downgrade(&log.inner);
+        std::thread::Builder::new()
+            .name("tpc-etcd-flush".into())
+            .spawn(move || flush_in_background(weak))
+            .map_err(|e| StorageError::Replicated(format!("cannot start the flusher: {e}")))?;
+        Ok(log)
+    }
+
+    fn pending(&self) -> MutexGuard<'_, Pending> {
+        self.inner.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sends the batches applied so far, grouped into as few fenced transactions as etcd takes.
+    fn send_pending(&self) -> Result<(), StorageError> {
+        let _one = self
+            .inner
+            .flushing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let batches = {
+            let mut pending = self.pending();
+            let taken = std::mem::take(&mut pending.applied);
+            pending.sending = taken.clone();
+            taken
+        };
+        if batches.is_empty() {
+            return Ok(());
+        }
+        let sent = self.send(&batches);
+        let mut pending = self.pending();
+        let sending = std::mem::take(&mut pending.sending);
+        if sent.is_err() {
+            // Kept, ahead of what was applied since: a later flush sends them first (a batch that
+            // did land meanwhile lands the same again).
+            let later = std::mem::replace(&mut pending.applied, sending);
+            pending.applied.extend(later);
+        }
+        sent
+    }
+
+    fn send(&self, batches: &[Batch]) -> Result<(), StorageError> {
+        // The newest value of each key of the group: etcd refuses a transaction that writes one
+        // key twice.
+        let mut group: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
+        for batch in batches {
+            let keys: std::collections::BTreeSet<&[u8]> = batch.writes().map(|(k, _)| k).collect();
+            let new = keys.iter().filter(|k| !group.contains_key(**k)).count();
+            if group.len() + new > MAX_TXN_OPS && !group.is_empty() {
+                self.fenced(self.ops(std::mem::take(&mut group)))?;
+            }
+            if keys.len() > MAX_TXN_OPS {
+                self.send_large(batch)?;
+                continue;
+            }
+            for (key, value) in batch.writes() {
+                group.insert(key.to_vec(), value.map(<[u8]>::to_vec));
+            }
+        }
+        if !group.is_empty() {
+            self.fenced(self.ops(group))?;
+        }
+        Ok(())
+    }
+
+    fn ops(&self, group: BTreeMap<Vec<u8>, Option<Vec<u8>>>) -> Vec<TxnOp> {
+        group
+            .into_iter()
+            .map(|(key, value)| match value {
+                Some(value) => TxnOp::put(self.full(&key), value, None),
+                None => TxnOp::delete(self.full(&key), None),
+            })
+            .collect()
+    }
+
+    /// A batch larger than one etcd transaction may be: only ever deletions (the outbox's sent
+    /// e-mails), each of which stands alone, so they go in several fenced transactions.
+    fn send_large(&self, batch: &Batch) -> Result<(), StorageError> {
+        let mut deletes = BTreeMap::new();
+        for (key, value) in batch.writes() {
+            if value.is_some() {
+                return Err(StorageError::Replicated(
+                    "a batch writing more keys than one etcd transaction takes".into(),
+                ));
+            }
+            deletes.insert(key.to_vec(), None);
+        }
+        let mut deletes = deletes.into_iter().peekable();
+        while deletes.peek().is_some() {
+            let chunk: BTreeMap<_, _> = deletes.by_ref().take(MAX_TXN_OPS).collect();
+            self.fenced(self.ops(chunk))?;
+        }
+        Ok(())
     }
 
     fn full(&self, key: &[u8]) -> Vec<u8> {
@@ -313,6 +443,69 @@ impl DoubleEndedIterator for Pages {
 
 impl Storage for EtcdLog {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        if let Some(pending) = self.pending().lookup(key) {
+            return Ok(pending);
+        }
+        self.remote_get(key)
+    }
+
+    fn scan_prefix(&self, prefix: &[u8]) -> Entries {
+        // Ranges read etcd only: what is pending goes there first (ranges are for recovery,
+        // listing and garbage collection, never on a change's path).
+        if let Err(e) = self.send_pending() {
+            return Box::new(std::iter::once(Err(e)));
+        }
+        let from = self.full(prefix);
+        let to = prefix_end(&from);
+        self.entries(from, to)
+    }
+
+    fn range_from(&self, start: &[u8]) -> Entries {
+        if let Err(e) = self.send_pending() {
+            return Box::new(std::iter::once(Err(e)));
+        }
+        self.entries(self.full(start), Vec::new())
+    }
+
+    fn apply(&self, batch: Batch) -> Result<(), StorageError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let keys: std::collections::BTreeSet<&[u8]> = batch.writes().map(|(k, _)| k).collect();
+        if keys.len() > MAX_TXN_OPS && batch.writes().any(|(_, value)| value.is_some()) {
+            return Err(StorageError::Replicated(format!(
+                "a batch writing {} keys is more than one etcd transaction takes ({MAX_TXN_OPS})",
+                keys.len()
+            )));
+        }
+        self.pending().applied.push(batch);
+        Ok(())
+    }
+
+    fn update(&self, key: &[u8], change: Change<'_>) -> Result<(), StorageError> {
+        // The leader is the log's only writer (the fence sees to it), and its writes pass through
+        // here in order: read the newest value, pending or in etcd, and apply the change on top.
+        let mut pending = self.pending();
+        let old = match pending.lookup(key) {
+            Some(value) => value,
+            None => self.remote_get(key)?,
+        };
+        let mut batch = Batch::default();
+        match change(old.as_deref()) {
+            Some(new) => batch.insert(key, new),
+            None => batch.remove(key),
+        }
+        pending.applied.push(batch);
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<(), StorageError> {
+        self.send_pending()
+    }
+}
+
+impl EtcdLog {
+    fn remote_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
         let key = self.full(key);
         let response = self.call(move |mut kv| {
             let key = key.clone();
@@ -320,97 +513,20 @@ impl Storage for EtcdLog {
         })?;
         Ok(response.kvs().first().map(|kv| kv.value().to_vec()))
     }
-
-    fn scan_prefix(&self, prefix: &[u8]) -> Entries {
-        let from = self.full(prefix);
-        let to = prefix_end(&from);
-        self.entries(from, to)
-    }
-
-    fn range_from(&self, start: &[u8]) -> Entries {
-        self.entries(self.full(start), Vec::new())
-    }
-
-    fn apply(&self, batch: Batch) -> Result<(), StorageError> {
-        let ops: Vec<TxnOp> = batch
-            .writes()
-            .map(|(key, value)| match value {
-                Some(value) => TxnOp::put(self.full(key), value.to_vec(), None),
-                None => TxnOp::delete(self.full(key), None),
-            })
-            .collect();
-        if ops.is_empty() {
-            return Ok(());
-        }
-        if ops.len() <= MAX_TXN_OPS {
-            return self.fenced(ops);
-        }
-        // Larger than one etcd transaction may be: only ever a batch of deletions (the outbox's sent
-        // e-mails), each of which stands alone, so they go in several fenced transactions.
-        if batch.writes().any(|(_, value)| value.is_some()) {
-            return Err(StorageError::Replicated(format!(
-                "a batch of {} writes is more than one etcd transaction takes ({MAX_TXN_OPS})",
-                ops.len()
-            )));
-        }
-        let mut ops = ops.into_iter().peekable();
-        while ops.peek().is_some() {
-            self.fenced(ops.by_ref().take(MAX_TXN_OPS - 1).collect())?;
-        }
-        Ok(())
-    }
-
-    fn update(&self, key: &[u8], change: Change<'_>) -> Result<(), StorageError> {
-        let key = self.full(key);
-        loop {
-            let read = key.clone();
-            let current = self.call(move |mut kv| {
-                let read = read.clone();
-                async move { kv.get(read, None).await }
-            })?;
-            let (old, revision) = match current.kvs().first() {
-                Some(kv) => (Some(kv.value().to_vec()), kv.mod_revision()),
-                None => (None, 0),
-            };
-            let op = match change(old.as_deref()) {
-                Some(new) => TxnOp::put(key.clone(), new, None),
-                None => TxnOp::delete(key.clone(), None),
-            };
-            let unchanged = Compare::mod_revision(key.clone(), CompareOp::Equal, revision);
-            let txn = Txn::new()
-                .when([self.inner.fence.compare(), unchanged])
-                .and_then([op]);
-            let response = self.call(move |mut kv| {
-                let txn = txn.clone();
-                async move { kv.txn(txn).await }
-            })?;
-            if response.succeeded() {
-                return Ok(());
-            }
-            // The key changed under us, or the fence moved: only the first is worth another try.
-            if !self.still_fenced()? {
-                return Err(StorageError::Fenced);
-            }
-        }
-    }
-
-    fn flush(&self) -> Result<(), StorageError> {
-        Ok(())
-    }
 }
 
-impl EtcdLog {
-    /// Whether the leader key still has the create revision this process was elected under.
-    fn still_fenced(&self) -> Result<bool, StorageError> {
-        let key = self.inner.fence.key.clone();
-        let response = self.call(move |mut kv| {
-            let key = key.clone();
-            async move { kv.get(key, None).await }
-        })?;
-        Ok(response
-            .kvs()
-            .first()
-            .is_some_and(|kv| kv.create_revision() == self.inner.fence.create_revision))
+/// Sends unforced writes every [`BACKGROUND_FLUSH`], until the log is dropped.
+fn flush_in_background(log: Weak<Inner>) {
+    loop {
+        std::thread::sleep(BACKGROUND_FLUSH);
+        let Some(inner) = log.upgrade() else {
+            return;
+        };
+        let log = EtcdLog { inner };
+        let idle = log.pending().applied.is_empty();
+        if !idle && let Err(e) = log.send_pending() {
+            tracing::warn!(cause = %e, "unforced writes could not reach etcd; kept for the next flush");
+        }
     }
 }
 

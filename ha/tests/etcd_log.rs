@@ -53,10 +53,13 @@ async fn a_deposed_leader_cannot_write_and_its_successor_can() {
             .unwrap()
     };
     let log = first_log.clone();
-    tokio::task::spawn_blocking(move || log.insert(b"t/1", b"COMMIT by the first leader"))
-        .await
-        .unwrap()
-        .unwrap();
+    tokio::task::spawn_blocking(move || {
+        log.insert(b"t/1", b"COMMIT by the first leader")?;
+        log.flush()
+    })
+    .await
+    .unwrap()
+    .unwrap();
 
     // The first leader's lease is gone (as after a pause longer than its TTL): etcd deletes the
     // leader key, and a standby is elected.
@@ -70,26 +73,22 @@ async fn a_deposed_leader_cannot_write_and_its_successor_can() {
     let (_second, second_term) = elect(&endpoints, prefix, 3).await;
     assert!(second_term.fence.create_revision > first_term.fence.create_revision);
 
+    // The deposed leader applies a COMMIT with its e-mail and changes an earlier record: the flush
+    // that would make them durable is refused, and so is every later one.
     let log = first_log.clone();
     let late = tokio::task::spawn_blocking(move || {
         let mut batch = Batch::default();
         batch.insert(b"t/2".to_vec(), b"COMMIT by the deposed leader".to_vec());
         batch.insert(b"o/2".to_vec(), b"its e-mail".to_vec());
-        (
-            log.apply(batch),
-            log.update(b"t/1", &mut |_| Some(b"overwritten".to_vec())),
-            log.get(b"t/2"),
-        )
+        log.apply(batch)?;
+        log.update(b"t/1", &mut |_| Some(b"overwritten".to_vec()))?;
+        Ok::<_, StorageError>((log.flush(), log.flush()))
     })
     .await
+    .unwrap()
     .unwrap();
     assert!(matches!(late.0, Err(StorageError::Fenced)), "{:?}", late.0);
     assert!(matches!(late.1, Err(StorageError::Fenced)), "{:?}", late.1);
-    assert_eq!(
-        late.2.unwrap(),
-        None,
-        "nothing of the deposed leader's batch landed"
-    );
 
     let second_log = {
         let (e, f) = (endpoints.clone(), second_term.fence.clone());
@@ -99,13 +98,20 @@ async fn a_deposed_leader_cannot_write_and_its_successor_can() {
     };
     let read = tokio::task::spawn_blocking(move || {
         second_log.insert(b"t/3", b"COMMIT by the new leader")?;
-        Ok::<_, StorageError>((second_log.get(b"t/1")?, second_log.get(b"t/3")?))
+        second_log.flush()?;
+        second_log.range_from(b"").collect::<Result<Vec<_>, _>>()
     })
     .await
     .unwrap()
     .unwrap();
-    assert_eq!(read.0.as_deref(), Some(&b"COMMIT by the first leader"[..]));
-    assert_eq!(read.1.as_deref(), Some(&b"COMMIT by the new leader"[..]));
+    // Nothing of the deposed leader's landed: not its batch, not its update.
+    assert_eq!(
+        read,
+        vec![
+            (b"t/1".to_vec(), b"COMMIT by the first leader".to_vec()),
+            (b"t/3".to_vec(), b"COMMIT by the new leader".to_vec()),
+        ]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -175,6 +181,9 @@ async fn ranges_read_in_pages_from_either_end_and_big_deletions_split() {
             Some(b"y".to_vec())
         })
         .unwrap();
+        // Pending writes read back before and after they reach etcd.
+        assert_eq!(log.get(b"u/other").unwrap().as_deref(), Some(&b"y"[..]));
+        log.flush().unwrap();
         assert_eq!(log.get(b"u/other").unwrap().as_deref(), Some(&b"y"[..]));
         log.update(b"u/other", &mut |_| None).unwrap();
         assert_eq!(log.get(b"u/other").unwrap(), None);

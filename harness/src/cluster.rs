@@ -89,6 +89,9 @@ pub struct ClusterOptions {
     /// Internal listeners in plaintext (`--insecure-internal`) instead of mutual TLS with fresh
     /// certificates, the default, as in production.
     pub insecure_internal: bool,
+    /// The coordinator's decision log on etcd at these client URLs (`--log etcd`; a `tpc` built
+    /// with `--features etcd`) instead of sled.
+    pub etcd: Option<Vec<String>>,
 }
 
 /// The network links between the processes' internal listeners, each through a [`FaultProxy`] (TLS
@@ -322,6 +325,14 @@ impl Cluster {
         }
         if service == Service::Coordinator {
             args.extend(["--strategy".into(), self.options.strategy.as_str().into()]);
+            if let Some(endpoints) = &self.options.etcd {
+                args.extend([
+                    "--log".into(),
+                    "etcd".into(),
+                    "--etcd".into(),
+                    endpoints.join(","),
+                ]);
+            }
         }
         if !self.options.throttle_guesses {
             args.extend([
@@ -385,7 +396,13 @@ impl Cluster {
             if up(self.ports[service.index()]).await.is_ok()
                 && up(self.internal_ports[service.index()]).await.is_ok()
             {
-                return Ok(());
+                // A coordinator on etcd listens as a standby first: ready once it leads.
+                let leads = service != Service::Coordinator
+                    || self.options.etcd.is_none()
+                    || crate::ha::serving(self.ports[service.index()]).await;
+                if leads {
+                    return Ok(());
+                }
             }
             if tokio::time::Instant::now() > deadline {
                 return Err(format!("{} did not start listening", service.name()).into());

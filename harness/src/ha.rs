@@ -315,7 +315,7 @@ async fn wait_listening(p: &Process) -> Result<(), BoxError> {
 }
 
 /// Whether the coordinator on `port` reports `PasswordService` SERVING (a standby reports NOT_SERVING).
-async fn serving(port: u16) -> bool {
+pub(crate) async fn serving(port: u16) -> bool {
     let check = async {
         let channel = Endpoint::from_shared(format!("http://127.0.0.1:{port}"))?
             .connect_timeout(Duration::from_millis(300))

@@ -235,6 +235,26 @@ async fn kill_9_of_the_leader_under_load_a_standby_takes_over_and_nothing_acknow
         .await
         .expect("a standby takes over");
     let leads_after = killed_at.elapsed();
+    // What the participants held in doubt when the new leader took over: how soon it is resolved.
+    let mut in_doubt = std::collections::HashSet::new();
+    for i in 0..2 {
+        in_doubt.extend(cluster.participant_status(i).await.unwrap().in_doubt);
+    }
+    let doubted = in_doubt.len();
+    let resolving = Instant::now();
+    while !in_doubt.is_empty() {
+        assert!(
+            resolving.elapsed() < Duration::from_secs(10),
+            "still in doubt 10 s after the new leader: {in_doubt:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let mut still = std::collections::HashSet::new();
+        for i in 0..2 {
+            still.extend(cluster.participant_status(i).await.unwrap().in_doubt);
+        }
+        in_doubt.retain(|txn| still.contains(txn));
+    }
+    let resolved_after = resolving.elapsed();
     tokio::time::sleep(Duration::from_secs(5)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for w in workers {
@@ -250,7 +270,7 @@ async fn kill_9_of_the_leader_under_load_a_standby_takes_over_and_nothing_acknow
         .min()
         .expect("changes commit after the leader died");
     eprintln!(
-        "killed coordinator{leader} after {before} commits; coordinator{new_leader} leads after {leads_after:?}, first commit after {first_commit_after:?}; {} committed, {} aborted, {} unanswered",
+        "killed coordinator{leader} after {before} commits; coordinator{new_leader} leads after {leads_after:?}, first commit after {first_commit_after:?}; {doubted} transactions in doubt at the participants then, resolved {resolved_after:?} later; {} committed, {} aborted, {} unanswered",
         told.committed.len(),
         told.aborted,
         told.failed

@@ -22,6 +22,9 @@ use tpc_proto::v1::{
 
 use crate::Result;
 
+/// Where a standby coordinator names the leader (high availability, docs/high-availability.md).
+const LEADER_METADATA: &str = "tpc-leader";
+
 #[derive(Args, Clone)]
 pub struct Conn {
     /// The coordinator's public listener (`https://…` for TLS).
@@ -54,10 +57,12 @@ impl Conn {
     }
 
     /// Sends a change and prints its outcome. A call that was sent but got no answer may have committed:
-    /// the user is told so, with the request id that tells them which (exit status 3).
+    /// the user is told so, with the request id that tells them which (exit status 3). A standby
+    /// coordinator (high availability) answers `UNAVAILABLE` naming the leader: the change goes there
+    /// instead, with the same request id.
     async fn change<F, Fut>(&self, request_id: String, send: F) -> Result
     where
-        F: FnOnce(PasswordServiceClient<Channel>, String) -> Fut,
+        F: Fn(PasswordServiceClient<Channel>, String) -> Fut,
         Fut: std::future::Future<
                 Output = std::result::Result<tonic::Response<TransactionResult>, tonic::Status>,
             >,
@@ -69,7 +74,20 @@ impl Conn {
         } else {
             request_id
         };
-        match send(client, request_id.clone()).await {
+        let mut answer = send(client, request_id.clone()).await;
+        if let Err(e) = &answer
+            && e.code() == tonic::Code::Unavailable
+            && let Some(leader) = e.metadata().get(LEADER_METADATA)
+            && let Ok(leader) = leader.to_str()
+        {
+            eprintln!(
+                "tpc: {} is a standby; sending to the leader, {leader}",
+                self.coordinator
+            );
+            let client = PasswordServiceClient::new(self.channel(leader).await?);
+            answer = send(client, request_id.clone()).await;
+        }
+        match answer {
             Ok(result) => Ok(print_result(&result.into_inner(), self.json)),
             Err(e) if outcome_unknown(&e) => {
                 eprintln!(
@@ -301,15 +319,14 @@ pub async fn user(cmd: UserCommand) -> Result {
         } => {
             let mut secrets = Secrets::new(password_stdin);
             let password = secrets.read("Password: ")?;
-            conn.change(request_id, |mut client, request_id| async move {
-                client
-                    .register_user(RegisterUserRequest {
-                        user_id: user,
-                        email,
-                        password,
-                        request_id,
-                    })
-                    .await
+            conn.change(request_id, |mut client, request_id| {
+                let request = RegisterUserRequest {
+                    user_id: user.clone(),
+                    email: email.clone(),
+                    password: password.clone(),
+                    request_id,
+                };
+                async move { client.register_user(request).await }
             })
             .await
         }
@@ -347,15 +364,14 @@ pub async fn passwd(args: PasswdArgs) -> Result {
     let new_password = secrets.read("New password: ")?;
     let user = args.user;
     args.conn
-        .change(args.request_id, |mut client, request_id| async move {
-            client
-                .update_password(UpdatePasswordRequest {
-                    user_id: user,
-                    current_password,
-                    new_password,
-                    request_id,
-                })
-                .await
+        .change(args.request_id, |mut client, request_id| {
+            let request = UpdatePasswordRequest {
+                user_id: user.clone(),
+                current_password: current_password.clone(),
+                new_password: new_password.clone(),
+                request_id,
+            };
+            async move { client.update_password(request).await }
         })
         .await
 }

@@ -265,6 +265,12 @@ enum Command {
         strategy: StrategyArg,
         #[command(flatten)]
         tuning: Tuning,
+        /// High availability, to try failover: a 3-member etcd cluster, three coordinators on it (one
+        /// leads), both participants and a mail server, each a process of its own on loopback, under
+        /// a fresh directory in --data-dir. Needs a build with `--features etcd` and the etcd binary
+        /// (Debian's etcd-server); docs/high-availability.md.
+        #[arg(long)]
+        ha: bool,
     },
     /// Run the transaction manager alone.
     Coordinator(servers::CoordinatorArgs),
@@ -402,18 +408,23 @@ async fn main() -> ExitCode {
             argon2,
             strategy,
             tuning,
+            ha,
         } => {
             telemetry::init(format);
-            servers::up(servers::Up {
-                data_dir,
-                port,
-                security,
-                smtp,
-                argon2,
-                strategy: strategy.into(),
-                tuning,
-            })
-            .await
+            if ha {
+                servers::up_ha(&data_dir, matches!(argon2, Argon2Arg::Owasp)).await
+            } else {
+                servers::up(servers::Up {
+                    data_dir,
+                    port,
+                    security,
+                    smtp,
+                    argon2,
+                    strategy: strategy.into(),
+                    tuning,
+                })
+                .await
+            }
         }
         Command::Coordinator(args) => {
             telemetry::init(format);

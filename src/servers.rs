@@ -464,3 +464,89 @@ pub fn list_fail_points() -> ExitCode {
     }
     ExitCode::SUCCESS
 }
+
+/// `tpc up --ha`: the highly available layout as processes on loopback, reported as it changes.
+#[cfg(feature = "etcd")]
+pub async fn up_ha(data_dir: &Path, owasp: bool) -> Result {
+    use tpc_harness::ha::{HaCluster, HaOptions};
+    if !tpc_harness::etcd::etcd_available() {
+        return Err(
+            "no etcd binary: install Debian's etcd-server (apt-get install etcd-server), or set TPC_ETCD"
+                .into(),
+        );
+    }
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    let dir = data_dir.join(format!("ha-{started}"));
+    println!(
+        "starting etcd (3 members), 2 participants, 3 coordinators and a mail server under {}",
+        dir.display()
+    );
+    let mut cluster = HaCluster::start(HaOptions {
+        exe: std::env::current_exe()?,
+        dir: dir.clone(),
+        coordinators: 3,
+        lease_ttl: std::time::Duration::from_secs(2),
+        owasp_cost: owasp,
+    })
+    .await?;
+    println!("etcd:         {}", cluster.etcd.endpoints().join(","));
+    for (i, url) in cluster.coordinator_urls().iter().enumerate() {
+        println!(
+            "coordinator{i}: {url}  (pid {})",
+            cluster.coordinator_pid(i).unwrap_or_default()
+        );
+    }
+    println!("password:     {}", cluster.password_url());
+    println!("history:      {}", cluster.history_url());
+    println!("logs:         {}", dir.join("logs").display());
+    println!(
+        "try:          tpc user add alice --email alice@example.com --coordinator {}   (any of them: a standby points to the leader)",
+        cluster.coordinator_urls()[0]
+    );
+    println!(
+        "              kill -9 the leader's pid and watch a standby take over; Ctrl-C stops everything"
+    );
+    let mut leader = None;
+    let mut mails = 0;
+    let shutdown = tpc_common::shutdown::signal();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            () = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+        }
+        let now = cluster.leader().await;
+        if now != leader {
+            match now {
+                Some(i) => println!("coordinator{i} leads"),
+                None => println!("no coordinator leads"),
+            }
+            leader = now;
+        }
+        for i in 0..3 {
+            if cluster.coordinator_pid(i).is_some() && !cluster.coordinator_running(i) {
+                println!("coordinator{i} stopped; starting it again (it joins as a standby)");
+                cluster.start_coordinator(i).await?;
+            }
+        }
+        let received = cluster.mail.mails();
+        for mail in received.iter().skip(mails) {
+            println!(
+                "e-mail to {}: {}",
+                mail.to.join(", "),
+                mail.header("Subject").unwrap_or_default()
+            );
+        }
+        mails = received.len();
+    }
+    println!("stopping");
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(not(feature = "etcd"))]
+pub async fn up_ha(_: &Path, _: bool) -> Result {
+    Err("this tpc was built without etcd: build it with `cargo build --release --features etcd` (needs protoc: Debian's protobuf-compiler)".into())
+}

@@ -34,6 +34,7 @@ async fn start(dir: &std::path::Path) -> Option<HaCluster> {
             dir: dir.to_owned(),
             coordinators: 3,
             lease_ttl: LEASE_TTL,
+            owasp_cost: false,
         })
         .await
         .expect("the highly available cluster starts"),
@@ -287,6 +288,37 @@ async fn kill_9_of_the_leader_under_load_a_standby_takes_over_and_nothing_acknow
     cluster.start_coordinator(leader).await.unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(cluster.leader().await, Some(new_leader));
+
+    // The command line, pointed at the standby, follows it to the leader.
+    let mut cli = tokio::process::Command::new(env!("CARGO_BIN_EXE_tpc"))
+        .args([
+            "user",
+            "add",
+            "cli-user",
+            "--email",
+            "cli@example.com",
+            "--password-stdin",
+            "--coordinator",
+            &urls[leader],
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut stdin = cli.stdin.take().unwrap();
+        stdin.write_all(b"cli user password\n").await.unwrap();
+    }
+    let out = cli.wait_with_output().await.unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stderr.contains("sending to the leader"), "{stderr}");
+    assert!(stdout.to_lowercase().contains("committed"), "{stdout}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

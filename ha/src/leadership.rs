@@ -63,8 +63,8 @@ pub struct Elected {
     pub lost: watch::Receiver<bool>,
 }
 
-/// How often a standby looks at the leader key.
-const POLL: Duration = Duration::from_millis(200);
+/// How often a standby looks at the leader key, besides when etcd tells it the key changed.
+const POLL: Duration = Duration::from_millis(500);
 
 impl Election {
     pub async fn connect(
@@ -124,6 +124,9 @@ impl Election {
         seen: &watch::Sender<Leader>,
     ) -> Result<Elected, etcd_client::Error> {
         let (lease, lost) = self.keep_a_lease().await?;
+        // Told at once when the leader key goes (its lease expired), so a standby need not wait for
+        // its next look.
+        let mut changes = self.client.clone().watch(self.key.clone(), None).await?;
         loop {
             if *lost.borrow() {
                 return Err(etcd_client::Error::LeaseKeepAliveError(
@@ -184,12 +187,20 @@ impl Election {
                 *current = leader.clone();
                 changed
             });
-            tokio::time::sleep(POLL).await;
+            tokio::select! {
+                changed = changes.message() => {
+                    if changed?.is_none() {
+                        // The watch ended: look again at the usual pace.
+                        tokio::time::sleep(POLL).await;
+                    }
+                }
+                () = tokio::time::sleep(POLL) => {}
+            }
         }
     }
 
     /// Grants a lease of `ttl` and keeps it alive in a task of its own; the receiver turns true once
-    /// a keep-alive is refused or goes unanswered for a whole `ttl` (by then etcd may have expired it).
+    /// etcd says the lease expired, or no keep-alive succeeded for twice `ttl`.
     async fn keep_a_lease(&self) -> Result<(i64, watch::Receiver<bool>), etcd_client::Error> {
         let mut client = self.client.clone();
         let ttl_s = self.ttl.as_secs().max(1) as i64;
@@ -197,7 +208,7 @@ impl Election {
         let (lost_tx, lost) = watch::channel(false);
         let ttl = self.ttl;
         tokio::spawn(async move {
-            let mut every = tokio::time::interval(ttl / 4);
+            let mut every = tokio::time::interval(ttl / 6);
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut last_kept = tokio::time::Instant::now();
             // The keep-alive stream runs over one connection to one etcd member: when that member
@@ -205,7 +216,7 @@ impl Election {
             let mut stream = None;
             loop {
                 every.tick().await;
-                let kept = tokio::time::timeout(ttl / 2, async {
+                let kept = tokio::time::timeout(ttl / 4, async {
                     if stream.is_none() {
                         stream = Some(client.lease_keep_alive(lease).await?);
                     }
@@ -235,10 +246,14 @@ impl Election {
                         stream = None;
                     }
                 }
-                if last_kept.elapsed() >= ttl {
+                // etcd keeps the lease for a whole TTL after the last keep-alive it saw (longer when
+                // its own leader changes); a member dying, or an etcd election, may make a few in a
+                // row fail. Only etcd's word, or twice the TTL without one, ends the leadership
+                // here. (Safety never rests on this: a leader etcd has deposed cannot write.)
+                if last_kept.elapsed() >= 2 * ttl {
                     warn!(
                         lease,
-                        "no keep-alive for a whole TTL: the lease must be taken as lost"
+                        "no keep-alive for twice the TTL: the lease must be taken as lost"
                     );
                     break;
                 }

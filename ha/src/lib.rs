@@ -21,7 +21,7 @@ pub use standby::LEADER_METADATA;
 /// How every etcd client of a coordinator connects: a dead member is noticed within seconds.
 fn connect_options() -> etcd_client::ConnectOptions {
     etcd_client::ConnectOptions::default()
-        .with_connect_timeout(std::time::Duration::from_secs(2))
+        .with_connect_timeout(std::time::Duration::from_millis(500))
         .with_keep_alive(
             std::time::Duration::from_secs(1),
             std::time::Duration::from_secs(2),

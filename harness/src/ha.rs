@@ -33,6 +33,8 @@ pub struct HaOptions {
     pub coordinators: usize,
     /// The leader's lease TTL (`--lease-ttl`).
     pub lease_ttl: Duration,
+    /// Hash at OWASP cost instead of the insecure fast one tests use.
+    pub owasp_cost: bool,
 }
 
 struct Process {
@@ -122,7 +124,11 @@ impl HaCluster {
             "--coordinator",
             &coordinators,
             "--argon2",
-            "fast",
+            if self.options.owasp_cost {
+                "owasp"
+            } else {
+                "fast"
+            },
             "--listen",
             &format!("127.0.0.1:{}", p.public),
             "--internal-listen",
@@ -190,6 +196,31 @@ impl HaCluster {
     /// The password participant's public URL (`PasswordReader`).
     pub fn password_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.participants[0].public)
+    }
+
+    /// The history participant's public URL (`HistoryReader`).
+    pub fn history_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.participants[1].public)
+    }
+
+    /// Whether coordinator `i` runs (it stops by itself when it loses its leadership).
+    pub fn coordinator_running(&mut self, i: usize) -> bool {
+        match self.coordinators[i].child.as_mut() {
+            Some(child) => {
+                if matches!(child.try_wait(), Ok(None)) {
+                    true
+                } else {
+                    self.coordinators[i].child = None;
+                    false
+                }
+            }
+            None => false,
+        }
+    }
+
+    /// Coordinator `i`'s process id, for an operator's `kill -9`.
+    pub fn coordinator_pid(&self, i: usize) -> Option<u32> {
+        self.pid(i)
     }
 
     /// Which coordinator says it leads: the one whose `PasswordService` health is SERVING.

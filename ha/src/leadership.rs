@@ -113,7 +113,7 @@ impl Election {
                     warn!(cause = %e, "etcd does not answer; campaigning again");
                     seen.send_replace(Leader::NoQuorum);
                     tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(2));
+                    pause = (pause * 2).min(Duration::from_secs(1));
                 }
             }
         }
@@ -126,7 +126,8 @@ impl Election {
         let (lease, lost) = self.keep_a_lease().await?;
         // Told at once when the leader key goes (its lease expired), so a standby need not wait for
         // its next look.
-        let mut changes = self.client.clone().watch(self.key.clone(), None).await?;
+        let mut client = self.client.clone();
+        let mut changes = within(self.ttl, client.watch(self.key.clone(), None)).await?;
         loop {
             if *lost.borrow() {
                 return Err(etcd_client::Error::LeaseKeepAliveError(
@@ -204,7 +205,9 @@ impl Election {
     async fn keep_a_lease(&self) -> Result<(i64, watch::Receiver<bool>), etcd_client::Error> {
         let mut client = self.client.clone();
         let ttl_s = self.ttl.as_secs().max(1) as i64;
-        let lease = client.lease_grant(ttl_s, None).await?.id();
+        let lease = within(self.ttl, client.lease_grant(ttl_s, None))
+            .await?
+            .id();
         let (lost_tx, lost) = watch::channel(false);
         let ttl = self.ttl;
         tokio::spawn(async move {
@@ -262,6 +265,19 @@ impl Election {
         });
         Ok((lease, lost))
     }
+}
+
+/// `call`, or an error once `limit` has passed: while etcd has no quorum a request may wait for
+/// as long as the connection lives.
+async fn within<T>(
+    limit: Duration,
+    call: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, etcd_client::Error> {
+    tokio::time::timeout(limit, call).await.unwrap_or_else(|_| {
+        Err(etcd_client::Error::ElectError(
+            "etcd did not answer in time".into(),
+        ))
+    })
 }
 
 #[cfg(test)]

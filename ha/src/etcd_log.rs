@@ -24,9 +24,9 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
+use crate::members::Members;
 use etcd_client::{
-    Client, Compare, CompareOp, GetOptions, KvClient, SortOrder, SortTarget, Txn, TxnOp,
-    TxnResponse,
+    Compare, CompareOp, GetOptions, KvClient, SortOrder, SortTarget, Txn, TxnOp, TxnResponse,
 };
 use tpc_common::storage::{Batch, Change, Entries, Entry, Storage, StorageError};
 
@@ -58,7 +58,7 @@ pub struct EtcdLog {
 }
 
 struct Inner {
-    client: Client,
+    members: Members,
     /// `<prefix>log/`: every key of the log is under it.
     keys: Vec<u8>,
     fence: Fence,
@@ -120,12 +120,12 @@ impl EtcdLog {
             .map_err(|e| StorageError::Replicated(format!("cannot start the etcd runtime: {e}")))?;
         let connecting = {
             let endpoints = endpoints.to_vec();
-            async move { Client::connect(endpoints, Some(crate::connect_options())).await }
+            async move { Members::connect(&endpoints).await }
         };
-        let client = wait(runtime.handle(), connecting)?;
+        let members = wait(runtime.handle(), connecting)?;
         let log = Self {
             inner: Arc::new(Inner {
-                client,
+                members,
                 keys: format!("{prefix}log/").into_bytes(),
                 fence,
                 runtime: Runtime(Some(runtime)),
@@ -231,15 +231,14 @@ impl EtcdLog {
         [self.inner.keys.as_slice(), key].concat()
     }
 
-    /// Runs one etcd request, made by `make`, retrying it while etcd is briefly unavailable (a member
-    /// died, a new etcd leader is being elected), for at most [`CALL_TIMEOUT`] in all. Retrying is
-    /// safe for everything this storage sends: reads; batches of absolute puts and deletes, which
-    /// land the same twice; and the compare-and-swap of `update`, which fails if the first attempt
-    /// landed, and then reads again.
+    /// Runs one etcd request, made by `make`, on the member in use, moving on to the next while etcd
+    /// is briefly unavailable (a member died, a new etcd leader is being elected), for at most
+    /// [`CALL_TIMEOUT`] in all. Sending again is safe for everything this storage sends: reads, and
+    /// fenced batches of absolute puts and deletes, which land the same twice.
     fn call<T, F, Fut>(&self, make: F) -> Result<T, StorageError>
     where
         T: Send + 'static,
-        F: Fn(KvClient) -> Fut + Send + 'static,
+        F: Fn(KvClient) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<T, etcd_client::Error>> + Send,
     {
         let runtime = self
@@ -248,18 +247,11 @@ impl EtcdLog {
             .0
             .as_ref()
             .expect("running until dropped");
-        let kv = self.inner.client.kv_client();
+        let members = self.inner.members.clone();
         wait(runtime.handle(), async move {
-            let mut pause = Duration::from_millis(20);
-            loop {
-                match make(kv.clone()).await {
-                    Err(e) if passing(&e) => {
-                        tokio::time::sleep(pause).await;
-                        pause = (pause * 2).min(Duration::from_millis(500));
-                    }
-                    answered => return answered,
-                }
-            }
+            members
+                .call(CALL_TIMEOUT, move |client| make(client.kv_client()))
+                .await
         })
     }
 
@@ -324,27 +316,19 @@ fn wait<T: Send + 'static>(
 ) -> Result<T, StorageError> {
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
     runtime.spawn(async move {
-        let _ = tx.send(tokio::time::timeout(CALL_TIMEOUT, call).await);
+        // A backstop: `Members::call` gives up after `CALL_TIMEOUT` itself.
+        let _ = tx.send(tokio::time::timeout(CALL_TIMEOUT * 2, call).await);
     });
     match rx.recv() {
         Ok(Ok(Ok(value))) => Ok(value),
+        Ok(Ok(Err(etcd_client::Error::ElectError(no_answer)))) => {
+            Err(StorageError::Replicated(no_answer))
+        }
         Ok(Ok(Err(e))) => Err(StorageError::Replicated(e.to_string())),
         Ok(Err(_)) => Err(StorageError::Replicated(format!(
             "the decision log has no quorum: etcd did not answer within {CALL_TIMEOUT:?}"
         ))),
         Err(_) => Err(StorageError::Stopped),
-    }
-}
-
-/// Whether `error` is etcd being briefly unavailable, worth the same request again.
-fn passing(error: &etcd_client::Error) -> bool {
-    match error {
-        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
-        etcd_client::Error::GRpcStatus(status) => matches!(
-            status.code(),
-            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
-        ),
-        _ => false,
     }
 }
 

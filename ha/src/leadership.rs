@@ -8,11 +8,12 @@
 
 use std::time::Duration;
 
-use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpResponse};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::etcd_log::Fence;
+use crate::members::Members;
 
 /// Where this coordinator serves, as the leader key's value says it to the others' standbys.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,7 +51,7 @@ pub enum Leader {
 }
 
 pub struct Election {
-    client: Client,
+    members: Members,
     key: Vec<u8>,
     me: Addresses,
     ttl: Duration,
@@ -73,9 +74,9 @@ impl Election {
         me: Addresses,
         ttl: Duration,
     ) -> Result<Self, etcd_client::Error> {
-        let client = Client::connect(endpoints, Some(crate::connect_options())).await?;
+        let members = Members::connect(endpoints).await?;
         Ok(Self {
-            client,
+            members,
             key: format!("{prefix}leader").into_bytes(),
             me,
             ttl,
@@ -84,10 +85,13 @@ impl Election {
 
     /// Who leads now, as far as etcd answers within a lease's time.
     pub async fn leader(&self) -> Leader {
-        let mut client = self.client.clone();
-        let read = client.get(self.key.clone(), None);
-        match tokio::time::timeout(self.ttl, read).await {
-            Ok(Ok(response)) => response
+        let key = self.key.clone();
+        let read = self.members.call(self.ttl, move |mut client| {
+            let key = key.clone();
+            async move { client.get(key, None).await }
+        });
+        match read.await {
+            Ok(response) => response
                 .kvs()
                 .first()
                 .and_then(|kv| Addresses::decode(kv.value()))
@@ -98,7 +102,14 @@ impl Election {
 
     /// The leader key's create revision (the leader's term), if anyone leads: a linearizable read.
     pub async fn term(&self) -> Result<Option<i64>, etcd_client::Error> {
-        let response = self.client.clone().get(self.key.clone(), None).await?;
+        let key = self.key.clone();
+        let response = self
+            .members
+            .call(self.ttl, move |mut client| {
+                let key = key.clone();
+                async move { client.get(key, None).await }
+            })
+            .await?;
         Ok(response.kvs().first().map(|kv| kv.create_revision()))
     }
 
@@ -126,8 +137,14 @@ impl Election {
         let (lease, lost) = self.keep_a_lease().await?;
         // Told at once when the leader key goes (its lease expired), so a standby need not wait for
         // its next look.
-        let mut client = self.client.clone();
-        let mut changes = within(self.ttl, client.watch(self.key.clone(), None)).await?;
+        let key = self.key.clone();
+        let mut changes = self
+            .members
+            .call(self.ttl, move |mut client| {
+                let key = key.clone();
+                async move { client.watch(key, None).await }
+            })
+            .await?;
         loop {
             if *lost.borrow() {
                 return Err(etcd_client::Error::LeaseKeepAliveError(
@@ -147,17 +164,26 @@ impl Election {
                 )])
                 .and_then([put])
                 .or_else([TxnOp::get(self.key.clone(), None)]);
-            let response = match tokio::time::timeout(self.ttl, self.client.clone().txn(txn)).await
-            {
-                Ok(response) => response?,
-                Err(_) => {
-                    return Err(etcd_client::Error::ElectError(
-                        "etcd did not answer the campaign".into(),
-                    ));
-                }
-            };
-            if response.succeeded() {
-                let create_revision = response.header().map(|h| h.revision()).unwrap_or_default();
+            let response = self
+                .members
+                .call(self.ttl, move |mut client| {
+                    let txn = txn.clone();
+                    async move { client.txn(txn).await }
+                })
+                .await?;
+            // The key may be ours already: an attempt that created it, whose answer was lost, was
+            // made again (the key's lease says whose it is).
+            let ours = response.op_responses().into_iter().find_map(|r| match r {
+                TxnOpResponse::Get(get) => get
+                    .kvs()
+                    .first()
+                    .filter(|kv| kv.lease() == lease)
+                    .map(|kv| kv.create_revision()),
+                _ => None,
+            });
+            if response.succeeded() || ours.is_some() {
+                let create_revision = ours
+                    .unwrap_or_else(|| response.header().map(|h| h.revision()).unwrap_or_default());
                 info!(
                     create_revision,
                     lease,
@@ -203,11 +229,15 @@ impl Election {
     /// Grants a lease of `ttl` and keeps it alive in a task of its own; the receiver turns true once
     /// etcd says the lease expired, or no keep-alive succeeded for twice `ttl`.
     async fn keep_a_lease(&self) -> Result<(i64, watch::Receiver<bool>), etcd_client::Error> {
-        let mut client = self.client.clone();
         let ttl_s = self.ttl.as_secs().max(1) as i64;
-        let lease = within(self.ttl, client.lease_grant(ttl_s, None))
+        let lease = self
+            .members
+            .call(self.ttl, move |mut client| async move {
+                client.lease_grant(ttl_s, None).await
+            })
             .await?
             .id();
+        let members = self.members.clone();
         let (lost_tx, lost) = watch::channel(false);
         let ttl = self.ttl;
         tokio::spawn(async move {
@@ -215,12 +245,15 @@ impl Election {
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut last_kept = tokio::time::Instant::now();
             // The keep-alive stream runs over one connection to one etcd member: when that member
-            // dies the stream breaks, and a new one is opened (to a member that is up).
+            // dies the stream breaks, and a new one is opened on the next member.
             let mut stream = None;
+            let mut member = 0;
             loop {
                 every.tick().await;
                 let kept = tokio::time::timeout(ttl / 4, async {
                     if stream.is_none() {
+                        let (i, mut client) = members.client();
+                        member = i;
                         stream = Some(client.lease_keep_alive(lease).await?);
                     }
                     let (keeper, answers) = stream.as_mut().expect("just opened");
@@ -239,14 +272,17 @@ impl Election {
                     Ok(Ok(None)) => {
                         warn!(lease, "the lease keep-alive stream ended; opening another");
                         stream = None;
+                        members.failed(member);
                     }
                     Ok(Err(e)) => {
                         warn!(lease, cause = %e, "lease keep-alive failed; opening another stream");
                         stream = None;
+                        members.failed(member);
                     }
                     Err(_) => {
                         warn!(lease, "lease keep-alive unanswered; opening another stream");
                         stream = None;
+                        members.failed(member);
                     }
                 }
                 // etcd keeps the lease for a whole TTL after the last keep-alive it saw (longer when
@@ -265,19 +301,6 @@ impl Election {
         });
         Ok((lease, lost))
     }
-}
-
-/// `call`, or an error once `limit` has passed: while etcd has no quorum a request may wait for
-/// as long as the connection lives.
-async fn within<T>(
-    limit: Duration,
-    call: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
-) -> Result<T, etcd_client::Error> {
-    tokio::time::timeout(limit, call).await.unwrap_or_else(|_| {
-        Err(etcd_client::Error::ElectError(
-            "etcd did not answer in time".into(),
-        ))
-    })
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 
 mod etcd_log;
 mod leadership;
+mod members;
 mod run;
 mod standby;
 
@@ -27,4 +28,21 @@ fn connect_options() -> etcd_client::ConnectOptions {
             std::time::Duration::from_secs(2),
         )
         .with_keep_alive_while_idle(true)
+}
+
+/// Whether `error` is etcd, or the way to one of its members, being briefly unavailable: worth the
+/// same request again (every request tpc sends to etcd lands the same twice). A member that died
+/// shows as a broken or refused connection, which tonic reports as `UNAVAILABLE` or `UNKNOWN`.
+fn passing(error: &etcd_client::Error) -> bool {
+    match error {
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        etcd_client::Error::GRpcStatus(status) => matches!(
+            status.code(),
+            tonic::Code::Unavailable
+                | tonic::Code::Unknown
+                | tonic::Code::Cancelled
+                | tonic::Code::DeadlineExceeded
+        ),
+        _ => false,
+    }
 }

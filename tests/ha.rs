@@ -389,10 +389,6 @@ async fn one_etcd_member_lost_fails_nothing_and_two_lost_is_a_clear_unavailable_
 {
     let _one = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().unwrap();
-    let kept = dir.path().to_owned();
-    std::mem::forget(dir);
-    eprintln!("DIR {}", kept.display());
-    let dir = KeptDir(kept);
     let Some(mut cluster) = start(dir.path()).await else {
         return;
     };
@@ -524,10 +520,4 @@ async fn one_etcd_member_lost_fails_nothing_and_two_lost_is_a_clear_unavailable_
     told.committed.push((result.txn_id, Instant::now()));
     quiesce(&cluster, Duration::from_secs(20)).await;
     check_nothing_acknowledged_was_lost(&cluster, &told, &registrations).await;
-}
-struct KeptDir(std::path::PathBuf);
-impl KeptDir {
-    fn path(&self) -> &std::path::Path {
-        &self.0
-    }
 }

@@ -241,7 +241,7 @@ impl Election {
         let (lost_tx, lost) = watch::channel(false);
         let ttl = self.ttl;
         tokio::spawn(async move {
-            let mut every = tokio::time::interval(ttl / 6);
+            let mut every = tokio::time::interval(ttl / 4);
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut last_kept = tokio::time::Instant::now();
             // The keep-alive stream runs over one connection to one etcd member: when that member

@@ -14,7 +14,7 @@ mod standby;
 
 /// The etcd client these are built on, for tests that play etcd's part (a lease that expired).
 pub use etcd_client;
-pub use etcd_log::{EtcdLog, Fence};
+pub use etcd_log::{BACKGROUND_FLUSH, EtcdLog, Fence};
 pub use leadership::{Addresses, Elected, Election, Leader};
 pub use run::{HaConfig, HaError, run};
 pub use standby::LEADER_METADATA;

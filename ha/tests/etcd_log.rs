@@ -191,3 +191,36 @@ async fn ranges_read_in_pages_from_either_end_and_big_deletions_split() {
     .await
     .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unforced_writes_reach_etcd_without_a_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(etcd) = cluster(dir.path()).await else {
+        return;
+    };
+    let endpoints = etcd.endpoints();
+    let prefix = "/background-test/";
+    let (_leader, term) = elect(&endpoints, prefix, 7).await;
+    let (e, f) = (endpoints.clone(), term.fence.clone());
+    let log = tokio::task::spawn_blocking(move || open(&e, prefix, f))
+        .await
+        .unwrap();
+    let (e, f) = (endpoints.clone(), term.fence.clone());
+    let reader = tokio::task::spawn_blocking(move || open(&e, prefix, f))
+        .await
+        .unwrap();
+    tokio::task::spawn_blocking(move || {
+        log.insert(b"t/end", b"END, not forced").unwrap();
+        log.update(b"t/end", &mut |_| Some(b"END, updated".to_vec()))
+            .unwrap();
+        std::thread::sleep(tpc_ha::BACKGROUND_FLUSH * 5);
+        // Another process's view: what is in etcd.
+        assert_eq!(
+            reader.get(b"t/end").unwrap().as_deref(),
+            Some(&b"END, updated"[..])
+        );
+        drop(log);
+    })
+    .await
+    .unwrap();
+}

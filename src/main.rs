@@ -321,6 +321,10 @@ enum Command {
         /// The coordinator's strategy; a saga's and events' anomalies are counted, not failed on.
         #[arg(long, value_enum, default_value = "2pc")]
         strategy: StrategyArg,
+        /// Where the coordinator's decision log lives: etcd puts it on a 3-member cluster on
+        /// loopback, whose members are killed too (needs a build with `--features etcd`).
+        #[arg(long, value_enum, default_value = "sled")]
+        log: servers::LogArg,
     },
     /// Measure throughput, latency, CPU, memory and disk under closed-loop load, beside the floors of
     /// this machine (bare RPC, forced writes, argon2) measured in the same run. Writes results.json
@@ -448,7 +452,19 @@ async fn main() -> ExitCode {
             users,
             out,
             strategy,
-        } => chaos(duration, seed, clients, users, out, strategy.into()).await,
+            log,
+        } => {
+            chaos(
+                duration,
+                seed,
+                clients,
+                users,
+                out,
+                strategy.into(),
+                log == servers::LogArg::Etcd,
+            )
+            .await
+        }
         Command::Bench {
             render: Some(results),
             ..
@@ -545,6 +561,7 @@ async fn chaos(
     users: usize,
     out: Option<PathBuf>,
     strategy: tpc_common::Strategy,
+    etcd: bool,
 ) -> Result {
     use tpc_harness::chaos::{self, ChaosConfig};
     let seed = seed.unwrap_or_else(tpc_common::now_ms);
@@ -552,7 +569,8 @@ async fn chaos(
         PathBuf::from(format!("tpc-chaos-{seed}-{}", tpc_common::now_ms() / 1000))
     });
     println!(
-        "tpc chaos: {strategy}, {} s of faults, seed {seed}, {clients} clients, {users} users; output in {}",
+        "tpc chaos: {strategy}{}, {} s of faults, seed {seed}, {clients} clients, {users} users; output in {}",
+        if etcd { " on etcd" } else { "" },
         duration.as_secs(),
         out.display()
     );
@@ -565,6 +583,7 @@ async fn chaos(
         out: out.clone(),
         progress: true,
         strategy,
+        etcd,
     })
     .await?;
     print!("{}", report.render());

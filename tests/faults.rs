@@ -412,6 +412,7 @@ async fn chaos_run(strategy: tpc_common::Strategy) -> Result<tpc_harness::chaos:
         out: out.path().to_path_buf(),
         progress: false,
         strategy,
+        etcd: false,
     })
     .await?;
     eprintln!("{}", report.render());

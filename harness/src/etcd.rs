@@ -134,6 +134,24 @@ impl EtcdCluster {
         self.spawn(i)
     }
 
+    /// `kill -9` of every member at once.
+    pub async fn kill_all(&mut self) -> Result<(), BoxError> {
+        for i in 0..self.members.len() {
+            self.kill(i).await?;
+        }
+        Ok(())
+    }
+
+    /// Starts again every member that is not running.
+    pub fn restart_stopped(&mut self) -> Result<(), BoxError> {
+        for i in 0..self.members.len() {
+            if self.members[i].child.is_none() {
+                self.spawn(i)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Waits until a write through every running member succeeds (a quorum is up and has a leader).
     pub async fn wait_healthy(&mut self, within: Duration) -> Result<(), BoxError> {
         let deadline = tokio::time::Instant::now() + within;

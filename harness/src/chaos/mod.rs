@@ -21,6 +21,7 @@ use tonic::transport::Channel;
 use tpc_common::Strategy;
 
 use super::checker::{self, Violation};
+use super::etcd::EtcdCluster;
 use super::history::Completion;
 use super::{Cluster, ClusterOptions, MailServer, Service};
 pub use nemesis::FaultLog;
@@ -46,12 +47,17 @@ pub struct ChaosConfig {
     /// The coordinator's strategy. Two-phase commit must keep every invariant; a saga and events are
     /// judged on what they allow (`checker::allowed`), and their anomalies counted.
     pub strategy: Strategy,
+    /// The coordinator's decision log on a 3-member etcd cluster (`--log etcd`, a `tpc` built with
+    /// `--features etcd`), whose members the nemesis kills too.
+    pub etcd: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub seed: u64,
     pub strategy: Strategy,
+    /// Where the coordinator's decision log lived: "sled" or "etcd".
+    pub log: &'static str,
     pub duration_s: f64,
     pub faults: FaultLog,
     /// Operations by outcome (`ok`, `fail`, `info`, `read`, `read failed`).
@@ -78,6 +84,10 @@ pub async fn run(config: ChaosConfig) -> Result<Report, BoxError> {
     crate::fresh_output_dir(&config.out)?;
     let started = Instant::now();
     let mail = MailServer::start().await?;
+    let etcd = match config.etcd {
+        true => Some(EtcdCluster::start(&config.out.join("etcd"), 3).await?),
+        false => None,
+    };
     let cluster = Cluster::start(ClusterOptions {
         exe: config.exe.clone(),
         dir: config.out.join("cluster"),
@@ -86,9 +96,11 @@ pub async fn run(config: ChaosConfig) -> Result<Report, BoxError> {
         // The checker follows each user's chain of passwords from the registration on.
         history_keep: Some(CHECKED_HISTORY),
         strategy: config.strategy,
+        etcd: etcd.as_ref().map(EtcdCluster::endpoints),
         ..ClusterOptions::default()
     })
     .await?;
+    let etcd = etcd.map(|etcd| Arc::new(Mutex::new(etcd)));
     let endpoints = Endpoints {
         coordinator: channel(&cluster, Service::Coordinator)?,
         password: channel(&cluster, Service::Password)?,
@@ -108,6 +120,7 @@ pub async fn run(config: ChaosConfig) -> Result<Report, BoxError> {
         rng: fastrand::Rng::with_seed(config.seed),
         log: FaultLog::default(),
         strategy: config.strategy,
+        etcd: etcd.clone(),
     };
     let bar = progress_bar(&config);
     let stopper = {
@@ -149,6 +162,9 @@ pub async fn run(config: ChaosConfig) -> Result<Report, BoxError> {
         .into_inner();
     cluster.heal();
     mail.resume().await?;
+    if let Some(etcd) = &etcd {
+        etcd.lock().await.restart_stopped()?;
+    }
     for service in Service::ALL {
         if cluster.is_running(service) {
             cluster.resume(service)?;
@@ -160,9 +176,16 @@ pub async fn run(config: ChaosConfig) -> Result<Report, BoxError> {
     work.history
         .write_jsonl(&config.out.join("history.jsonl"))?;
 
-    // Durable means it survives a crash: kill every process once more before looking.
+    // Durable means it survives a crash: kill every process once more before looking (etcd's
+    // members too, all at once).
     for service in Service::ALL {
         cluster.kill(service).await?;
+    }
+    if let Some(etcd) = &etcd {
+        let mut etcd = etcd.lock().await;
+        etcd.kill_all().await?;
+        etcd.restart_stopped()?;
+        etcd.wait_healthy(Duration::from_secs(20)).await?;
     }
     for service in Service::ALL {
         cluster.start_service(service).await?;
@@ -204,6 +227,7 @@ pub async fn run(config: ChaosConfig) -> Result<Report, BoxError> {
     let report = Report {
         seed: config.seed,
         strategy: config.strategy,
+        log: if config.etcd { "etcd" } else { "sled" },
         duration_s: started.elapsed().as_secs_f64(),
         faults,
         operations,
@@ -252,8 +276,11 @@ impl Report {
             out.push('\n');
         };
         line(format!(
-            "tpc chaos: {}, seed {}, {:.0} s",
-            self.strategy, self.seed, self.duration_s
+            "tpc chaos: {}{}, seed {}, {:.0} s",
+            self.strategy,
+            if self.log == "sled" { "" } else { " on etcd" },
+            self.seed,
+            self.duration_s
         ));
         line(String::new());
         line("faults injected".into());

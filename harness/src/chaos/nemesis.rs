@@ -13,6 +13,7 @@ use tokio::sync::Mutex;
 use tpc_common::fault::FAIL_POINTS;
 
 use super::workload::Workload;
+use crate::etcd::EtcdCluster;
 use crate::{Cluster, LinkFaults, MailServer, Service};
 
 /// What the nemesis did.
@@ -42,6 +43,8 @@ pub struct Nemesis {
     pub log: FaultLog,
     /// Which fail points exist depends on the strategy the coordinator runs.
     pub strategy: Strategy,
+    /// The etcd cluster the coordinator's log is on, if it is.
+    pub etcd: Option<Arc<Mutex<EtcdCluster>>>,
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -53,6 +56,11 @@ impl Nemesis {
             tokio::time::sleep(Duration::from_millis(self.rng.u64(150..600))).await;
             if self.work.stop.load(Ordering::Relaxed) {
                 break;
+            }
+            if self.etcd.is_some() && self.rng.u32(0..100) < 15 {
+                self.etcd_member_outage().await?;
+                on_fault(&self.log);
+                continue;
             }
             match self.rng.u32(0..100) {
                 0..45 => self.kill().await?,
@@ -214,6 +222,20 @@ impl Nemesis {
         self.log.count("pause (SIGSTOP)");
         tokio::time::sleep(hold).await;
         self.cluster.lock().await.resume(service)?;
+        Ok(())
+    }
+
+    /// `kill -9` of one etcd member, started again a moment later: etcd keeps its quorum.
+    async fn etcd_member_outage(&mut self) -> Result<(), BoxError> {
+        let Some(etcd) = self.etcd.clone() else {
+            return Ok(());
+        };
+        let member = self.rng.usize(..3);
+        let hold = Duration::from_millis(self.rng.u64(300..1500));
+        etcd.lock().await.kill(member).await?;
+        self.log.count("etcd member kill -9");
+        tokio::time::sleep(hold).await;
+        etcd.lock().await.restart(member)?;
         Ok(())
     }
 

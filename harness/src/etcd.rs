@@ -134,6 +134,24 @@ impl EtcdCluster {
         self.spawn(i)
     }
 
+    /// SIGSTOP of member `i`: it neither sends nor answers, as if cut off from the others and from
+    /// every client.
+    pub fn pause(&self, i: usize) -> Result<(), BoxError> {
+        self.signal(i, libc::SIGSTOP)
+    }
+
+    /// SIGCONT of member `i`.
+    pub fn resume(&self, i: usize) -> Result<(), BoxError> {
+        self.signal(i, libc::SIGCONT)
+    }
+
+    fn signal(&self, i: usize, signal: libc::c_int) -> Result<(), BoxError> {
+        match self.members[i].child.as_ref().and_then(Child::id) {
+            Some(pid) => Ok(crate::cluster::signal(pid, signal)?),
+            None => Ok(()),
+        }
+    }
+
     /// `kill -9` of every member at once.
     pub async fn kill_all(&mut self) -> Result<(), BoxError> {
         for i in 0..self.members.len() {

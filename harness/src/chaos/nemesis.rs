@@ -62,6 +62,11 @@ impl Nemesis {
                 on_fault(&self.log);
                 continue;
             }
+            if self.etcd.is_some() && self.rng.u32(0..100) < 10 {
+                self.etcd_member_cut_off().await?;
+                on_fault(&self.log);
+                continue;
+            }
             match self.rng.u32(0..100) {
                 0..45 => self.kill().await?,
                 45..60 => self.crash_at_fail_point().await?,
@@ -236,6 +241,21 @@ impl Nemesis {
         self.log.count("etcd member kill -9");
         tokio::time::sleep(hold).await;
         etcd.lock().await.restart(member)?;
+        Ok(())
+    }
+
+    /// One etcd member frozen (SIGSTOP) for a while: cut off from the others and from every client,
+    /// as a partition would, without a proxy on etcd's links.
+    async fn etcd_member_cut_off(&mut self) -> Result<(), BoxError> {
+        let Some(etcd) = self.etcd.clone() else {
+            return Ok(());
+        };
+        let member = self.rng.usize(..3);
+        let hold = Duration::from_millis(self.rng.u64(300..2500));
+        etcd.lock().await.pause(member)?;
+        self.log.count("etcd member cut off (SIGSTOP)");
+        tokio::time::sleep(hold).await;
+        etcd.lock().await.resume(member)?;
         Ok(())
     }
 

@@ -118,6 +118,55 @@ async fn client(
     }
 }
 
+/// Users registered for a load, and the clients changing their passwords.
+struct Load {
+    told: Arc<Mutex<Told>>,
+    /// The registrations' transactions (each mails the user too).
+    registrations: Vec<String>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    workers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    /// Registers `clients * per_client` users named `prefix0…`, then starts `clients` clients, each
+    /// changing its own users' passwords until [`Load::finish`].
+    async fn start(urls: &[String], prefix: &str, clients: usize, per_client: usize) -> Self {
+        let mut follower = Follower::new(urls.to_vec());
+        let told = Arc::new(Mutex::new(Told::default()));
+        let mut registrations = Vec::new();
+        let mut users_of: Vec<Vec<String>> = vec![Vec::new(); clients];
+        for u in 0..clients * per_client {
+            let user = format!("{prefix}{u}");
+            let password = format!("{user} first password");
+            registrations.push(register(&mut follower, &user, &password).await);
+            told.lock()
+                .unwrap()
+                .passwords
+                .insert(user.clone(), password);
+            users_of[u % clients].push(user);
+        }
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let workers = users_of
+            .into_iter()
+            .map(|users| tokio::spawn(client(urls.to_vec(), users, told.clone(), stop.clone())))
+            .collect();
+        Self {
+            told,
+            registrations,
+            stop,
+            workers,
+        }
+    }
+
+    /// Stops the clients and waits for the calls they have out.
+    async fn finish(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for w in self.workers.drain(..) {
+            w.await.unwrap();
+        }
+    }
+}
+
 /// Waits until no participant has anything in doubt or locked.
 async fn quiesce(cluster: &HaCluster, within: Duration) {
     let deadline = Instant::now() + within;
@@ -205,30 +254,10 @@ async fn kill_9_of_the_leader_under_load_a_standby_takes_over_and_nothing_acknow
         return;
     };
     let urls = cluster.coordinator_urls();
-    let mut follower = Follower::new(urls.clone());
-    let told = Arc::new(Mutex::new(Told::default()));
-    let mut registrations = Vec::new();
-    let clients = 8;
-    let mut users_of: Vec<Vec<String>> = vec![Vec::new(); clients];
-    for u in 0..clients * 2 {
-        let user = format!("user{u}");
-        let password = format!("{user} first password");
-        registrations.push(register(&mut follower, &user, &password).await);
-        told.lock()
-            .unwrap()
-            .passwords
-            .insert(user.clone(), password);
-        users_of[u % clients].push(user);
-    }
-
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let workers: Vec<_> = users_of
-        .into_iter()
-        .map(|users| tokio::spawn(client(urls.clone(), users, told.clone(), stop.clone())))
-        .collect();
+    let mut load = Load::start(&urls, "user", 8, 2).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let leader = cluster.leader().await.expect("a coordinator leads");
-    let before = told.lock().unwrap().committed.len();
+    let before = load.told.lock().unwrap().committed.len();
     let killed_at = Instant::now();
     cluster.kill_coordinator(leader).await.unwrap();
     let new_leader = cluster
@@ -257,12 +286,13 @@ async fn kill_9_of_the_leader_under_load_a_standby_takes_over_and_nothing_acknow
     }
     let resolved_after = resolving.elapsed();
     tokio::time::sleep(Duration::from_secs(5)).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    for w in workers {
-        w.await.unwrap();
-    }
-
-    let told = Arc::try_unwrap(told).ok().unwrap().into_inner().unwrap();
+    load.finish().await;
+    let registrations = std::mem::take(&mut load.registrations);
+    let told = Arc::try_unwrap(load.told)
+        .ok()
+        .unwrap()
+        .into_inner()
+        .unwrap();
     let first_commit_after = told
         .committed
         .iter()
@@ -394,36 +424,17 @@ async fn one_etcd_member_lost_fails_nothing_and_two_lost_is_a_clear_unavailable_
     };
     let urls = cluster.coordinator_urls();
     let mut follower = Follower::new(urls.clone());
-    let told = Arc::new(Mutex::new(Told::default()));
-    let mut registrations = Vec::new();
     let clients = 4;
-    let mut users_of: Vec<Vec<String>> = vec![Vec::new(); clients];
-    for (u, users) in users_of.iter_mut().enumerate() {
-        let user = format!("member-user{u}");
-        let password = format!("{user} first password");
-        registrations.push(register(&mut follower, &user, &password).await);
-        told.lock()
-            .unwrap()
-            .passwords
-            .insert(user.clone(), password);
-        users.push(user);
-    }
     let leader = cluster.leader().await.expect("a coordinator leads");
 
     // One member of three dies under load: etcd keeps its quorum, and nothing fails.
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let workers: Vec<_> = users_of
-        .into_iter()
-        .map(|users| tokio::spawn(client(urls.clone(), users, told.clone(), stop.clone())))
-        .collect();
+    let mut load = Load::start(&urls, "member-user", clients, 1).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     cluster.etcd.kill(0).await.unwrap();
     let killed_at = Instant::now();
     tokio::time::sleep(Duration::from_secs(4)).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    for w in workers {
-        w.await.unwrap();
-    }
+    load.finish().await;
+    let (told, registrations) = (load.told, load.registrations);
     {
         let told = told.lock().unwrap();
         let after = told

@@ -520,17 +520,12 @@ impl Cluster {
         &self,
         service: Service,
     ) -> Result<ParticipantStatus, BoxError> {
-        let channel = self
-            .access_as(Principal::Admin)?
-            .endpoint(&self.internal_url(service), service.principal())?
-            .connect_timeout(Duration::from_millis(500))
-            .timeout(Duration::from_secs(2))
-            .connect()
-            .await?;
-        Ok(ParticipantClient::new(channel)
-            .status(StatusRequest {})
-            .await?
-            .into_inner())
+        status_at(
+            self.access_as(Principal::Admin)?,
+            &self.internal_url(service),
+            service.principal(),
+        )
+        .await
     }
 
     /// A client of `service`'s participant protocol (`Apply`, `Compensate`, `Prepare`…), for tests that
@@ -626,6 +621,25 @@ impl Cluster {
         }
         Ok(())
     }
+}
+
+/// A participant's status, asked at its internal listener `url` (it presents `principal`'s
+/// certificate) as an operator (`access`).
+pub(crate) async fn status_at(
+    access: Internal,
+    url: &str,
+    principal: Principal,
+) -> Result<ParticipantStatus, BoxError> {
+    let channel = access
+        .endpoint(url, principal)?
+        .connect_timeout(Duration::from_millis(500))
+        .timeout(Duration::from_secs(2))
+        .connect()
+        .await?;
+    Ok(ParticipantClient::new(channel)
+        .status(StatusRequest {})
+        .await?
+        .into_inner())
 }
 
 pub(crate) fn signal(pid: u32, sig: libc::c_int) -> std::io::Result<()> {

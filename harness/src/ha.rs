@@ -12,10 +12,9 @@ use tokio::process::{Child, Command};
 use tonic::transport::{Channel, Endpoint};
 use tpc_common::Principal;
 use tpc_common::tls::{Credentials, Internal};
-use tpc_proto::v1::participant_client::ParticipantClient;
+use tpc_proto::v1::ParticipantStatus;
 use tpc_proto::v1::password_reader_client::PasswordReaderClient;
 use tpc_proto::v1::password_service_client::PasswordServiceClient;
-use tpc_proto::v1::{ParticipantStatus, StatusRequest};
 
 use crate::cluster::{free_port, signal};
 use crate::etcd::EtcdCluster;
@@ -292,19 +291,12 @@ impl HaCluster {
         } else {
             Principal::History
         };
-        let channel = Internal::Mutual(Credentials::load(&self.certs_dir(), Principal::Admin)?)
-            .endpoint(
-                &format!("https://127.0.0.1:{}", self.participants[i].internal),
-                principal,
-            )?
-            .connect_timeout(Duration::from_millis(500))
-            .timeout(Duration::from_secs(2))
-            .connect()
-            .await?;
-        Ok(ParticipantClient::new(channel)
-            .status(StatusRequest {})
-            .await?
-            .into_inner())
+        crate::cluster::status_at(
+            Internal::Mutual(Credentials::load(&self.certs_dir(), Principal::Admin)?),
+            &format!("https://127.0.0.1:{}", self.participants[i].internal),
+            principal,
+        )
+        .await
     }
 
     /// A reader of the password participant.

@@ -269,14 +269,12 @@ impl EtcdLog {
         }
     }
 
-    /// Up to [`PAGE`] entries of `[from, to)`, in key order or from the end.
-    fn page(&self, from: &[u8], to: &[u8], reverse: bool) -> Result<Vec<Entry>, StorageError> {
-        let mut options = GetOptions::new().with_range(to.to_vec()).with_limit(PAGE);
-        if reverse {
-            options = options.with_sort(SortTarget::Key, SortOrder::Descend);
-        } else {
-            options = options.with_sort(SortTarget::Key, SortOrder::Ascend);
-        }
+    /// Up to [`PAGE`] entries of `[from, to)`, in key order.
+    fn page(&self, from: &[u8], to: &[u8]) -> Result<Vec<Entry>, StorageError> {
+        let options = GetOptions::new()
+            .with_range(to.to_vec())
+            .with_limit(PAGE)
+            .with_sort(SortTarget::Key, SortOrder::Ascend);
         let from = from.to_vec();
         let response = self.call(move |mut kv| {
             let (from, options) = (from.clone(), options.clone());
@@ -344,8 +342,9 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     vec![0]
 }
 
-/// A range read lazily from both ends: the front reads `[front, back)` forwards, the back reads it
-/// backwards, and each moves its bound past what it read, so the two never return an entry twice.
+/// A range read lazily: the front reads `[front, back)` a page at a time and moves `front` past what
+/// it read; the back reads all that is left at once (see [`Pages::fill`]). Neither returns an entry
+/// the other did.
 struct Pages {
     log: EtcdLog,
     /// Full keys: what is left unread is `[front, back)`.
@@ -360,36 +359,49 @@ struct Pages {
 
 impl Pages {
     fn fill(&mut self, reverse: bool) -> Option<StorageError> {
+        if reverse {
+            // etcd sorts a range from its end only after reading all of it, whatever the limit: a
+            // page from the back would cost the whole rest each time. The rest is read forwards
+            // instead, a page at a time, once, and handed out from its end.
+            let mut rest = Vec::new();
+            while let Some(page) = self.forward_page() {
+                match page {
+                    Ok(page) => rest.extend(page),
+                    Err(e) => return Some(e),
+                }
+            }
+            self.behind.extend(rest.into_iter().rev());
+            return None;
+        }
+        match self.forward_page() {
+            Some(Ok(page)) => {
+                self.ahead.extend(page);
+                None
+            }
+            Some(Err(e)) => Some(e),
+            None => None,
+        }
+    }
+
+    /// The next page of `[front, back)`, moving `front` past it; `None` once nothing is left.
+    fn forward_page(&mut self) -> Option<Result<Vec<Entry>, StorageError>> {
         if self.failed || self.front >= self.back {
             return None;
         }
-        match self.log.page(&self.front, &self.back, reverse) {
+        match self.log.page(&self.front, &self.back) {
             Ok(page) => {
-                if let Some((last, _)) = page.last() {
-                    let last = self.log.full(last);
-                    if reverse {
-                        self.back = last;
-                    } else {
-                        self.front = [last.as_slice(), &[0]].concat();
+                match page.last() {
+                    Some((last, _)) if page.len() as i64 == PAGE => {
+                        self.front = [self.log.full(last).as_slice(), &[0]].concat();
                     }
-                } else {
-                    // Nothing left between the bounds.
-                    self.front = self.back.clone();
-                }
-                if (page.len() as i64) < PAGE {
                     // A short page: nothing is left between the bounds.
-                    self.front = self.back.clone();
+                    _ => self.front = self.back.clone(),
                 }
-                if reverse {
-                    self.behind.extend(page);
-                } else {
-                    self.ahead.extend(page);
-                }
-                None
+                Some(Ok(page))
             }
             Err(e) => {
                 self.failed = true;
-                Some(e)
+                Some(Err(e))
             }
         }
     }

@@ -62,6 +62,22 @@ pub struct Election {
 pub struct Elected {
     pub fence: Fence,
     pub lost: watch::Receiver<bool>,
+    /// Kept alive as long as this is held.
+    _lease: KeptLease,
+}
+
+/// A lease kept alive by a task of its own, until this is dropped: a campaign that fails lets its
+/// lease go, so that a leader key it may have created after all (an answer lost on the way) expires
+/// with it, instead of naming a leader that is campaigning again forever.
+struct KeptLease {
+    id: i64,
+    keeper: tokio::task::AbortHandle,
+}
+
+impl Drop for KeptLease {
+    fn drop(&mut self) {
+        self.keeper.abort();
+    }
 }
 
 /// How often a standby looks at the leader key, besides when etcd tells it the key changed.
@@ -134,7 +150,8 @@ impl Election {
         &self,
         seen: &watch::Sender<Leader>,
     ) -> Result<Elected, etcd_client::Error> {
-        let (lease, lost) = self.keep_a_lease().await?;
+        let (kept, lost) = self.keep_a_lease().await?;
+        let lease = kept.id;
         // Told at once when the leader key goes (its lease expired), so a standby need not wait for
         // its next look.
         let key = self.key.clone();
@@ -196,6 +213,7 @@ impl Election {
                         create_revision,
                     },
                     lost,
+                    _lease: kept,
                 });
             }
             let leader = response
@@ -228,7 +246,7 @@ impl Election {
 
     /// Grants a lease of `ttl` and keeps it alive in a task of its own; the receiver turns true once
     /// etcd says the lease expired, or no keep-alive succeeded for twice `ttl`.
-    async fn keep_a_lease(&self) -> Result<(i64, watch::Receiver<bool>), etcd_client::Error> {
+    async fn keep_a_lease(&self) -> Result<(KeptLease, watch::Receiver<bool>), etcd_client::Error> {
         let ttl_s = self.ttl.as_secs().max(1) as i64;
         let lease = self
             .members
@@ -240,7 +258,7 @@ impl Election {
         let members = self.members.clone();
         let (lost_tx, lost) = watch::channel(false);
         let ttl = self.ttl;
-        tokio::spawn(async move {
+        let keeper = tokio::spawn(async move {
             let mut every = tokio::time::interval(ttl / 4);
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut last_kept = tokio::time::Instant::now();
@@ -299,7 +317,13 @@ impl Election {
             }
             let _ = lost_tx.send(true);
         });
-        Ok((lease, lost))
+        Ok((
+            KeptLease {
+                id: lease,
+                keeper: keeper.abort_handle(),
+            },
+            lost,
+        ))
     }
 }
 

@@ -111,6 +111,12 @@ impl EtcdCluster {
                 "50",
                 "--election-timeout",
                 "500",
+                // Every change writes a few revisions: keep only the last 10,000, or etcd's space
+                // quota fills up and refuses every write (docs/high-availability.md).
+                "--auto-compaction-mode",
+                "revision",
+                "--auto-compaction-retention",
+                "10000",
             ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -390,8 +390,9 @@ impl<R: Resource> Node<R> {
         );
     }
 
-    /// Asks every coordinator at once and takes the first decision: a standby (or a deposed leader)
-    /// answers `UNAVAILABLE`, a dead one does not answer, and neither may hold up the leader's word.
+    /// Asks every coordinator at once and takes the first decision (committed or aborted): a standby
+    /// (or a deposed leader) answers `UNAVAILABLE`, a dead one does not answer, and neither may hold
+    /// up the leader's word.
     /// With one coordinator it is one call, as ever.
     async fn ask_decision(&self, txn: TxnId) -> Decision {
         let mut asking = tokio::task::JoinSet::new();
@@ -411,13 +412,15 @@ impl<R: Resource> Node<R> {
         }
         while let Some(answer) = asking.join_next().await {
             match answer {
-                Ok((_, Ok(Ok(resp)))) => {
-                    return match resp.into_inner().decision() {
-                        WireDecision::Committed => Decision::Committed,
-                        WireDecision::Aborted => Decision::Aborted,
-                        WireDecision::Pending | WireDecision::Unspecified => Decision::Pending,
-                    };
-                }
+                Ok((which, Ok(Ok(resp)))) => match resp.into_inner().decision() {
+                    WireDecision::Committed => return Decision::Committed,
+                    WireDecision::Aborted => return Decision::Aborted,
+                    // Not decided yet, as far as this one knows: another may know better (a leader
+                    // that lost its lease and has not noticed yet still answers).
+                    WireDecision::Pending | WireDecision::Unspecified => {
+                        debug!(coordinator = which, "QueryDecision: pending");
+                    }
+                },
                 Ok((which, Ok(Err(status)))) => {
                     debug!(coordinator = which, code = ?status.code(), "coordinator did not answer QueryDecision");
                 }

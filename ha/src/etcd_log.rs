@@ -71,6 +71,9 @@ struct Inner {
 
 #[derive(Default)]
 struct Pending {
+    /// The values most recently sent to etcd, which are etcd's values (this leader is the log's only
+    /// writer): a COMMIT's END reads the record back, and needs no round trip for it.
+    sent: Recent,
     /// Applied since the last flush took its batches, in order.
     applied: Vec<Batch>,
     /// Taken by the flush under way, until etcd has them.
@@ -91,6 +94,40 @@ impl Pending {
                     .last()
                     .map(|(_, v)| v.map(<[u8]>::to_vec))
             })
+            .or_else(|| self.sent.get(key))
+    }
+}
+
+/// The last [`Recent::KEPT`] keys written, with their values (`None`: deleted).
+#[derive(Default)]
+struct Recent {
+    values: std::collections::HashMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Keys in the order they were first kept, the oldest first.
+    order: VecDeque<Vec<u8>>,
+}
+
+impl Recent {
+    const KEPT: usize = 8_192;
+
+    fn get(&self, key: &[u8]) -> Option<Option<Vec<u8>>> {
+        self.values.get(key).cloned()
+    }
+
+    fn keep(&mut self, batch: &Batch) {
+        for (key, value) in batch.writes() {
+            if self
+                .values
+                .insert(key.to_vec(), value.map(<[u8]>::to_vec))
+                .is_none()
+            {
+                self.order.push_back(key.to_vec());
+            }
+        }
+        while self.order.len() > Self::KEPT {
+            if let Some(oldest) = self.order.pop_front() {
+                self.values.remove(&oldest);
+            }
+        }
     }
 }
 
@@ -164,7 +201,11 @@ impl EtcdLog {
         let sent = self.send(&batches);
         let mut pending = self.pending();
         let sending = std::mem::take(&mut pending.sending);
-        if sent.is_err() {
+        if sent.is_ok() {
+            for batch in &sending {
+                pending.sent.keep(batch);
+            }
+        } else {
             // Kept, ahead of what was applied since: a later flush sends them first (a batch that
             // did land meanwhile lands the same again).
             let later = std::mem::replace(&mut pending.applied, sending);

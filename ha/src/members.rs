@@ -61,7 +61,16 @@ impl Members {
             let mut pause = Duration::from_millis(20);
             loop {
                 let (i, client) = self.client();
-                match make(client).await {
+                // A request caught in etcd electing a new leader (the old one died with it) is not
+                // failed by etcd for seconds: after ATTEMPT it is sent again, through the next member.
+                let answer = tokio::time::timeout(ATTEMPT, make(client))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(etcd_client::Error::GRpcStatus(
+                            tonic::Status::deadline_exceeded("no answer from this etcd member"),
+                        ))
+                    });
+                match answer {
                     Err(e) if crate::passing(&e) => {
                         self.failed(i);
                         failures += 1;
@@ -81,6 +90,11 @@ impl Members {
             .unwrap_or_else(|_| Err(etcd_client::Error::ElectError(NO_ANSWER.into())))
     }
 }
+
+/// How long one attempt may take before it is sent again through the next member. etcd answers a
+/// healthy request in milliseconds; one in flight when etcd's leader died waits out etcd's own
+/// request timeout (about 5 s) before it fails.
+const ATTEMPT: Duration = Duration::from_secs(1);
 
 /// What a request that no member answered in time fails with.
 pub const NO_ANSWER: &str = "the decision log has no quorum: etcd did not answer in time";

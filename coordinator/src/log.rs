@@ -439,22 +439,29 @@ impl Log {
 
     /// Every record, newest first.
     pub fn records(&self) -> Result<Vec<TxnRecord>, LogError> {
+        // The outbox read once for all of them, not looked up record by record: on etcd each lookup
+        // is a round trip, and recovery (a new leader's) reads every record.
+        let waiting: std::collections::HashSet<Vec<u8>> = self
+            .db
+            .scan_prefix(OUTBOX)
+            .map(|item| item.map(|(k, _)| k))
+            .collect::<Result<_, _>>()?;
         self.db
             .scan_prefix(TXN)
             .rev()
-            .map(|item| self.read(&item?.1))
+            .map(|item| {
+                let record: TxnRecord = decode(&item?.1)?;
+                let in_outbox = waiting.contains(&key(OUTBOX, record.txn));
+                Ok(with_email_state(record, in_outbox))
+            })
             .collect()
     }
 
     /// Decodes a record and derives whether its e-mail was sent.
     fn read(&self, raw: &[u8]) -> Result<TxnRecord, LogError> {
-        let mut record: TxnRecord = decode(raw)?;
-        record.email_sent = record.email_sent
-            || (record.state != State::Aborted
-                && record.email.is_some()
-                && record.email_error.is_none()
-                && !self.db.contains(&key(OUTBOX, record.txn))?);
-        Ok(record)
+        let record: TxnRecord = decode(raw)?;
+        let in_outbox = self.db.contains(&key(OUTBOX, record.txn))?;
+        Ok(with_email_state(record, in_outbox))
     }
 
     /// E-mails of committed transactions not yet accepted by the mail server, oldest first: what the
@@ -538,6 +545,17 @@ impl Log {
         slice.resume_after = None;
         Ok(slice)
     }
+}
+
+/// `record`, with whether its e-mail was sent: it was, once a committed record's e-mail is no longer
+/// in the outbox (`in_outbox`) and was not parked as undeliverable.
+fn with_email_state(mut record: TxnRecord, in_outbox: bool) -> TxnRecord {
+    record.email_sent = record.email_sent
+        || (record.state != State::Aborted
+            && record.email.is_some()
+            && record.email_error.is_none()
+            && !in_outbox);
+    record
 }
 
 impl TxnRecord {

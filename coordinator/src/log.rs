@@ -5,6 +5,7 @@
 //!   deleted when the mail server accepted it. Its absence is what "sent" means: marking an e-mail sent
 //!   deletes one key and rewrites no record (so it cannot race with END rewriting the same record).
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::path::Path;
 
@@ -383,11 +384,12 @@ impl Log {
         mut keep: impl FnMut(&TxnRecord) -> bool,
     ) -> Result<Vec<TxnRecord>, LogError> {
         let mut found = Vec::new();
+        let waiting = self.waiting()?;
         for item in self.db.scan_prefix(TXN).rev() {
             if found.len() >= limit {
                 break;
             }
-            let record = self.read(&item?.1)?;
+            let record = read_with(&item?.1, &waiting)?;
             if keep(&record) {
                 found.push(record);
             }
@@ -439,22 +441,24 @@ impl Log {
 
     /// Every record, newest first.
     pub fn records(&self) -> Result<Vec<TxnRecord>, LogError> {
-        // The outbox read once for all of them, not looked up record by record: on etcd each lookup
-        // is a round trip, and recovery (a new leader's) reads every record.
-        let waiting: std::collections::HashSet<Vec<u8>> = self
-            .db
-            .scan_prefix(OUTBOX)
-            .map(|item| item.map(|(k, _)| k))
-            .collect::<Result<_, _>>()?;
+        let waiting = self.waiting()?;
         self.db
             .scan_prefix(TXN)
             .rev()
-            .map(|item| {
-                let record: TxnRecord = decode(&item?.1)?;
-                let in_outbox = waiting.contains(&key(OUTBOX, record.txn));
-                Ok(with_email_state(record, in_outbox))
-            })
+            .map(|item| read_with(&item?.1, &waiting))
             .collect()
+    }
+
+    /// The outbox's keys, read once for a scan of many records instead of looked up record by record:
+    /// on etcd each lookup is a round trip. (The outbox holds only e-mails not yet sent: small.) A
+    /// record written after this read looks sent; every caller tolerates that (recovery runs alone,
+    /// listing only shows it, and garbage collection never takes a record that young).
+    fn waiting(&self) -> Result<HashSet<Vec<u8>>, LogError> {
+        Ok(self
+            .db
+            .scan_prefix(OUTBOX)
+            .map(|item| item.map(|(k, _)| k))
+            .collect::<Result<_, _>>()?)
     }
 
     /// Decodes a record and derives whether its e-mail was sent.
@@ -515,6 +519,7 @@ impl Log {
             resume_after: None,
         };
         let mut looked_at = 0;
+        let waiting = self.waiting()?;
         for item in self.db.range_from(&start) {
             let (k, raw) = item?;
             if !k.starts_with(TXN) {
@@ -527,7 +532,7 @@ impl Log {
                 return Ok(slice);
             }
             looked_at += 1;
-            let record = self.read(&raw)?;
+            let record = read_with(&raw, &waiting)?;
             if record.txn.created_ms() > cutoff {
                 break;
             }
@@ -545,6 +550,13 @@ impl Log {
         slice.resume_after = None;
         Ok(slice)
     }
+}
+
+/// Decodes a record, with whether its e-mail was sent by the outbox's keys `waiting`.
+fn read_with(raw: &[u8], waiting: &HashSet<Vec<u8>>) -> Result<TxnRecord, LogError> {
+    let record: TxnRecord = decode(raw)?;
+    let in_outbox = waiting.contains(&key(OUTBOX, record.txn));
+    Ok(with_email_state(record, in_outbox))
 }
 
 /// `record`, with whether its e-mail was sent: it was, once a committed record's e-mail is no longer

@@ -58,6 +58,10 @@ pub enum HaError {
     Transport(#[from] tonic::transport::Error),
     #[error("cannot listen: {0}")]
     Listen(#[from] std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] tpc_common::tls::TlsError),
+    #[error("a task of the coordinator failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
     #[error(
         "this coordinator lost its leadership (its etcd lease expired) and stopped; start it again and it joins as a standby"
     )]
@@ -103,14 +107,13 @@ pub async fn run(
     let _ = stop_standby.send(());
     match standby.await {
         Ok(served) => served?,
-        Err(e) => return Err(HaError::Listen(std::io::Error::other(e))),
+        Err(e) => return Err(HaError::Task(e)),
     }
 
     let endpoints = ha.endpoints.clone();
     let (prefix, fence) = (ha.prefix.clone(), elected.fence.clone());
-    let log = tokio::task::spawn_blocking(move || EtcdLog::open(&endpoints, &prefix, fence))
-        .await
-        .map_err(|e| HaError::Listen(std::io::Error::other(e)))??;
+    let log =
+        tokio::task::spawn_blocking(move || EtcdLog::open(&endpoints, &prefix, fence)).await??;
     config.storage = Some(Arc::new(log));
     config.leadership = Some(Arc::new(Fenced {
         election,
@@ -146,8 +149,7 @@ async fn serve_standby(
         .public_tls
         .as_ref()
         .map(tpc_common::tls::PublicTls::server)
-        .transpose()
-        .map_err(|e| HaError::Listen(std::io::Error::other(e)))?;
+        .transpose()?;
     let (public, health) = tpc_common::serve::router_with_health(&[PUBLIC], public_tls).await?;
     health
         .set_service_status(PUBLIC, tonic_health::ServingStatus::NotServing)

@@ -108,7 +108,7 @@ pub async fn forced_writes_per_s(
     duration: Duration,
 ) -> Result<f64, BoxError> {
     let db: tpc_common::storage::Db =
-        Arc::new(tpc_common::storage::SledStorage::new(sled::open(dir)?));
+        Arc::new(tpc_common::storage::SledStorage::new(sled::open(dir)?)?);
     let group = GroupCommit::start(db.clone());
     let done = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));

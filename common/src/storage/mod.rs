@@ -25,6 +25,13 @@ pub enum StorageError {
     Injected(&'static str),
     #[error("the storage's writer stopped")]
     Stopped,
+    /// What the storage holds cannot be read back as it was written.
+    #[error("corrupt storage: {0}")]
+    Corrupt(&'static str),
+    /// A batch failed halfway: the storage takes no more writes, and finishes the batch when opened
+    /// again.
+    #[error("the storage stopped taking writes: an earlier batch failed halfway")]
+    Halted,
     /// A replicated log (etcd) refused a write because this process no longer holds the leadership its
     /// writes are fenced with: another coordinator leads now.
     #[error("fenced: another coordinator leads now")]

@@ -32,8 +32,9 @@ pub fn init(format: LogFormat) {
         LogFormat::Text => fmt.boxed(),
         LogFormat::Json => fmt.json().flatten_event(true).boxed(),
     };
+    let most = filter.max_level_hint().unwrap_or(LevelFilter::TRACE);
     let _ = tracing_subscriber::registry()
-        .with(fmt.with_filter(filter).with_filter(store_cap()))
+        .with(fmt.with_filter(filter).with_filter(store_cap(most)))
         .try_init();
 }
 
@@ -41,10 +42,16 @@ pub fn init(format: LogFormat) {
 /// print the keys and values it reads and writes, among them argon2id hashes (144 were recovered from
 /// one trace log, and one was cracked offline). The protocol's own narration is tpc's, and never holds
 /// a secret.
-fn store_cap() -> Targets {
+///
+/// `most` is the most `RUST_LOG` lets through anywhere. The outermost filter's level is the one
+/// tracing checks at every call site, and the one the `log` records of sled are cut at before they
+/// are even built: a cap letting everything else through at `trace` had every `debug!` and
+/// `debug_span!` of the hot path built and then dropped, and every `trace!` of sled's, ~10% of the
+/// coordinator's CPU under load.
+fn store_cap(most: LevelFilter) -> Targets {
     Targets::new()
-        .with_default(LevelFilter::TRACE)
-        .with_target("sled", LevelFilter::INFO)
+        .with_default(most)
+        .with_target("sled", LevelFilter::INFO.min(most))
 }
 
 /// Reads the transaction id a caller put in the request metadata, for the handler's span.
@@ -65,4 +72,28 @@ pub fn request_with_txn_id<T>(message: T, txn_id: &crate::TxnId) -> tonic::Reque
             .insert(tpc_proto::TXN_ID_METADATA, value);
     }
     request
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracing::Level;
+    use tracing_subscriber::layer::Filter;
+
+    #[test]
+    fn the_cap_lets_through_no_more_than_rust_log_and_sled_never_below_info() {
+        let at_info = store_cap(LevelFilter::INFO);
+        assert_eq!(
+            Filter::<tracing_subscriber::Registry>::max_level_hint(&at_info),
+            Some(LevelFilter::INFO),
+            "what tracing checks at every call site"
+        );
+        assert!(!at_info.would_enable("tpc::protocol", &Level::DEBUG));
+        let at_trace = store_cap(LevelFilter::TRACE);
+        assert!(at_trace.would_enable("tpc::protocol", &Level::TRACE));
+        assert!(!at_trace.would_enable("sled::tree", &Level::DEBUG));
+        assert!(at_trace.would_enable("sled::tree", &Level::INFO));
+        let at_warn = store_cap(LevelFilter::WARN);
+        assert!(!at_warn.would_enable("sled::tree", &Level::INFO));
+    }
 }

@@ -5,6 +5,7 @@
 //! Teaching: `tpc demo` runs the whole story, crash and recovery included, and narrates it.
 //! Measuring: `tpc chaos` breaks it on purpose and checks every invariant; `tpc bench` measures it.
 
+mod allocator;
 mod client;
 mod demo;
 mod servers;
@@ -398,6 +399,7 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    allocator::return_freed_memory_soon();
     let cli = Cli::parse();
     let format = match cli.log_format {
         LogFormatArg::Text => LogFormat::Text,

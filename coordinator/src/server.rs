@@ -96,6 +96,12 @@ pub enum ServeError {
 
 /// Recovers from the log, then serves until `shutdown` completes: `PasswordService` on the public
 /// listener, `TransactionManager` (decisions for the participants, the admin calls) on the internal one.
+/// How much longer a call to a participant may take than the prepare deadline. A Prepare still running
+/// when the deadline passes is the deadline's to abort ("prepare deadline exceeded", the participant
+/// slow): with the call's own timeout equal to the deadline, the two raced under load, and a slow
+/// participant was reported as unavailable and counted against its breaker.
+const CALL_MARGIN: std::time::Duration = std::time::Duration::from_millis(500);
+
 pub async fn run(
     config: Config,
     listeners: Listeners,
@@ -117,7 +123,7 @@ pub async fn run(
         &config.internal,
         &config.password_url,
         &config.history_url,
-        config.engine.prepare_deadline,
+        config.engine.prepare_deadline + CALL_MARGIN,
     )?;
     let public_tls = config
         .public_tls

@@ -189,6 +189,9 @@ pub enum TxnCommand {
         state: Option<String>,
         #[arg(long, default_value_t = 20)]
         limit: u32,
+        /// Only transactions older than this one: the last id of the page before, to page on.
+        #[arg(long)]
+        before: Option<String>,
         #[command(flatten)]
         admin: AdminConn,
     },
@@ -433,6 +436,7 @@ pub async fn txn(cmd: TxnCommand) -> Result {
         TxnCommand::List {
             state,
             limit,
+            before,
             admin,
         } => {
             let conn = &admin.conn;
@@ -447,6 +451,7 @@ pub async fn txn(cmd: TxnCommand) -> Result {
                 .list_transactions(ListTransactionsRequest {
                     state: state.into(),
                     limit,
+                    before: before.unwrap_or_default(),
                 })
                 .await
                 .map_err(status)?

@@ -273,6 +273,7 @@ pub async fn run(keep: bool) -> Result {
         .list_transactions(ListTransactionsRequest {
             state: 0,
             limit: 10,
+            ..Default::default()
         })
         .await?
         .into_inner();

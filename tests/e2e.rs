@@ -143,6 +143,7 @@ async fn every_no_vote_aborts_without_effect_and_without_mail() -> Result {
         .list_transactions(ListTransactionsRequest {
             state: transaction::State::Aborted.into(),
             limit: 0,
+            ..Default::default()
         })
         .await?
         .into_inner()
@@ -407,6 +408,60 @@ async fn bad_input_gets_a_clear_status_and_changes_nothing() -> Result {
         .list_transactions(ListTransactionsRequest {
             state: 42,
             limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    Ok(())
+}
+
+/// The listing pages through the log: each page starts below the last id of the one before, and the
+/// pages together are the whole log, newest first, once each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listing_pages_through_the_whole_log() -> Result {
+    let env = env().await?;
+    for i in 0..5 {
+        assert!(committed(
+            &env.register(&format!("page{i}"), "paging-pw-0").await?
+        ));
+    }
+    let mut client = env.cluster.transactions().await?;
+    let whole = client
+        .list_transactions(ListTransactionsRequest::default())
+        .await?
+        .into_inner()
+        .transactions;
+    assert_eq!(whole.len(), 5);
+    let mut paged = Vec::new();
+    loop {
+        let page = client
+            .list_transactions(ListTransactionsRequest {
+                limit: 2,
+                before: paged
+                    .last()
+                    .map(|t: &tpc_proto::v1::Transaction| t.txn_id.clone())
+                    .unwrap_or_default(),
+                ..Default::default()
+            })
+            .await?
+            .into_inner()
+            .transactions;
+        assert!(page.len() <= 2);
+        if page.is_empty() {
+            break;
+        }
+        paged.extend(page);
+        assert!(paged.len() <= 5, "a page came again");
+    }
+    let ids = |ts: &[tpc_proto::v1::Transaction]| -> Vec<String> {
+        ts.iter().map(|t| t.txn_id.clone()).collect()
+    };
+    assert_eq!(ids(&paged), ids(&whole));
+    let status = client
+        .list_transactions(ListTransactionsRequest {
+            before: "not-a-txn".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();

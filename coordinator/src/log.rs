@@ -376,20 +376,27 @@ impl Log {
             .transpose()
     }
 
-    /// The newest `limit` records that `keep` accepts, newest first: a range scan from the newest key
-    /// that stops once it has them (UUIDv7 ids sort by time). Blocking; for the blocking pool.
+    /// The newest `limit` records older than `before` (all, if `None`) that `keep` accepts, newest
+    /// first: a range scan from the newest key that stops once it has them (UUIDv7 ids sort by time).
+    /// Blocking; for the blocking pool.
     pub fn newest(
         &self,
         limit: usize,
+        before: Option<TxnId>,
         mut keep: impl FnMut(&TxnRecord) -> bool,
     ) -> Result<Vec<TxnRecord>, LogError> {
         let mut found = Vec::new();
         let waiting = self.waiting()?;
+        let end = before.map(|txn| key(TXN, txn));
         for item in self.db.scan_prefix(TXN).rev() {
             if found.len() >= limit {
                 break;
             }
-            let record = read_with(&item?.1, &waiting)?;
+            let (k, v) = item?;
+            if end.as_ref().is_some_and(|end| k >= *end) {
+                continue;
+            }
+            let record = read_with(&v, &waiting)?;
             if keep(&record) {
                 found.push(record);
             }
@@ -801,7 +808,7 @@ mod tests {
         }
         let mut looked_at = 0;
         let newest = log
-            .newest(2, |r| {
+            .newest(2, None, |r| {
                 looked_at += 1;
                 r.state == State::Committed
             })

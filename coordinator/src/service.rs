@@ -191,9 +191,20 @@ impl TransactionManager for Api {
                 req.state
             ))
         })?;
+        let before = match req.before.as_str() {
+            "" => None,
+            id => Some(TxnId::parse(id).map_err(|_| {
+                Status::invalid_argument(
+                    "before: not a transaction id (the last txn_id of the page before)",
+                )
+            })?),
+        };
         let active = self.coordinator.active().await?;
-        let wants =
-            move |t: &Transaction| wanted == transaction::State::Unspecified || t.state() == wanted;
+        let older_than = before.map(|txn| txn.to_string());
+        let wants = move |t: &Transaction| {
+            (wanted == transaction::State::Unspecified || t.state() == wanted)
+                && older_than.as_ref().is_none_or(|id| t.txn_id < *id)
+        };
         // On the blocking pool, and only as far back as it takes: after a day at full load the log
         // holds millions of records, and decoding them all stalled the coordinator's workers.
         let log = self.log.clone();
@@ -207,7 +218,7 @@ impl TransactionManager for Api {
                     all.push(t);
                 }
             }
-            let logged = log.newest(limit, |r| wants(&from_record(r, &active)))?;
+            let logged = log.newest(limit, before, |r| wants(&from_record(r, &active)))?;
             all.extend(logged.iter().map(|r| from_record(r, &active)));
             all.sort_by(|a, b| b.txn_id.cmp(&a.txn_id));
             all.truncate(limit);

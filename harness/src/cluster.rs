@@ -540,22 +540,25 @@ impl Cluster {
         ))
     }
 
-    /// Every transaction the coordinator knows, newest first.
+    /// Every transaction the coordinator knows, newest first, a page at a time (a 20 s run at ~3,000
+    /// changes/s lists ~70,000 transactions, over gRPC's 4 MiB a message in one answer).
     pub async fn list_transactions(&self) -> Result<Vec<Transaction>, BoxError> {
-        let request = ListTransactionsRequest {
-            state: 0,
-            limit: 1_000_000,
-        };
-        // The whole log in one answer: a 20 s run at ~3,000 changes/s lists ~70,000 transactions,
-        // over gRPC's default 4 MiB a message; the most the coordinator lists is a million.
-        Ok(self
-            .transactions()
-            .await?
-            .max_decoding_message_size(1 << 30)
-            .list_transactions(request)
-            .await?
-            .into_inner()
-            .transactions)
+        const PAGE: u32 = 5_000;
+        let mut client = self.transactions().await?;
+        let mut all: Vec<Transaction> = Vec::new();
+        loop {
+            let request = ListTransactionsRequest {
+                state: 0,
+                limit: PAGE,
+                before: all.last().map(|t| t.txn_id.clone()).unwrap_or_default(),
+            };
+            let page = client.list_transactions(request).await?.into_inner();
+            let last_page = page.transactions.len() < PAGE as usize;
+            all.extend(page.transactions);
+            if last_page {
+                return Ok(all);
+            }
+        }
     }
 
     /// What is still in flight, if anything: a participant in doubt or holding a lock, a transaction
@@ -582,6 +585,7 @@ impl Cluster {
             let request = ListTransactionsRequest {
                 state: state.into(),
                 limit: 1,
+                ..Default::default()
             };
             let listed = self
                 .transactions()

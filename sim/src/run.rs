@@ -381,6 +381,7 @@ async fn transactions(
         .list_transactions(ListTransactionsRequest {
             state: 0,
             limit: 1_000_000,
+            ..Default::default()
         })
         .await?
         .into_inner()

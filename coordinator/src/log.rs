@@ -216,6 +216,13 @@ impl Log {
         })
     }
 
+    /// Makes every write queued before this call durable: at a graceful stop, so that the unforced
+    /// notes of the last moments (an abort for the listing, an END) are not left to a later flush that
+    /// never comes.
+    pub async fn sync(&self) -> Result<(), LogError> {
+        Ok(self.forcer.force().await?)
+    }
+
     /// Writes `record` and forces it.
     pub async fn force(&self, record: &TxnRecord) -> Result<(), LogError> {
         self.force_with(record, Batch::default()).await

@@ -111,6 +111,7 @@ pub async fn run(
         Some(db) => Log::on(db.clone()),
         None => Log::open(&config.data_dir.join("coordinator"), config.cache_mib)?,
     });
+    let log_at_stop = log.clone();
     let mailer = match &config.smtp {
         Some(url) => match &config.dialer {
             tpc_common::dial::Dialer::Tcp => Mailer::smtp(url, &config.smtp_access)?,
@@ -194,6 +195,9 @@ pub async fn run(
     let served = tpc_common::serve::run_both(public, internal, listeners, shutdown).await;
     dispatcher.abort();
     collector.abort();
+    if let Err(e) = log_at_stop.sync().await {
+        warn!(cause = %e, "the log's last unforced writes may be lost");
+    }
     info!("coordinator stopped");
     Ok(served?)
 }

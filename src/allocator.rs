@@ -2,7 +2,8 @@
 //!
 //! Under load a change allocates and frees on many threads (tokio's workers, the blocking pool, the
 //! group commit's threads, sled's I/O threads). glibc's malloc and free were ~10% of the services'
-//! CPU; with mimalloc a change costs ~10% less CPU in all (`docs/benchmarks.md`).
+//! CPU; with mimalloc, throughput at 64 clients was ~7% higher in alternating runs on a noisy machine
+//! (`docs/benchmarks.md`).
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -94,14 +94,14 @@ pub enum ServeError {
     Strategy(String),
 }
 
-/// Recovers from the log, then serves until `shutdown` completes: `PasswordService` on the public
-/// listener, `TransactionManager` (decisions for the participants, the admin calls) on the internal one.
 /// How much longer a call to a participant may take than the prepare deadline. A Prepare still running
 /// when the deadline passes is the deadline's to abort ("prepare deadline exceeded", the participant
 /// slow): with the call's own timeout equal to the deadline, the two raced under load, and a slow
 /// participant was reported as unavailable and counted against its breaker.
 const CALL_MARGIN: std::time::Duration = std::time::Duration::from_millis(500);
 
+/// Recovers from the log, then serves until `shutdown` completes: `PasswordService` on the public
+/// listener, `TransactionManager` (decisions for the participants, the admin calls) on the internal one.
 pub async fn run(
     config: Config,
     listeners: Listeners,

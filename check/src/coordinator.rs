@@ -6,7 +6,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use tpc_common::{Fingerprinter, TxnId};
-use tpc_coordinator::engine::{Command, CommitRecord, Decision, Engine, Event, Participant, Vote};
+use tpc_coordinator::engine::{
+    Command, CommitRecord, Decision, Engine, Event, LoggedRequest, Participant, Vote,
+};
 
 use crate::network::{Answer, Call, Decided, Msg, Node, Told};
 use crate::setup::Setup;
@@ -130,9 +132,12 @@ impl CoordinatorNode {
             }
             Msg::QueryDecision { call, txn } => {
                 let decided = match self.engine.decision(txn) {
-                    Decision::Committed => Decided::Committed,
-                    Decision::Aborted => Decided::Aborted,
-                    Decision::Pending => Decided::Pending,
+                    Some(Decision::Committed) => Decided::Committed,
+                    Some(Decision::Aborted) => Decided::Aborted,
+                    Some(Decision::Pending) => Decided::Pending,
+                    // Not in the engine's memory: the log decides, as the runtime does.
+                    None if self.log.contains_key(&txn) => Decided::Committed,
+                    None => Decided::Aborted,
                 };
                 let answer = Answer::Decision(decided);
                 world.send(Node::Coordinator, from, Msg::Reply { call, answer });
@@ -292,6 +297,24 @@ impl CoordinatorNode {
         let mut queue: std::collections::VecDeque<_> = self.engine.handle(event, world.now).into();
         while let Some(command) = queue.pop_front() {
             match command {
+                // The runtime reads the log on the blocking pool; here the read is at once, from what
+                // was forced (a COMMIT applied but not yet forced is still running in the engine).
+                Command::LookUp { client, request_id } => {
+                    let logged = self
+                        .log
+                        .values()
+                        .find(|e| e.record.request_id == request_id)
+                        .map(|e| LoggedRequest {
+                            txn: e.record.txn,
+                            kind: e.record.kind,
+                            user: e.record.user.clone(),
+                        });
+                    let event = Event::LookedUp {
+                        client,
+                        logged: Ok(logged),
+                    };
+                    queue.extend(self.engine.handle(event, world.now));
+                }
                 Command::SendPrepare { txn, to, op } => {
                     let change = setup.change_of(&op).expect("an operation of the setup");
                     let out = Outgoing::Prepare { txn, to, change };

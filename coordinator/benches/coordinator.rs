@@ -19,7 +19,8 @@ fn update(user: &UserId) -> Operation {
     }
 }
 
-/// Every event of one committed change: Begin, two yes-votes, the forced record, two acks.
+/// Every event of one committed change: Begin, the log's answer that its request id is new, two
+/// yes-votes, the forced record, two acks.
 fn one_change(engine: &mut Engine, user: &UserId, email: &Email, now: u64) -> usize {
     let txn = TxnId::generate();
     let mut commands = engine.handle(
@@ -30,6 +31,13 @@ fn one_change(engine: &mut Engine, user: &UserId, email: &Email, now: u64) -> us
         },
         now,
     );
+    commands.extend(engine.handle(
+        Event::LookedUp {
+            client: txn,
+            logged: Ok(None),
+        },
+        now,
+    ));
     for (from, email) in [
         (Participant::History, None),
         (Participant::Password, Some(email.clone())),
@@ -51,7 +59,7 @@ fn engine(c: &mut Criterion) {
     let email = Email::parse("someone@example.com").unwrap();
     let mut group = c.benchmark_group("coordinator engine");
     group.throughput(Throughput::Elements(1));
-    group.bench_function("one committed change (6 events)", |b| {
+    group.bench_function("one committed change (7 events)", |b| {
         let mut engine = Engine::new(Config::default());
         let mut i = 0usize;
         b.iter(|| {

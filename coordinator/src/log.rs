@@ -3,7 +3,10 @@
 //!   (unforced, only for `tpc txn list`: presumed abort needs no abort record);
 //! - `o/<txn>` → [`OutboxEntry`]: the e-mail, written in the same forced batch as the COMMIT record and
 //!   deleted when the mail server accepted it. Its absence is what "sent" means: marking an e-mail sent
-//!   deletes one key and rewrites no record (so it cannot race with END rewriting the same record).
+//!   deletes one key and rewrites no record (so it cannot race with END rewriting the same record);
+//! - `r/<request id>` → txn id: the COMMIT record of each request id, written in the record's batch and
+//!   deleted just before it is collected, so a retry is answered from the log and the engine need not
+//!   remember every request id of the retention window (`engine/requests.rs`).
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -13,10 +16,11 @@ use serde::{Deserialize, Serialize};
 use tpc_common::storage::{Batch, Db, SledStorage, StorageError};
 use tpc_common::{Email, GroupCommit, OperationKind, Strategy, TxnId, UserId};
 
-use crate::engine::{AbortNote, CommitRecord};
+use crate::engine::{AbortNote, CommitRecord, LoggedRequest};
 
 const TXN: &[u8] = b"t/";
 const OUTBOX: &[u8] = b"o/";
+const REQUEST: &[u8] = b"r/";
 /// The events strategy's deliveries waiting for a consumer: `e/<participant>/<txn>` → sealed operation.
 const DELIVERY: &[u8] = b"e/";
 /// How far each participant's store went, as it reported: `w/<participant>` → {id, seq}.
@@ -168,6 +172,10 @@ impl Log {
         };
         batch.insert(key(TXN, record.txn), encode(&txn));
         batch.insert(key(OUTBOX, record.txn), encode(mail));
+        batch.insert(
+            request_key(&record.request_id),
+            record.txn.as_bytes().to_vec(),
+        );
         self.apply_forced(batch).await
     }
 
@@ -383,6 +391,27 @@ impl Log {
             .transpose()
     }
 
+    /// The decision recorded for `request_id`, if one is in the log. Blocking (a read that may go to
+    /// disk, or to etcd); for the blocking pool.
+    pub fn committed_request(&self, request_id: &str) -> Result<Option<LoggedRequest>, LogError> {
+        let Some(raw) = self.db.get(&request_key(request_id))? else {
+            return Ok(None);
+        };
+        let txn = TxnId::from_bytes(&raw).ok_or_else(|| {
+            LogError::Corrupt("a request id's entry holds no transaction id".into())
+        })?;
+        // No record: collected between the two reads.
+        let Some(raw) = self.db.get(&key(TXN, txn))? else {
+            return Ok(None);
+        };
+        let record: TxnRecord = decode(&raw)?;
+        Ok(Some(LoggedRequest {
+            txn,
+            kind: record.kind,
+            user: record.user,
+        }))
+    }
+
     /// The newest `limit` records older than `before` (all, if `None`) that `keep` accepts, newest
     /// first: a range scan from the newest key that stops once it has them (UUIDv7 ids sort by time).
     /// Blocking; for the blocking pool.
@@ -557,6 +586,13 @@ impl Log {
                 State::Committing | State::Running | State::Compensating => false,
             };
             if finished && record.decided_at < cutoff {
+                // The index entry first: a crash between the two leaves a record that is about to be
+                // collected anyway and whose request id is already forgotten, never an entry without
+                // its record.
+                let request = request_key(&record.request_id);
+                if self.db.get(&request)?.as_deref() == Some(record.txn.as_bytes().as_slice()) {
+                    self.db.remove(&request)?;
+                }
                 self.db.remove(&k)?;
                 slice.collected.push(record);
             }
@@ -624,6 +660,10 @@ fn delivery_prefix(to: &str) -> Vec<u8> {
 
 pub fn delivery_key(to: &str, txn: TxnId) -> Vec<u8> {
     [delivery_prefix(to).as_slice(), txn.as_bytes()].concat()
+}
+
+fn request_key(request_id: &str) -> Vec<u8> {
+    [REQUEST, request_id.as_bytes()].concat()
 }
 
 pub fn key(prefix: &[u8], txn: TxnId) -> Vec<u8> {
@@ -795,6 +835,44 @@ mod tests {
         );
         assert_eq!(log.get(old.txn).unwrap(), None);
         assert_eq!(log.records().unwrap().len(), 1);
+        // Its request id went with it; the young one's is still answered.
+        assert_eq!(log.committed_request(&old.request_id).unwrap(), None);
+        assert_eq!(
+            log.committed_request(&young.request_id).unwrap(),
+            Some(LoggedRequest {
+                txn: young.txn,
+                kind: young.kind,
+                user: young.user.clone()
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn a_commit_is_found_by_its_request_id_and_an_abort_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path(), tpc_common::DEFAULT_CACHE_MIB).unwrap();
+        let committed = record();
+        log.force_commit(&committed, &email::compose(&committed))
+            .await
+            .unwrap();
+        let aborted = AbortNote {
+            txn: TxnId::generate(),
+            request_id: "aborted-request".into(),
+            kind: OperationKind::Update,
+            user: committed.user.clone(),
+            reason: "no".into(),
+            started_at: 1,
+            decided_at: 2,
+        };
+        log.note_abort(&aborted).await.unwrap();
+        assert_eq!(
+            log.committed_request(&committed.request_id)
+                .unwrap()
+                .map(|r| r.txn),
+            Some(committed.txn)
+        );
+        assert_eq!(log.committed_request("aborted-request").unwrap(), None);
+        assert_eq!(log.committed_request("never-seen").unwrap(), None);
     }
 
     #[tokio::test]

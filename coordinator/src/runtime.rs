@@ -173,9 +173,12 @@ impl Actor {
                         op,
                     });
                 }
-                Input::Query { txn, reply } => {
-                    let _ = reply.send(self.engine.decision(txn));
-                }
+                Input::Query { txn, reply } => match self.engine.decision(txn) {
+                    Some(decision) => {
+                        let _ = reply.send(decision);
+                    }
+                    None => self.decide_from_log(txn, reply),
+                },
                 Input::Active { reply } => {
                     let _ = reply.send(self.engine.active());
                 }
@@ -195,8 +198,46 @@ impl Actor {
         spawn_reporting(&self.inputs, debug_span!("txn", txn_id = %txn), work);
     }
 
+    /// Answers a participant's question about a transaction the engine no longer holds: committed if
+    /// the log has its COMMIT record, otherwise aborted (presumed abort). A log that cannot be read
+    /// answers nothing: the participant asks again.
+    fn decide_from_log(&self, txn: TxnId, reply: oneshot::Sender<Decision>) {
+        let log = self.log.clone();
+        tokio::spawn(async move {
+            match tpc_common::blocking::run(move || log.get(txn)).await {
+                Ok(Ok(record)) => {
+                    let committed = record.is_some_and(|r| r.commit_record().is_some());
+                    let _ = reply.send(if committed {
+                        Decision::Committed
+                    } else {
+                        Decision::Aborted
+                    });
+                }
+                Ok(Err(e)) => {
+                    error!(txn_id = %txn, cause = %e, "the log could not be read for a decision")
+                }
+                Err(e) => {
+                    error!(txn_id = %txn, cause = %e, "the log could not be read for a decision")
+                }
+            }
+        });
+    }
+
     fn execute(&mut self, command: Command) {
         match command {
+            Command::LookUp { client, request_id } => {
+                let log = self.log.clone();
+                self.spawn(client, async move {
+                    let found =
+                        tpc_common::blocking::run(move || log.committed_request(&request_id));
+                    let logged = match found.await {
+                        Ok(Ok(found)) => Ok(found),
+                        Ok(Err(e)) => Err(e.to_string()),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    Some(Event::LookedUp { client, logged })
+                });
+            }
             Command::SendPrepare { txn, to, op } => {
                 let peers = self.peers.clone();
                 debug!(target: "tpc::protocol", txn_id = %txn, "coordinator → {}: Prepare", to.name());

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use tpc_common::{Now, Operation, TxnId, UserId};
 
+use super::requests::{LoggedRequest, Lookup};
 use super::{
     AbortNote, Breaker, CONFLICT, Command, Engine, Outcome, Participant, Phase, Refusal,
     RequestKey, StoreMark, Turn, Txn, Verdict,
@@ -30,53 +31,93 @@ pub(super) const MAX_QUEUED_PER_USER: usize = 8;
 pub(super) const STILL_FINISHING: &str = "an earlier change of this user is still finishing";
 
 impl Engine {
-    pub(super) fn begin(
-        &mut self,
-        txn: TxnId,
-        request_id: String,
-        op: Operation,
-        now: Now,
-    ) -> Vec<Command> {
+    pub(super) fn begin(&mut self, txn: TxnId, request_id: String, op: Operation) -> Vec<Command> {
         let key = RequestKey {
             kind: op.kind(),
             user: op.user().clone(),
             fingerprint: Some(self.fingerprints.of(&op)),
         };
-        if let Some((first, recorded)) = self.committed.get(&request_id) {
-            if !recorded.same_request(&key) {
-                return vec![reused(txn, &request_id)];
-            }
-            return vec![Command::Reply {
-                clients: vec![txn],
-                outcome: Outcome {
-                    txn: *first,
-                    request_id,
-                    committed: true,
-                    reason: String::new(),
-                },
-            }];
+        if let Some(out) = self.known(txn, &request_id, &key) {
+            return out;
         }
-        if let Some(first) = self.running.get(&request_id).copied() {
-            let Some(running) = self.txns.get_mut(&first) else {
-                // Cannot happen (running and txns change together); never leave a client hanging.
-                return vec![Command::Reject {
-                    client: txn,
-                    refusal: Refusal::Internal("request in flight but unknown".into()),
-                }];
-            };
-            let first_key = RequestKey {
-                kind: running.kind,
-                user: running.user.clone(),
-                fingerprint: running.fingerprint,
-            };
-            if !first_key.same_request(&key) {
-                return vec![reused(txn, &request_id)];
-            }
-            // The client retried while the first attempt runs: it gets that attempt's outcome.
-            running.clients.push(txn);
-            return Vec::new();
-        }
+        // Not running, and not among the commits remembered: the log may have committed it earlier.
+        self.requests.look_up(txn, request_id.clone(), op);
+        vec![Command::LookUp {
+            client: txn,
+            request_id,
+        }]
+    }
 
+    /// The log answered the lookup of client `txn`'s request.
+    pub(super) fn looked_up(
+        &mut self,
+        txn: TxnId,
+        logged: Result<Option<LoggedRequest>, String>,
+        now: Now,
+    ) -> Vec<Command> {
+        let Some(Lookup { request_id, op, .. }) = self.requests.answered(txn) else {
+            return Vec::new();
+        };
+        let key = RequestKey {
+            kind: op.kind(),
+            user: op.user().clone(),
+            fingerprint: Some(self.fingerprints.of(&op)),
+        };
+        // Started or committed while the log was read (by another request with this id).
+        let out = match (self.known(txn, &request_id, &key), logged) {
+            (Some(out), _) => out,
+            (None, Err(reason)) => vec![Command::Reject {
+                client: txn,
+                refusal: Refusal::Internal(format!("the log could not be read: {reason}")),
+            }],
+            (None, Ok(Some(first))) if !first.key().same_request(&key) => {
+                vec![reused(txn, &request_id)]
+            }
+            (None, Ok(Some(first))) => vec![committed(txn, first.txn, request_id)],
+            (None, Ok(None)) => self.start(txn, request_id, op, key, now),
+        };
+        self.requests.forget_old();
+        out
+    }
+
+    /// What a request whose id is running or remembered as committed gets: `None` if it is neither.
+    fn known(&mut self, txn: TxnId, request_id: &str, key: &RequestKey) -> Option<Vec<Command>> {
+        if let Some((first, recorded)) = self.requests.committed(request_id) {
+            if !recorded.same_request(key) {
+                return Some(vec![reused(txn, request_id)]);
+            }
+            return Some(vec![committed(txn, first, request_id.to_owned())]);
+        }
+        let first = self.running.get(request_id).copied()?;
+        let Some(running) = self.txns.get_mut(&first) else {
+            // Cannot happen (running and txns change together); never leave a client hanging.
+            return Some(vec![Command::Reject {
+                client: txn,
+                refusal: Refusal::Internal("request in flight but unknown".into()),
+            }]);
+        };
+        let first_key = RequestKey {
+            kind: running.kind,
+            user: running.user.clone(),
+            fingerprint: running.fingerprint,
+        };
+        if !first_key.same_request(key) {
+            return Some(vec![reused(txn, request_id)]);
+        }
+        // The client retried while the first attempt runs: it gets that attempt's outcome.
+        running.clients.push(txn);
+        Some(Vec::new())
+    }
+
+    /// Starts a transaction for a request the engine and the log do not know.
+    fn start(
+        &mut self,
+        txn: TxnId,
+        request_id: String,
+        op: Operation,
+        key: RequestKey,
+        now: Now,
+    ) -> Vec<Command> {
         // A participant known to be unreachable: refused at once, nothing started (one change at a
         // time goes through to find out whether it is back).
         if let Some((participant, retry_after)) = Participant::ALL.into_iter().find_map(|p| {
@@ -318,6 +359,19 @@ impl Engine {
             .admit(self.waiting.len())
             .err()
             .unwrap_or(std::time::Duration::from_millis(1))
+    }
+}
+
+/// The answer to a retry of a committed request: the first outcome.
+fn committed(client: TxnId, first: TxnId, request_id: String) -> Command {
+    Command::Reply {
+        clients: vec![client],
+        outcome: Outcome {
+            txn: first,
+            request_id,
+            committed: true,
+            reason: String::new(),
+        },
     }
 }
 

@@ -12,7 +12,8 @@
 //!   commit is never reported aborted; after a crash it is forgotten and can never commit;
 //! - a `request_id` seen again returns the first outcome (committed) or joins the running transaction;
 //!   an aborted request may run again, since abort means nothing happened; a `request_id` reused for a
-//!   different request is refused;
+//!   different request is refused; a request id the engine does not remember is looked up in the log
+//!   before anything starts (`requests.rs`);
 //! - one change per user is in flight: a change meeting another of its user waits for it to finish
 //!   both phases (so a password guess in flight never makes the owner's change conflict), up to
 //!   `MAX_QUEUED_PER_USER` waiting, each for at most a prepare deadline; one more conflicts at once;
@@ -20,19 +21,22 @@
 //!   the others wait in a short queue, or are refused at once as overloaded, never started to fail.
 //!
 //! The handlers live beside this file by phase: `admission.rs` (requests, the per-user queue, the
-//! admission queue), `phase_one.rs` (votes, abort), `phase_two.rs` (commit, recovery, forgetting).
+//! admission queue), `requests.rs` (committed request ids), `phase_one.rs` (votes, abort), `phase_two.rs` (commit, recovery, forgetting).
 
 mod admission;
 mod breaker;
 mod limit;
 mod phase_one;
 mod phase_two;
+mod requests;
 mod stores;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 use breaker::{Breaker, Turn};
+pub use requests::LoggedRequest;
+use requests::Requests;
 pub use stores::StoreMark;
 use stores::{Stores, Verdict};
 use tpc_common::{
@@ -133,6 +137,12 @@ pub enum Event {
         request_id: String,
         op: Operation,
     },
+    /// The log's answer to `LookUp`: the COMMIT record of the request's id, if any, or why the log
+    /// could not be read.
+    LookedUp {
+        client: TxnId,
+        logged: Result<Option<LoggedRequest>, String>,
+    },
     Voted {
         txn: TxnId,
         from: Participant,
@@ -167,7 +177,7 @@ pub enum Event {
         from: Participant,
         attempt: u32,
     },
-    /// COMMIT records found on start; `ended` ones need nothing but their request id remembered.
+    /// COMMIT records found on start; `ended` ones need nothing (the log answers for their request ids).
     Recovered {
         records: Vec<(CommitRecord, bool)>,
     },
@@ -186,6 +196,8 @@ pub enum Event {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
+    /// Find the COMMIT record of `request_id` in the log and report `LookedUp` for `client`.
+    LookUp { client: TxnId, request_id: String },
     SendPrepare {
         txn: TxnId,
         to: Participant,
@@ -352,11 +364,10 @@ pub struct Engine {
     waiting: VecDeque<TxnId>,
     /// Request ids of running transactions.
     running: BTreeMap<String, TxnId>,
-    /// Request ids of committed transactions still in the log.
-    committed: BTreeMap<String, (TxnId, RequestKey)>,
+    /// Committed request ids remembered, and lookups of the log outstanding (`requests.rs`).
+    requests: Requests,
     /// Digests request payloads (a key of this process's, never written down).
     fingerprints: Fingerprinter,
-    committed_txns: BTreeSet<TxnId>,
     /// Per participant: refuse at once while it is unreachable (`breaker.rs`).
     breakers: BTreeMap<Participant, Breaker>,
     /// Per participant: the store that acknowledged its changes (`stores.rs`).
@@ -385,9 +396,8 @@ impl Engine {
             limit: PrepareLimit::new(config.limit, config.prepare_deadline),
             waiting: VecDeque::new(),
             running: BTreeMap::new(),
-            committed: BTreeMap::new(),
+            requests: Requests::default(),
             fingerprints,
-            committed_txns: BTreeSet::new(),
             breakers: Participant::ALL
                 .into_iter()
                 .map(|p| (p, Breaker::new(config.prepare_deadline)))
@@ -439,7 +449,10 @@ impl Engine {
         self.stores.remember(p, id, seq);
     }
 
-    pub fn decision(&self, txn: TxnId) -> Decision {
+    /// The decision on `txn` if the engine knows it; `None` when the log decides: a transaction no
+    /// longer in memory committed if the log holds its COMMIT record, and otherwise it aborted (presumed
+    /// abort: no record means it did not commit, and now never will).
+    pub fn decision(&self, txn: TxnId) -> Option<Decision> {
         #[cfg(feature = "planted-bugs")]
         if self.config.planted == Some(tpc_common::PlantedBug::AbortedWhileVoting)
             && matches!(
@@ -447,21 +460,16 @@ impl Engine {
                 Some(Phase::Preparing { .. })
             )
         {
-            return Decision::Aborted;
+            return Some(Decision::Aborted);
         }
-        match self.txns.get(&txn).map(|t| &t.phase) {
-            Some(
-                Phase::Queued { .. }
-                | Phase::Admitting { .. }
-                | Phase::Preparing { .. }
-                | Phase::Forcing,
-            ) => Decision::Pending,
-            Some(Phase::Committing { .. }) => Decision::Committed,
-            Some(Phase::Aborting { .. }) => Decision::Aborted,
-            None if self.committed_txns.contains(&txn) => Decision::Committed,
-            // Presumed abort: no record means it did not commit, and now never will.
-            None => Decision::Aborted,
-        }
+        Some(match self.txns.get(&txn).map(|t| &t.phase)? {
+            Phase::Queued { .. }
+            | Phase::Admitting { .. }
+            | Phase::Preparing { .. }
+            | Phase::Forcing => Decision::Pending,
+            Phase::Committing { .. } => Decision::Committed,
+            Phase::Aborting { .. } => Decision::Aborted,
+        })
     }
 
     pub fn active(&self) -> Vec<Active> {
@@ -497,7 +505,8 @@ impl Engine {
                 txn,
                 request_id,
                 op,
-            } => self.begin(txn, request_id, op, now),
+            } => self.begin(txn, request_id, op),
+            Event::LookedUp { client, logged } => self.looked_up(client, logged, now),
             Event::Voted { txn, from, vote } => {
                 let mut out = self.answered(from);
                 out.extend(self.voted(txn, from, vote, now));
@@ -536,6 +545,9 @@ impl Engine {
 }
 
 #[cfg(test)]
+mod test_support;
+
+#[cfg(test)]
 mod tests;
 
 #[cfg(test)]
@@ -543,3 +555,6 @@ mod breaker_tests;
 
 #[cfg(test)]
 mod admission_tests;
+
+#[cfg(test)]
+mod requests_tests;

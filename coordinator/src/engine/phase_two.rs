@@ -27,8 +27,7 @@ impl Engine {
         };
         let clients = std::mem::take(&mut t.clients);
         self.running.remove(&request_id);
-        self.committed.insert(request_id.clone(), (txn, key));
-        self.committed_txns.insert(txn);
+        self.requests.commit(request_id.clone(), txn, key);
         let mut out = vec![Command::Reply {
             clients,
             outcome: Outcome {
@@ -85,14 +84,7 @@ impl Engine {
     pub(super) fn recovered(&mut self, records: Vec<(CommitRecord, bool)>) -> Vec<Command> {
         let mut out = Vec::new();
         for (record, ended) in records {
-            let key = RequestKey {
-                kind: record.kind,
-                user: record.user.clone(),
-                fingerprint: None,
-            };
-            self.committed
-                .insert(record.request_id.clone(), (record.txn, key));
-            self.committed_txns.insert(record.txn);
+            // The log answers for its request id (`requests.rs`).
             if ended {
                 continue;
             }
@@ -123,14 +115,7 @@ impl Engine {
     /// The log collected `txn`. Its request id is forgotten only if it still stands for `txn`: a request
     /// that aborted once and committed on retry keeps its committed outcome.
     pub(super) fn forgotten(&mut self, txn: TxnId, request_id: &str) -> Vec<Command> {
-        if self
-            .committed
-            .get(request_id)
-            .is_some_and(|(t, _)| *t == txn)
-        {
-            self.committed.remove(request_id);
-        }
-        self.committed_txns.remove(&txn);
+        self.requests.collected(request_id, txn);
         Vec::new()
     }
 }

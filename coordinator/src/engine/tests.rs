@@ -1,5 +1,6 @@
 //! One event in, the exact commands out, for every event of the coordinator engine.
 
+use super::test_support::BeginNew;
 use super::*;
 use tpc_common::Password;
 
@@ -23,7 +24,7 @@ fn update() -> Operation {
 
 fn begin(e: &mut Engine, request_id: &str) -> TxnId {
     let txn = TxnId::generate();
-    e.handle(
+    e.begin_new(
         Event::Begin {
             txn,
             request_id: request_id.into(),
@@ -99,7 +100,7 @@ fn committed(client: TxnId, txn: TxnId, request_id: &str) -> Command {
 fn an_update_prepares_the_password_participant_first_then_the_history_with_one_deadline() {
     let mut e = Engine::default();
     let txn = TxnId::generate();
-    let out = e.handle(
+    let out = e.begin_new(
         Event::Begin {
             txn,
             request_id: "r1".into(),
@@ -122,7 +123,7 @@ fn an_update_prepares_the_password_participant_first_then_the_history_with_one_d
             },
         ]
     );
-    assert_eq!(e.decision(txn), Decision::Pending);
+    assert_eq!(e.decision(txn), Some(Decision::Pending));
     // A history vote before the history was asked is no vote about this transaction.
     let early = Event::Voted {
         txn,
@@ -160,7 +161,7 @@ fn a_registration_prepares_both_in_parallel() {
         email: email(),
         password: Password::new("password", "pw".into()).unwrap(),
     };
-    let out = e.handle(
+    let out = e.begin_new(
         Event::Begin {
             txn,
             request_id: "r1".into(),
@@ -189,7 +190,7 @@ fn all_yes_forces_the_commit_record_before_anything_else() {
         }]
     );
     // Not committed until the record is durable.
-    assert_eq!(e.decision(txn), Decision::Pending);
+    assert_eq!(e.decision(txn), Some(Decision::Pending));
 }
 
 #[test]
@@ -220,7 +221,7 @@ fn commit_forced_replies_then_sends_commit() {
             send_commit(txn, Participant::History),
         ]
     );
-    assert_eq!(e.decision(txn), Decision::Committed);
+    assert_eq!(e.decision(txn), Some(Decision::Committed));
 }
 
 #[test]
@@ -280,7 +281,7 @@ fn a_no_vote_aborts_everywhere_and_replies_with_the_reason() {
             },
         ]
     );
-    assert_eq!(e.decision(txn), Decision::Aborted);
+    assert_eq!(e.decision(txn), Some(Decision::Aborted));
     // A late yes changes nothing.
     let late = e.handle(
         Event::Voted {
@@ -368,8 +369,8 @@ fn every_ack_ends_the_transaction() {
     assert!(e.active().is_empty());
     assert_eq!(
         e.decision(txn),
-        Decision::Committed,
-        "still known until collected"
+        None,
+        "finished: the log, which holds its COMMIT record, decides"
     );
 }
 
@@ -436,7 +437,7 @@ fn a_retried_request_joins_the_running_transaction() {
     begin(&mut e, "r1");
     let again = TxnId::generate();
     assert_eq!(
-        e.handle(
+        e.begin_new(
             Event::Begin {
                 txn: again,
                 request_id: "r1".into(),
@@ -456,7 +457,7 @@ fn a_retried_request_gets_the_recorded_commit() {
     e.handle(Event::CommitForced { txn }, NOW);
     let again = TxnId::generate();
     assert_eq!(
-        e.handle(
+        e.begin_new(
             Event::Begin {
                 txn: again,
                 request_id: "r1".into(),
@@ -475,7 +476,7 @@ fn an_aborted_request_may_run_again() {
     e.handle(Event::PrepareDeadline { txn, round: 0 }, NOW);
     aborts_delivered(&mut e, txn);
     let again = TxnId::generate();
-    let out = e.handle(
+    let out = e.begin_new(
         Event::Begin {
             txn: again,
             request_id: "r1".into(),
@@ -487,7 +488,7 @@ fn an_aborted_request_may_run_again() {
 }
 
 #[test]
-fn recovery_drives_unfinished_commits_and_remembers_request_ids() {
+fn recovery_drives_unfinished_commits_and_leaves_ended_ones_to_the_log() {
     let mut e = Engine::default();
     let (open, ended) = (TxnId::generate(), TxnId::generate());
     assert_eq!(
@@ -505,8 +506,8 @@ fn recovery_drives_unfinished_commits_and_remembers_request_ids() {
             send_commit(open, Participant::History),
         ]
     );
-    assert_eq!(e.decision(open), Decision::Committed);
-    assert_eq!(e.decision(ended), Decision::Committed);
+    assert_eq!(e.decision(open), Some(Decision::Committed));
+    assert_eq!(e.decision(ended), None, "the log decides");
     let client = TxnId::generate();
     assert_eq!(
         e.handle(
@@ -517,6 +518,23 @@ fn recovery_drives_unfinished_commits_and_remembers_request_ids() {
             },
             NOW
         ),
+        vec![Command::LookUp {
+            client,
+            request_id: "r-ended".into()
+        }]
+    );
+    assert_eq!(
+        e.handle(
+            Event::LookedUp {
+                client,
+                logged: Ok(Some(LoggedRequest {
+                    txn: ended,
+                    kind: OperationKind::Update,
+                    user: user()
+                }))
+            },
+            NOW
+        ),
         vec![committed(client, ended, "r-ended")]
     );
 }
@@ -524,7 +542,8 @@ fn recovery_drives_unfinished_commits_and_remembers_request_ids() {
 #[test]
 fn a_transaction_unknown_after_a_crash_is_presumed_aborted() {
     let e = Engine::default();
-    assert_eq!(e.decision(TxnId::generate()), Decision::Aborted);
+    // Not in memory: the log decides (no COMMIT record, so aborted: presumed abort).
+    assert_eq!(e.decision(TxnId::generate()), None);
 }
 
 #[test]
@@ -547,7 +566,7 @@ fn forgotten_transactions_leave_no_trace() {
         ),
         vec![]
     );
-    assert_eq!(e.decision(txn), Decision::Aborted);
+    assert_eq!(e.decision(txn), None);
 }
 
 #[test]
@@ -559,7 +578,7 @@ fn registration_takes_the_address_from_the_request() {
         email: email(),
         password: Password::new("password", "pw".into()).unwrap(),
     };
-    e.handle(
+    e.begin_new(
         Event::Begin {
             txn,
             request_id: "r1".into(),
@@ -597,7 +616,7 @@ fn a_change_of_a_user_still_committing_queues_until_phase_two_ends() {
     // The client already heard COMMITTED and sends the next change at once.
     let second = TxnId::generate();
     assert_eq!(
-        e.handle(
+        e.begin_new(
             Event::Begin {
                 txn: second,
                 request_id: "r2".into(),
@@ -611,7 +630,7 @@ fn a_change_of_a_user_still_committing_queues_until_phase_two_ends() {
             round: 0,
         }]
     );
-    assert_eq!(e.decision(second), Decision::Pending);
+    assert_eq!(e.decision(second), Some(Decision::Pending));
     e.handle(
         Event::CommitAcked {
             txn: first,
@@ -687,7 +706,7 @@ fn a_queued_change_gives_up_at_the_deadline() {
         ),
         "never prepared, so nothing to abort: {out:?}"
     );
-    assert_eq!(e.decision(second), Decision::Aborted);
+    assert_eq!(e.decision(second), None, "forgotten: the log decides");
 }
 
 #[test]
@@ -696,7 +715,7 @@ fn a_second_change_while_the_first_collects_votes_waits_and_starts_after_it() {
     let mut e = Engine::default();
     let guess = begin(&mut e, "r1");
     let owner = TxnId::generate();
-    let out = e.handle(
+    let out = e.begin_new(
         Event::Begin {
             txn: owner,
             request_id: "r2".into(),
@@ -708,7 +727,7 @@ fn a_second_change_while_the_first_collects_votes_waits_and_starts_after_it() {
         matches!(out.as_slice(), [Command::StartDeadline { txn, .. }] if *txn == owner),
         "it waits, nothing sent: {out:?}"
     );
-    assert_eq!(e.decision(owner), Decision::Pending);
+    assert_eq!(e.decision(owner), Some(Decision::Pending));
     e.handle(
         Event::Voted {
             txn: guess,
@@ -785,7 +804,7 @@ fn queued_changes_start_one_at_a_time() {
         !out.iter().any(|c| matches!(c, Command::SendPrepare { .. })),
         "{out:?}"
     );
-    assert_eq!(e.decision(second), Decision::Aborted);
+    assert_eq!(e.decision(second), Some(Decision::Aborted));
     let out = e.handle(
         Event::AbortDelivered {
             txn: second,
@@ -816,7 +835,7 @@ fn a_retry_that_joins_a_running_transaction_gets_its_outcome_too() {
     let mut e = Engine::default();
     let txn = begin(&mut e, "r1");
     let again = TxnId::generate();
-    e.handle(
+    e.begin_new(
         Event::Begin {
             txn: again,
             request_id: "r1".into(),
@@ -841,7 +860,7 @@ fn a_request_id_reused_for_another_request_is_refused() {
         new: Password::new("new_password", "y".into()).unwrap(),
     };
     let client = TxnId::generate();
-    let out = e.handle(
+    let out = e.begin_new(
         Event::Begin {
             txn: client,
             request_id: "r1".into(),
@@ -855,7 +874,7 @@ fn a_request_id_reused_for_another_request_is_refused() {
     );
     yes(&mut e, txn);
     e.handle(Event::CommitForced { txn }, NOW);
-    let out = e.handle(
+    let out = e.begin_new(
         Event::Begin {
             txn: client,
             request_id: "r1".into(),
@@ -888,7 +907,7 @@ fn a_request_id_reused_with_another_password_is_refused_while_running_and_after_
             e.handle(Event::CommitForced { txn }, NOW);
         }
         let client = TxnId::generate();
-        let out = e.handle(
+        let out = e.begin_new(
             Event::Begin {
                 txn: client,
                 request_id: "r1".into(),
@@ -903,7 +922,7 @@ fn a_request_id_reused_with_another_password_is_refused_while_running_and_after_
     }
     // The true retry still gets the first outcome.
     let retry = TxnId::generate();
-    let out = e.handle(
+    let out = e.begin_new(
         Event::Begin {
             txn: retry,
             request_id: "r1".into(),
@@ -941,7 +960,7 @@ fn collecting_an_aborted_attempt_keeps_the_committed_retry() {
     );
     let client = TxnId::generate();
     assert_eq!(
-        e.handle(
+        e.begin_new(
             Event::Begin {
                 txn: client,
                 request_id: "r1".into(),
@@ -991,7 +1010,7 @@ fn a_change_behind_one_stuck_on_a_lost_store_is_refused_at_once_with_the_loss() 
         NOW + 13,
     );
     let next = TxnId::generate();
-    let out = e.handle(
+    let out = e.begin_new(
         Event::Begin {
             txn: next,
             request_id: "r2".into(),
@@ -1029,7 +1048,7 @@ fn the_state_is_one_value_whatever_order_independent_events_came_in() {
     let run = |order: [(TxnId, &str); 2]| {
         let mut e = base.clone();
         for (txn, name) in order {
-            e.handle(
+            e.begin_new(
                 Event::Begin {
                     txn,
                     request_id: format!("r-{name}"),

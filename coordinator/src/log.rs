@@ -391,8 +391,14 @@ impl Log {
             .transpose()
     }
 
-    /// The decision recorded for `request_id`, if one is in the log. Blocking (a read that may go to
-    /// disk, or to etcd); for the blocking pool.
+    /// Whether reads of this log may be made in place on an async task (see
+    /// [`tpc_common::storage::Storage::reads_locally`]).
+    pub fn reads_locally(&self) -> bool {
+        self.db.reads_locally()
+    }
+
+    /// The COMMIT record of `request_id`, if one is in the log. Blocking unless the log
+    /// [reads locally](Log::reads_locally).
     pub fn committed_request(&self, request_id: &str) -> Result<Option<LoggedRequest>, LogError> {
         let Some(raw) = self.db.get(&request_key(request_id))? else {
             return Ok(None);

@@ -225,6 +225,16 @@ impl Actor {
 
     fn execute(&mut self, command: Command) {
         match command {
+            // A local read is made here, in microseconds: a task, or a hop to the blocking pool, per
+            // change cost more than the read (the hop also grew the blocking pool by dozens of
+            // threads, and the coordinator's memory with them).
+            Command::LookUp { client, request_id } if self.log.reads_locally() => {
+                let logged = self
+                    .log
+                    .committed_request(&request_id)
+                    .map_err(|e| e.to_string());
+                self.handle(Event::LookedUp { client, logged });
+            }
             Command::LookUp { client, request_id } => {
                 let log = self.log.clone();
                 self.spawn(client, async move {

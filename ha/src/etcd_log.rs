@@ -479,6 +479,10 @@ impl DoubleEndedIterator for Pages {
 }
 
 impl Storage for EtcdLog {
+    fn reads_locally(&self) -> bool {
+        false
+    }
+
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
         if let Some(pending) = self.pending().lookup(key) {
             return Ok(pending);

@@ -87,6 +87,14 @@ pub type Entries = Box<dyn DoubleEndedIterator<Item = Result<Entry, StorageError
 pub trait Storage: Send + Sync + 'static {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError>;
 
+    /// Whether a `get` is answered from this machine, in microseconds (a page in memory, at worst a
+    /// read the OS has cached), so an async task may make it in place: a hop to the blocking pool per
+    /// change added both cores' worth of threads, and their memory, to the coordinator under load. A
+    /// storage whose reads go over the network says no.
+    fn reads_locally(&self) -> bool {
+        true
+    }
+
     fn contains(&self, key: &[u8]) -> Result<bool, StorageError> {
         Ok(self.get(key)?.is_some())
     }

@@ -180,6 +180,8 @@ impl Default for Config {
     }
 }
 
+/// The change is boxed: finished transactions stay as tombstones for `tombstone_ms` (at full load tens
+/// of thousands), and an unboxed change made every one of them as large as a prepared one.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum State<C> {
     Validating {
@@ -187,12 +189,12 @@ enum State<C> {
     },
     Forcing {
         user: UserId,
-        change: C,
+        change: Box<C>,
         abort_requested: bool,
     },
     Prepared {
         user: UserId,
-        change: C,
+        change: Box<C>,
         queries: u32,
         next_query_at: u64,
         /// A `QueryDecision` is out and counts as such until then (monotonic ms).
@@ -396,7 +398,7 @@ impl<C: Clone> Engine<C> {
             }
             Some(State::Prepared { change, .. }) => vec![Command::Vote {
                 txn,
-                vote: Vote::Yes(change.clone()),
+                vote: Vote::Yes(C::clone(change)),
             }],
             Some(State::Aborted { .. }) => vec![vote_no(txn, ABORTED_REASON)],
             Some(State::Validating { .. } | State::Forcing { .. }) => {
@@ -437,7 +439,7 @@ impl<C: Clone> Engine<C> {
                             txn,
                             State::Forcing {
                                 user: user.clone(),
-                                change: change.clone(),
+                                change: Box::new(change.clone()),
                                 abort_requested: false,
                             },
                         );
@@ -499,14 +501,14 @@ impl<C: Clone> Engine<C> {
         );
         vec![Command::Vote {
             txn,
-            vote: Vote::Yes(change),
+            vote: Vote::Yes(*change),
         }]
     }
 
     fn commit(&mut self, txn: TxnId) -> Vec<Command<C>> {
         match self.txns.get(&txn) {
             Some(State::Prepared { user, change, .. }) => {
-                let change = change.clone();
+                let change = C::clone(change);
                 self.txns
                     .insert(txn, State::Committing { user: user.clone() });
                 vec![Command::ApplyCommit { txn, change }]
@@ -586,7 +588,7 @@ impl<C: Clone> Engine<C> {
                 txn,
                 State::Prepared {
                     user,
-                    change,
+                    change: Box::new(change),
                     queries: 0,
                     next_query_at: 0,
                     asking_until: None,
@@ -685,3 +687,19 @@ fn refuse<C>(txn: TxnId, refusal: Refusal) -> Command<C> {
 #[cfg(test)]
 #[path = "engine_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+mod size_tests {
+    use super::State;
+    use crate::history::HistoryChange;
+    use crate::password::PasswordChange;
+
+    /// Tens of thousands of tombstones are kept at full load (30 s of finished transactions): each is
+    /// a `State`, as large as its largest variant. Unboxed, the change made it 112 bytes (history) and
+    /// 136 (password).
+    #[test]
+    fn a_tombstone_is_no_larger_than_64_bytes() {
+        assert!(std::mem::size_of::<State<HistoryChange>>() <= 64);
+        assert!(std::mem::size_of::<State<PasswordChange>>() <= 64);
+    }
+}

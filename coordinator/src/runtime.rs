@@ -204,8 +204,8 @@ impl Actor {
     fn decide_from_log(&self, txn: TxnId, reply: oneshot::Sender<Decision>) {
         let log = self.log.clone();
         tokio::spawn(async move {
-            match tpc_common::blocking::run(move || log.get(txn)).await {
-                Ok(Ok(record)) => {
+            match read_off_thread(move || log.get(txn)).await {
+                Ok(record) => {
                     let committed = record.is_some_and(|r| r.commit_record().is_some());
                     let _ = reply.send(if committed {
                         Decision::Committed
@@ -213,11 +213,8 @@ impl Actor {
                         Decision::Aborted
                     });
                 }
-                Ok(Err(e)) => {
-                    error!(txn_id = %txn, cause = %e, "the log could not be read for a decision")
-                }
-                Err(e) => {
-                    error!(txn_id = %txn, cause = %e, "the log could not be read for a decision")
+                Err(cause) => {
+                    error!(txn_id = %txn, %cause, "the log could not be read for a decision")
                 }
             }
         });
@@ -238,13 +235,7 @@ impl Actor {
             Command::LookUp { client, request_id } => {
                 let log = self.log.clone();
                 self.spawn(client, async move {
-                    let found =
-                        tpc_common::blocking::run(move || log.committed_request(&request_id));
-                    let logged = match found.await {
-                        Ok(Ok(found)) => Ok(found),
-                        Ok(Err(e)) => Err(e.to_string()),
-                        Err(e) => Err(e.to_string()),
-                    };
+                    let logged = read_off_thread(move || log.committed_request(&request_id)).await;
                     Some(Event::LookedUp { client, logged })
                 });
             }
@@ -432,6 +423,16 @@ impl Actor {
                 });
             }
         }
+    }
+}
+
+/// `read` of the log on the blocking pool; its failure, or the pool's, as words.
+async fn read_off_thread<T: Send + 'static>(
+    read: impl FnOnce() -> Result<T, crate::log::LogError> + Send + 'static,
+) -> Result<T, String> {
+    match tpc_common::blocking::run(read).await {
+        Ok(read) => read.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
     }
 }
 

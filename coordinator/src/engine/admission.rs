@@ -41,7 +41,7 @@ impl Engine {
             return out;
         }
         // Not running, and not among the commits remembered: the log may have committed it earlier.
-        self.requests.look_up(txn, request_id.clone(), op);
+        self.requests.look_up(txn, request_id.clone(), op, key);
         vec![Command::LookUp {
             client: txn,
             request_id,
@@ -55,13 +55,14 @@ impl Engine {
         logged: Result<Option<LoggedRequest>, String>,
         now: Now,
     ) -> Vec<Command> {
-        let Some(Lookup { request_id, op, .. }) = self.requests.answered(txn) else {
+        let Some(Lookup {
+            request_id,
+            op,
+            key,
+            ..
+        }) = self.requests.answered(txn)
+        else {
             return Vec::new();
-        };
-        let key = RequestKey {
-            kind: op.kind(),
-            user: op.user().clone(),
-            fingerprint: Some(self.fingerprints.of(&op)),
         };
         // Started or committed while the log was read (by another request with this id).
         let out = match (self.known(txn, &request_id, &key), logged) {

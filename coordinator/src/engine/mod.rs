@@ -21,7 +21,8 @@
 //!   the others wait in a short queue, or are refused at once as overloaded, never started to fail.
 //!
 //! The handlers live beside this file by phase: `admission.rs` (requests, the per-user queue, the
-//! admission queue), `requests.rs` (committed request ids), `phase_one.rs` (votes, abort), `phase_two.rs` (commit, recovery, forgetting).
+//! admission queue), `requests.rs` (committed request ids), `phase_one.rs` (votes, abort),
+//! `phase_two.rs` (commit, recovery, forgetting).
 
 mod admission;
 mod breaker;

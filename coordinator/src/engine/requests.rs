@@ -51,11 +51,12 @@ struct Committed {
     seq: u64,
 }
 
-/// A request waiting for the log's answer.
+/// A request waiting for the log's answer, with what it is (its digest made once, when it arrived).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(super) struct Lookup {
     pub request_id: String,
     pub op: Operation,
+    pub key: RequestKey,
     seq: u64,
 }
 
@@ -93,13 +94,14 @@ impl Requests {
     }
 
     /// Starts a lookup of `request_id` for client `client`.
-    pub fn look_up(&mut self, client: TxnId, request_id: String, op: Operation) {
+    pub fn look_up(&mut self, client: TxnId, request_id: String, op: Operation, key: RequestKey) {
         let seq = self.next();
         self.lookups.insert(
             client,
             Lookup {
                 request_id,
                 op,
+                key,
                 seq,
             },
         );

@@ -558,6 +558,51 @@ fn old_tombstones_are_forgotten() {
 }
 
 #[test]
+fn a_tombstone_buried_out_of_order_is_forgotten_at_its_own_time() {
+    let mut e = engine();
+    let retention = Config::default().tombstone_ms;
+    let (late, early) = (TxnId::generate(), TxnId::generate());
+    e.handle(Event::AbortRequested {
+        txn: late,
+        at: 5_000,
+    });
+    // Recovery hands over transactions that committed before the restart, with their old times.
+    let recovered = TxnId::generate();
+    e.handle(Event::Recovered {
+        prepared: vec![],
+        committed: vec![(recovered, 1_000)],
+    });
+    e.handle(Event::AbortRequested {
+        txn: early,
+        at: 2_000,
+    });
+    assert_eq!(e.next_due(), Some(1_001 + retention));
+    assert_eq!(
+        e.handle(Event::Tick {
+            now: 2_000 + retention
+        }),
+        vec![Command::Forget { txn: recovered }]
+    );
+    let abort_of = |txn| Event::AbortRequested { txn, at: 9_999 };
+    assert_eq!(e.handle(abort_of(early)), vec![Command::Ack { txn: early }]);
+    assert_eq!(e.next_due(), Some(2_001 + retention), "early is still due");
+    e.handle(Event::Tick {
+        now: 2_001 + retention,
+    });
+    assert_eq!(e.next_due(), Some(5_001 + retention), "early is forgotten");
+    assert_eq!(
+        e.handle(Event::PrepareRequested {
+            txn: late,
+            user: user("alice"),
+            wall_ms: tpc_common::now_ms(),
+            payload: None,
+        }),
+        vec![no(late, ABORTED_REASON)],
+        "late is still remembered"
+    );
+}
+
+#[test]
 fn resolving_a_transaction_releases_only_a_lock_it_holds() {
     let mut e = engine();
     let (older, newer) = (TxnId::generate(), TxnId::generate());

@@ -636,14 +636,17 @@ impl<C: Clone> Engine<C> {
 
     /// Finishes `txn` as `outcome` at `at`: no longer in flight, remembered until strictly older than
     /// `tombstone_ms`.
+    /// A transaction finishes once: one already finished keeps its outcome and its time.
     fn bury(&mut self, txn: TxnId, outcome: Outcome, at: u64) {
         self.txns.remove(&txn);
-        if self.finished.insert(txn, outcome).is_none() {
+        if let std::collections::btree_map::Entry::Vacant(entry) = self.finished.entry(txn) {
+            entry.insert(outcome);
             let due = at
                 .saturating_add(self.config.tombstone_ms)
                 .saturating_add(1);
+            // Ordered by time, then id, so that the queue is the same however it was reached.
             // Nearly always at the back: transactions finish in the order of the runtime's clock.
-            let place = self.forget.partition_point(|&(d, _)| d <= due);
+            let place = self.forget.partition_point(|&queued| queued <= (due, txn));
             self.forget.insert(place, (due, txn));
         }
     }
@@ -687,6 +690,10 @@ impl<C: Clone> Engine<C> {
             if let Some(outcome) = self.finished.remove(&txn) {
                 expired.push((txn, outcome == Outcome::Committed));
             }
+        }
+        // A queue never shrinks by itself: after a peak of load it would keep the peak's memory.
+        if self.forget.capacity() > 1024 && self.forget.len() < self.forget.capacity() / 4 {
+            self.forget.shrink_to(self.forget.len() * 2);
         }
         // Sorted, so the order of commands does not depend on the hash map's.
         queries.sort();

@@ -274,7 +274,7 @@ enum Command {
         ha: bool,
     },
     /// Run the transaction manager alone.
-    Coordinator(servers::CoordinatorArgs),
+    Coordinator(Box<servers::CoordinatorArgs>),
     /// Run one participant alone.
     Participant(servers::ParticipantArgs),
     /// Manage users.
@@ -434,7 +434,7 @@ async fn main() -> ExitCode {
         }
         Command::Coordinator(args) => {
             telemetry::init(format);
-            servers::coordinator(args).await
+            servers::coordinator(*args).await
         }
         Command::Participant(args) => {
             telemetry::init(format);
@@ -548,12 +548,28 @@ fn parse_duration(raw: &str) -> std::result::Result<std::time::Duration, String>
     let n: u64 = number
         .parse()
         .map_err(|_| format!("{raw:?}: expected e.g. 60s or 2m"))?;
+    let seconds = |per: u64| {
+        n.checked_mul(per)
+            .map(std::time::Duration::from_secs)
+            .ok_or_else(|| format!("{raw:?}: too long"))
+    };
     match unit {
-        "s" => Ok(std::time::Duration::from_secs(n)),
-        "m" => Ok(std::time::Duration::from_secs(n * 60)),
         "ms" => Ok(std::time::Duration::from_millis(n)),
-        _ => Err(format!("{raw:?}: unit must be ms, s or m")),
+        "s" => seconds(1),
+        "m" => seconds(60),
+        "h" => seconds(3600),
+        _ => Err(format!("{raw:?}: unit must be ms, s, m or h")),
     }
+}
+
+/// How long the coordinator keeps finished transactions: at least a minute, so that a client's
+/// prompt retry always finds its first outcome.
+fn parse_retention(raw: &str) -> std::result::Result<std::time::Duration, String> {
+    let retention = parse_duration(raw)?;
+    if retention < std::time::Duration::from_secs(60) {
+        return Err(format!("{raw:?}: at least 1m"));
+    }
+    Ok(retention)
 }
 
 async fn chaos(
@@ -755,4 +771,27 @@ fn simulate(args: SimArgs) -> Result {
     } else {
         ExitCode::from(1)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_read_in_every_unit_and_refuse_the_rest() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("20"), Ok(Duration::from_secs(20)));
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86_400)));
+        assert!(parse_duration("2d").is_err());
+        assert!(parse_duration("h").is_err());
+        assert!(parse_duration(&format!("{}h", u64::MAX)).is_err());
+    }
+
+    #[test]
+    fn a_retention_under_a_minute_is_refused() {
+        assert_eq!(parse_retention("1m"), Ok(Duration::from_secs(60)));
+        assert!(parse_retention("59s").is_err());
+    }
 }

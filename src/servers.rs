@@ -95,6 +95,10 @@ pub struct CoordinatorArgs {
     /// How changes are made atomic; a data directory keeps the strategy it was first run with.
     #[arg(long, value_enum, default_value = "2pc")]
     strategy: StrategyArg,
+    /// How long finished transactions stay in the log (at least 1m): `tpc txn` lists them, and a
+    /// retried `request_id` gets its first outcome. The log's memory grows with the records it keeps.
+    #[arg(long, default_value = "24h", value_parser = crate::parse_retention)]
+    retention: std::time::Duration,
     #[command(flatten)]
     tuning: Tuning,
     #[command(flatten)]
@@ -167,6 +171,7 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result {
     config.smtp_access = smtp_access(&args.smtp)?;
     config.smtp = args.smtp.smtp;
     config.strategy = args.strategy.into();
+    config.retention = args.retention;
     config.cache_mib = args.tuning.cache_mib;
     config.guard = args.tuning.guard();
     config.internal = internal;

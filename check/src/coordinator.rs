@@ -263,12 +263,13 @@ impl CoordinatorNode {
             .filter(|(_, e)| !e.sent)
             .map(|(t, _)| *t)
             .collect();
-        let records = self
+        let committing = self
             .log
             .values()
-            .map(|e| (e.record.clone(), e.ended))
+            .filter(|e| !e.ended)
+            .map(|e| e.record.clone())
             .collect();
-        self.run(Event::Recovered { records }, setup, world);
+        self.run(Event::Recovered { committing }, setup, world);
         self.send_emails(world);
     }
 

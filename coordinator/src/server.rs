@@ -17,7 +17,7 @@ use tracing::{info, warn};
 
 use crate::engine::{self, Engine, Event};
 use crate::events::{Events, Sealer};
-use crate::log::{Log, LogError, State};
+use crate::log::{Log, LogError};
 use crate::mailer::{Mailer, MailerError, SmtpAccess};
 use crate::outbox;
 use crate::peers::Peers;
@@ -239,16 +239,11 @@ fn start_two_phase_commit(
             engine.remember_store(p, id, seq);
         }
     }
-    let records: Vec<_> = log
-        .records()?
-        .into_iter()
-        .filter_map(|r| r.commit_record().map(|c| (c, r.state == State::Committed)))
-        .collect();
-    let unfinished = records.iter().filter(|(_, ended)| !ended).count();
-    if unfinished > 0 {
-        info!(target: "tpc::protocol", unfinished, "recovery: resending Commit for transactions committed before the crash");
+    let committing = log.unfinished_commits()?;
+    if !committing.is_empty() {
+        info!(target: "tpc::protocol", unfinished = committing.len(), "recovery: resending Commit for transactions committed before the crash");
     }
-    let recovered = engine.handle(Event::Recovered { records }, Now::current());
+    let recovered = engine.handle(Event::Recovered { committing }, Now::current());
     Ok(Coordinator::start(
         engine,
         recovered,

@@ -178,9 +178,10 @@ pub enum Event {
         from: Participant,
         attempt: u32,
     },
-    /// COMMIT records found on start; `ended` ones need nothing (the log answers for their request ids).
+    /// The COMMIT records without an END found on start: what recovery must finish. Ended ones need
+    /// nothing (the log answers for their request ids), so the runtime does not read them into memory.
     Recovered {
-        records: Vec<(CommitRecord, bool)>,
+        committing: Vec<CommitRecord>,
     },
     /// The log garbage-collected a finished transaction.
     Forgotten {
@@ -534,7 +535,7 @@ impl Engine {
                 out
             }
             Event::CommitFailed { txn, from, attempt } => self.commit_failed(txn, from, attempt),
-            Event::Recovered { records } => self.recovered(records),
+            Event::Recovered { committing } => self.recovered(committing),
             Event::Forgotten { txn, request_id } => self.forgotten(txn, &request_id),
             Event::Reported { from, mark, then } => {
                 let mut out = self.store_reported(from, mark);

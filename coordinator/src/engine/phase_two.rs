@@ -81,13 +81,9 @@ impl Engine {
         }
     }
 
-    pub(super) fn recovered(&mut self, records: Vec<(CommitRecord, bool)>) -> Vec<Command> {
+    pub(super) fn recovered(&mut self, committing: Vec<CommitRecord>) -> Vec<Command> {
         let mut out = Vec::new();
-        for (record, ended) in records {
-            // The log answers for its request id (`requests.rs`).
-            if ended {
-                continue;
-            }
+        for record in committing {
             let txn = record.txn;
             self.insert_txn(
                 txn,

@@ -494,10 +494,7 @@ fn recovery_drives_unfinished_commits_and_leaves_ended_ones_to_the_log() {
     assert_eq!(
         e.handle(
             Event::Recovered {
-                records: vec![
-                    (record(open, "r-open"), false),
-                    (record(ended, "r-ended"), true)
-                ]
+                committing: vec![record(open, "r-open")]
             },
             NOW
         ),
@@ -552,10 +549,13 @@ fn forgotten_transactions_leave_no_trace() {
     let txn = TxnId::generate();
     e.handle(
         Event::Recovered {
-            records: vec![(record(txn, "r1"), true)],
+            committing: vec![record(txn, "r1")],
         },
         NOW,
     );
+    for from in Participant::ALL {
+        e.handle(Event::CommitAcked { txn, from }, NOW);
+    }
     assert_eq!(
         e.handle(
             Event::Forgotten {

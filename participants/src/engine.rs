@@ -635,8 +635,7 @@ impl<C: Clone> Engine<C> {
     }
 
     /// Finishes `txn` as `outcome` at `at`: no longer in flight, remembered until strictly older than
-    /// `tombstone_ms`.
-    /// A transaction finishes once: one already finished keeps its outcome and its time.
+    /// `tombstone_ms`. A transaction finishes once: one already finished keeps its outcome and time.
     fn bury(&mut self, txn: TxnId, outcome: Outcome, at: u64) {
         self.txns.remove(&txn);
         if let std::collections::btree_map::Entry::Vacant(entry) = self.finished.entry(txn) {

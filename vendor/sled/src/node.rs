@@ -13,6 +13,15 @@ pub struct Node {
     pub(crate) data: Data,
 }
 
+/// tpc: a leaf of small items holds up to this many bytes of keys and values before it splits, so a
+/// tree of small items keeps a few pages (and their bookkeeping in memory) where it kept one per 16
+/// items. A leaf of large items still splits past 16, as upstream did.
+const LEAF_SPLIT_BYTES: u64 = 4096;
+/// tpc: upstream's count: a leaf of at most this many items never splits.
+const LEAF_MIN_SPLIT_ITEMS: usize = 16;
+/// tpc: a bound on a leaf of tiny items, whose every write copies the leaf.
+const LEAF_MAX_ITEMS: usize = 128;
+
 impl Node {
     pub(crate) fn new_hoisted_root(
         left: PageId,
@@ -597,15 +606,16 @@ impl Node {
     }
 
     pub(crate) fn should_split(&self) -> bool {
-        let threshold = if cfg!(any(test, feature = "lock_free_delays")) {
-            2
+        let size_checks = if cfg!(any(test, feature = "lock_free_delays")) {
+            self.data.len() > 2
         } else if self.data.is_index() {
-            256
+            self.data.len() > 256
         } else {
-            16
+            // tpc: a leaf splits by bytes, not only by count (PATCHED.md).
+            let len = self.data.len();
+            len > LEAF_MAX_ITEMS
+                || (len > LEAF_MIN_SPLIT_ITEMS && self.data.rss() > LEAF_SPLIT_BYTES)
         };
-
-        let size_checks = self.data.len() > threshold;
         let safety_checks = self.merging_child.is_none() && !self.merging;
 
         size_checks && safety_checks

@@ -30,6 +30,7 @@ mod password;
 #[cfg(feature = "planted-bugs")]
 mod planted;
 mod principal;
+pub mod record;
 pub mod serve;
 pub mod shutdown;
 pub mod simulation;

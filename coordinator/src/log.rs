@@ -93,6 +93,13 @@ pub struct OutboxEntry {
     pub message_id: String,
 }
 
+/// How far a participant's store went, as it reported (`w/<participant>`).
+#[derive(Debug, Serialize, Deserialize)]
+struct StoreMark {
+    id: String,
+    seq: u64,
+}
+
 pub struct Log {
     db: Db,
     forcer: GroupCommit,
@@ -454,11 +461,11 @@ impl Log {
         id: &str,
         seq: u64,
     ) -> impl Future<Output = Result<(), LogError>> + Send + 'static + use<> {
-        let value = serde_json::json!({ "id": id, "seq": seq });
-        let (k, v) = (
-            [STORE_MARK, participant.as_bytes()].concat(),
-            serde_json::to_vec(&value).expect("a JSON value serializes"),
-        );
+        let mark = StoreMark {
+            id: id.to_owned(),
+            seq,
+        };
+        let (k, v) = ([STORE_MARK, participant.as_bytes()].concat(), encode(&mark));
         self.queue(move |db| {
             db.insert(&k, &v)?;
             Ok(())
@@ -470,13 +477,10 @@ impl Log {
         let mut marks = Vec::new();
         for item in self.db.scan_prefix(STORE_MARK) {
             let (key, raw) = item?;
-            let value: serde_json::Value = decode(&raw)?;
-            let (Some(id), Some(seq)) = (value["id"].as_str(), value["seq"].as_u64()) else {
-                return Err(LogError::Corrupt("a store mark without id or seq".into()));
-            };
+            let StoreMark { id, seq } = decode(&raw)?;
             marks.push((
                 String::from_utf8_lossy(&key[STORE_MARK.len()..]).into_owned(),
-                id.to_owned(),
+                id,
                 seq,
             ));
         }
@@ -693,13 +697,14 @@ pub fn key(prefix: &[u8], txn: TxnId) -> Vec<u8> {
     [prefix, txn.as_bytes()].concat()
 }
 
+/// Records go through [`tpc_common::record`]: a format byte, a CRC-32 and postcard (a third of the
+/// JSON the log wrote before, which still reads).
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    // Plain structs of strings and numbers always serialize.
-    serde_json::to_vec(value).expect("records serialize")
+    tpc_common::record::encode(value)
 }
 
 fn decode<T: serde::de::DeserializeOwned>(raw: &[u8]) -> Result<T, LogError> {
-    serde_json::from_slice(raw).map_err(|e| LogError::Corrupt(tpc_common::decode_error(&e)))
+    tpc_common::record::decode(raw).map_err(|e| LogError::Corrupt(e.to_string()))
 }
 
 /// Every delivery under `prefix`, oldest first.
@@ -719,18 +724,18 @@ fn update(db: &Db, txn: TxnId, change: impl Fn(&mut TxnRecord)) -> Result<(), Lo
     let mut corrupt = None;
     db.update(&key(TXN, txn), &mut |old| {
         let old = old?;
-        match serde_json::from_slice::<TxnRecord>(old) {
+        match decode::<TxnRecord>(old) {
             Ok(mut record) => {
                 change(&mut record);
                 Some(encode(&record))
             }
             Err(e) => {
-                corrupt = Some(tpc_common::decode_error(&e));
+                corrupt = Some(e);
                 Some(old.to_vec())
             }
         }
     })?;
-    corrupt.map_or(Ok(()), |e| Err(LogError::Corrupt(e)))
+    corrupt.map_or(Ok(()), Err)
 }
 
 #[cfg(test)]
@@ -801,6 +806,65 @@ mod tests {
         );
         assert!(later.get(aborted.txn).unwrap().is_some());
         assert_eq!(later.outbox().await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn records_of_a_log_written_as_json_still_read_and_damage_is_caught() {
+        use tpc_common::storage::{MemoryStorage, Storage};
+        let mem = MemoryStorage::new();
+        let log = Log::on(std::sync::Arc::new(mem.clone()));
+        // A COMMIT record as the log wrote it before postcard: bare JSON, with its request index.
+        let r = record();
+        let mut old = TxnRecord {
+            txn: r.txn,
+            strategy: Strategy::TwoPc,
+            request_id: r.request_id.clone(),
+            kind: r.kind,
+            user: r.user.clone(),
+            email: Some(r.email.clone()),
+            state: State::Committing,
+            reason: String::new(),
+            started_at: r.started_at,
+            decided_at: r.decided_at,
+            email_sent: false,
+            email_error: None,
+        };
+        let mut batch = Batch::default();
+        batch.insert(key(TXN, r.txn), serde_json::to_vec(&old).unwrap());
+        batch.insert(request_key(&r.request_id), r.txn.as_bytes().to_vec());
+        mem.apply(batch).unwrap();
+        assert!(
+            mem.get(&key(TXN, r.txn))
+                .unwrap()
+                .unwrap()
+                .starts_with(b"{")
+        );
+
+        old.email_sent = true;
+        assert_eq!(log.get(r.txn).unwrap().as_ref(), Some(&old));
+        assert_eq!(log.unfinished_commits().unwrap(), std::slice::from_ref(&r));
+        assert_eq!(
+            log.committed_request(&r.request_id).unwrap().map(|l| l.txn),
+            Some(r.txn)
+        );
+        // END rewrites it in today's format.
+        log.end(r.txn).await.unwrap();
+        let raw = mem.get(&key(TXN, r.txn)).unwrap().unwrap();
+        assert!(
+            !raw.starts_with(b"{") && raw.len() < 150,
+            "{} bytes",
+            raw.len()
+        );
+        assert_eq!(
+            log.get(r.txn).unwrap().map(|r| r.state),
+            Some(State::Committed)
+        );
+
+        // A damaged record is reported, never read as a decision.
+        mem.damage(&key(TXN, r.txn));
+        let said = log.get(r.txn).unwrap_err().to_string();
+        assert!(said.contains("checksum"), "{said}");
+        assert!(log.unfinished_commits().is_err());
     }
 
     #[tokio::test]

@@ -369,45 +369,17 @@ fn list_key(user: &UserId, seq: u64) -> Vec<u8> {
     [list_prefix(user), seq.to_be_bytes().to_vec()].concat()
 }
 
-/// Every stored record is `[FORMAT_V1][CRC-32 of the JSON, big-endian][JSON]`: a byte flipped on disk
-/// is caught on read (sled checks its own log, not what a value says) and reported with the key,
-/// instead of a damaged hash or history being served as if it were the user's. Records from before the
-/// format byte are bare JSON, and still read.
-const FORMAT_V1: u8 = 1;
-
+/// Records go through [`tpc_common::record`] (a format byte, a CRC-32, postcard; older JSON records still
+/// read).
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    // Serializing plain structs of strings and numbers to JSON cannot fail.
-    let json = serde_json::to_vec(value).expect("records serialize");
-    let mut out = Vec::with_capacity(json.len() + 5);
-    out.push(FORMAT_V1);
-    out.extend(crc32fast::hash(&json).to_be_bytes());
-    out.extend(json);
-    out
+    tpc_common::record::encode(value)
 }
 
 fn decode<T: DeserializeOwned>(key: &[u8], raw: &[u8]) -> Result<T, StoreError> {
-    let corrupt = |cause: String| StoreError::Corrupt {
+    tpc_common::record::decode(raw).map_err(|e| StoreError::Corrupt {
         key: String::from_utf8_lossy(key).into_owned(),
-        cause,
-    };
-    let json = match raw.first() {
-        Some(&FORMAT_V1) if raw.len() >= 5 => {
-            let (sum, json) = raw[1..].split_at(4);
-            let expected = u32::from_be_bytes([sum[0], sum[1], sum[2], sum[3]]);
-            if crc32fast::hash(json) != expected {
-                return Err(corrupt(
-                    "checksum mismatch: the record was damaged on disk".into(),
-                ));
-            }
-            json
-        }
-        Some(&FORMAT_V1) => return Err(corrupt("cut short".into())),
-        // Written before records had a format byte.
-        Some(b'{' | b'[' | b'"') => raw,
-        Some(other) => return Err(corrupt(format!("unknown record format {other}"))),
-        None => return Err(corrupt("empty".into())),
-    };
-    serde_json::from_slice(json).map_err(|e| corrupt(tpc_common::decode_error(&e)))
+        cause: e.to_string(),
+    })
 }
 
 #[cfg(test)]

@@ -115,6 +115,62 @@ impl Node {
         }
     }
 
+    /// tpc: this node with `link` applied, for `PageCache::link`. A write to a leaf used to clone
+    /// the leaf and then insert into the clone, which had no room to spare: the clone allocated and
+    /// copied each vector, and the insert allocated and copied it again. This builds each vector of
+    /// the new leaf once, at its final length.
+    pub(crate) fn applied(&self, link: &Link) -> Node {
+        let leaf = match (&self.data, link) {
+            (Data::Leaf(leaf), Link::Set(..) | Link::Del(..))
+                if !self.merging =>
+            {
+                leaf
+            }
+            _ => {
+                let mut node = self.clone();
+                node.apply(link);
+                return node;
+            }
+        };
+        let (keys, values) = match link {
+            Link::Set(key, value) => {
+                if !self.hi.is_empty() {
+                    assert!(**key < self.hi[self.prefix_len as usize..]);
+                }
+                match leaf.keys.binary_search_by(|k| fastcmp(k, key)) {
+                    Ok(idx) => {
+                        let mut values = leaf.values.clone();
+                        values[idx] = value.clone();
+                        (leaf.keys.clone(), values)
+                    }
+                    Err(idx) => (
+                        inserted(&leaf.keys, idx, key),
+                        inserted(&leaf.values, idx, value),
+                    ),
+                }
+            }
+            Link::Del(key) => {
+                match leaf.keys.binary_search_by(|k| fastcmp(k, key)) {
+                    Ok(idx) => {
+                        (removed(&leaf.keys, idx), removed(&leaf.values, idx))
+                    }
+                    Err(_) => (leaf.keys.clone(), leaf.values.clone()),
+                }
+            }
+            _ => unreachable!("only Set and Del reach here"),
+        };
+        testing_assert!(is_sorted(&keys));
+        Node {
+            prefix_len: self.prefix_len,
+            next: self.next,
+            merging_child: self.merging_child,
+            merging: self.merging,
+            lo: self.lo.clone(),
+            hi: self.hi.clone(),
+            data: Data::Leaf(Leaf { keys, values }),
+        }
+    }
+
     pub(crate) fn set_leaf(&mut self, key: IVec, val: IVec) {
         if !self.hi.is_empty() {
             assert!(*key < self.hi[self.prefix_len as usize..]);
@@ -768,4 +824,21 @@ fn merge_uneven_nodes() {
     };
 
     left.receive_merge(&right);
+}
+
+/// tpc: `items` with `item` at `idx`, allocated once at its final length.
+fn inserted(items: &[IVec], idx: usize, item: &IVec) -> Vec<IVec> {
+    let mut out = Vec::with_capacity(items.len() + 1);
+    out.extend_from_slice(&items[..idx]);
+    out.push(item.clone());
+    out.extend_from_slice(&items[idx..]);
+    out
+}
+
+/// tpc: `items` without the one at `idx`, allocated once at its final length.
+fn removed(items: &[IVec], idx: usize) -> Vec<IVec> {
+    let mut out = Vec::with_capacity(items.len() - 1);
+    out.extend_from_slice(&items[..idx]);
+    out.extend_from_slice(&items[idx + 1..]);
+    out
 }

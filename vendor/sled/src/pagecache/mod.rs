@@ -1032,8 +1032,8 @@ impl PageCache {
             }
         }
 
-        let mut node: Node = old.as_node().clone();
-        node.apply(&new);
+        // tpc: built at its final size, not cloned and then grown (`Node::applied`).
+        let node: Node = old.as_node().applied(&new);
 
         // see if we should short-circuit replace
         if old.cache_infos.len() >= PAGE_CONSOLIDATION_THRESHOLD {

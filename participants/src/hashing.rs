@@ -1,5 +1,7 @@
-//! argon2id password hashing. Every call here is CPU-heavy (≈34 ms at OWASP cost) and must run on the
-//! blocking pool: callers use `tokio::task::spawn_blocking`, never an async worker.
+//! argon2id password hashing. At OWASP cost every call here is CPU-heavy (≈34 ms) and must run on the
+//! blocking pool (`tokio::task::spawn_blocking`), never on an async worker. At the insecure cost of
+//! tests and benchmarks a hash takes ~11 µs, less than handing it to the blocking pool and back
+//! ([`Hasher::runs_in_place`]).
 
 use std::sync::Mutex;
 
@@ -21,6 +23,7 @@ pub enum Cost {
 pub struct Hasher {
     argon2: Argon2<'static>,
     params: Params,
+    cost: Cost,
 }
 
 /// argon2's working memory, reused. A hash at OWASP cost needs 19 MiB; allocated per call (as
@@ -54,7 +57,18 @@ impl Hasher {
         Self {
             argon2: Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone()),
             params,
+            cost,
         }
+    }
+
+    /// Whether checks at this hasher's cost may run on an async worker. At the insecure cost a change's
+    /// checks (up to six hashes, ~11 µs each) cost less than the blocking pool's hand-off: waking a
+    /// pool thread, and the worker again when it is done, was a tenth of a participant's CPU at 64
+    /// clients (`docs/benchmarks.md`). At OWASP cost, never. A stored hash of another cost verifies
+    /// at its own cost, so a deployment that went from OWASP to the insecure cost would check its old
+    /// hashes in place too: that cost is for tests and benchmarks only.
+    pub fn runs_in_place(&self) -> bool {
+        self.cost == Cost::InsecureFast
     }
 
     /// A PHC string (`$argon2id$v=19$m=…$salt$hash`) with a fresh random salt.
@@ -121,6 +135,13 @@ impl Hasher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The product's default cost never hashes on an async worker; only the insecure one may.
+    #[test]
+    fn only_the_insecure_cost_runs_in_place() {
+        assert!(!Hasher::new(Cost::default()).runs_in_place());
+        assert!(Hasher::new(Cost::InsecureFast).runs_in_place());
+    }
 
     #[test]
     fn hashes_verify_and_never_contain_the_plaintext() {

@@ -66,6 +66,10 @@ impl Resource for Histories {
     type Undo = HistoryUndo;
     const NAME: &'static str = "history";
 
+    fn validates_in_place(&self) -> bool {
+        self.hasher.runs_in_place()
+    }
+
     fn validate(
         &self,
         data: &Data,

@@ -241,9 +241,14 @@ impl<R: Resource> Node<R> {
                         Some(slot) => slot,
                         None => self.hashing_slot().await?,
                     };
-                    let outcome = blocking(slot, move || resource.validate(&data, &op))
-                        .await?
-                        .unwrap_or_else(|e| {
+                    let outcome = if resource.validates_in_place() {
+                        let outcome = resource.validate(&data, &op);
+                        drop(slot);
+                        outcome
+                    } else {
+                        blocking(slot, move || resource.validate(&data, &op)).await?
+                    };
+                    let outcome = outcome.unwrap_or_else(|e| {
                             // A read that fails breaks no promise: the change votes no, and the
                             // process keeps serving every other user (a record that cannot be
                             // decoded would otherwise crash it at every retry).

@@ -66,6 +66,10 @@ impl Resource for Passwords {
     type Undo = Option<Account>;
     const NAME: &'static str = "password";
 
+    fn validates_in_place(&self) -> bool {
+        self.hasher.runs_in_place()
+    }
+
     fn validate(
         &self,
         data: &Data,

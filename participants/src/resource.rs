@@ -30,6 +30,12 @@ pub trait Resource: Send + Sync + 'static {
         op: &Operation,
     ) -> Result<Result<Self::Change, String>, StoreError>;
 
+    /// Whether [`Resource::validate`] is cheap enough to run on an async worker rather than pay for
+    /// the blocking pool's hand-off (`Hasher::runs_in_place`).
+    fn validates_in_place(&self) -> bool {
+        false
+    }
+
     /// Adds the writes that apply `change` to `batch`; returns what undoes them (two-phase commit
     /// never needs it; a saga's compensation does).
     fn apply(

@@ -282,7 +282,10 @@ fn write_file(dir: &Path, txn: TxnId, raw: &[u8]) -> std::io::Result<()> {
                 tracing::info!(dir = %dir.display(), cause = %e, "e-mail files are written through a temporary name");
                 UNNAMED_FILES.store(false, Ordering::Relaxed);
             }
-            Err(Unnamed::Failed(e)) => return Err(e),
+            // Whatever else went wrong (a full disk, say), the other way tries again and says so.
+            Err(Unnamed::Failed(e)) => {
+                tracing::debug!(dir = %dir.display(), cause = %e, "an unnamed e-mail file failed; trying a temporary name")
+            }
             Ok(()) => return Ok(()),
         }
     }
@@ -297,7 +300,8 @@ fn write_renamed(dir: &Path, name: &str, raw: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, dir.join(name))
 }
 
-/// Whether this process still writes e-mail files with `O_TMPFILE` (until the first refusal).
+/// Whether this process still writes e-mail files with `O_TMPFILE` (until the system first says it
+/// cannot; any other failure falls back for that one file only).
 static UNNAMED_FILES: AtomicBool = AtomicBool::new(true);
 
 enum Unnamed {
@@ -342,8 +346,9 @@ fn write_unnamed(dir: &Path, name: &str, raw: &[u8]) -> Result<(), Unnamed> {
     match e.raw_os_error() {
         // Resent after a crash: the first copy is whole (it had its name only once written).
         Some(libc::EEXIST) => Ok(()),
-        // No /proc to name the file by.
+        // No /proc to name the file by, or a sandbox that forbids linking through it.
         Some(libc::ENOENT) if !Path::new("/proc/self/fd").exists() => Err(Unnamed::Unsupported(e)),
+        Some(libc::EPERM | libc::EACCES | libc::EXDEV) => Err(Unnamed::Unsupported(e)),
         _ => Err(Unnamed::Failed(e)),
     }
 }

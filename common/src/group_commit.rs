@@ -10,6 +10,11 @@ use crate::storage::{Db, StorageError};
 /// Told the flush's outcome, once a write has been applied.
 type Finish = Box<dyn FnOnce(Result<(), StorageError>) + Send>;
 
+/// Written just before each flush, after every write that flush covers was applied: for what a store
+/// needs on disk with its writes but only as of each flush, such as a count of them (one write per
+/// flush instead of one per write).
+pub type Seal = Arc<dyn Fn(&dyn crate::storage::Storage) -> Result<(), StorageError> + Send + Sync>;
+
 /// A queued write: applies itself and returns how to tell its waiter, or `None` if it failed (its
 /// waiter was told already).
 struct Job {
@@ -41,7 +46,7 @@ enum Inner {
     Threads(mpsc::UnboundedSender<Job>),
     /// In a simulation: each write applied, and flushed if forced, in place, so that no other thread
     /// decides when a write lands (`simulation.rs`).
-    InPlace(Db),
+    InPlace(Db, Option<Seal>),
 }
 
 /// How long a flush takes in a simulation: a loaded disk's, so that crashes land inside flushes too.
@@ -54,9 +59,15 @@ impl GroupCommit {
     /// Starts the applier and the flusher (two threads, which stop once every handle is dropped); in a
     /// simulation, none.
     pub fn start(db: Db) -> Self {
+        Self::sealed(db, None)
+    }
+
+    /// [`GroupCommit::start`], with `seal` written before every flush (see [`Seal`]). A flush whose
+    /// seal fails fails for every write it was to cover.
+    pub fn sealed(db: Db, seal: Option<Seal>) -> Self {
         if crate::simulation::active() {
             return Self {
-                inner: Inner::InPlace(db),
+                inner: Inner::InPlace(db, seal),
             };
         }
         let (queue, mut rx) = mpsc::unbounded_channel::<Job>();
@@ -64,6 +75,7 @@ impl GroupCommit {
             Arc::new((Mutex::new(Some(Vec::new())), Condvar::new()));
         let to_flush = applied.clone();
         let flusher_db = db.clone();
+        let flusher_seal = seal.clone();
         std::thread::Builder::new()
             .name("tpc-apply".into())
             .spawn(move || {
@@ -91,7 +103,7 @@ impl GroupCommit {
                 let last = lock.lock().unwrap_or_else(|p| p.into_inner()).take();
                 ready.notify_one();
                 if let Some(last) = last.filter(|l| !l.is_empty()) {
-                    flush_and_answer(&*db, last);
+                    flush_and_answer(&*db, seal.as_ref(), last);
                 }
             })
             .expect("cannot start the apply thread");
@@ -112,7 +124,7 @@ impl GroupCommit {
                             }
                         }
                     };
-                    flush_and_answer(&*flusher_db, batch);
+                    flush_and_answer(&*flusher_db, flusher_seal.as_ref(), batch);
                 }
             })
             .expect("cannot start the flush thread");
@@ -135,17 +147,17 @@ impl GroupCommit {
     {
         let queue = match &self.inner {
             Inner::Threads(queue) => queue,
-            Inner::InPlace(db) => {
+            Inner::InPlace(db, seal) => {
                 // Applied at once; a forced write's flush takes a moment, as on a disk, so that a crash
                 // can land between the write and its flush (and one whose waiter is gone is flushed by
                 // the next).
                 let applied = write();
-                let db = db.clone();
+                let (db, seal) = (db.clone(), seal.clone());
                 return Either::Left(async move {
                     applied?;
                     if forced {
                         tokio::time::sleep(SIMULATED_FLUSH).await;
-                        db.flush().map_err(E::from)?;
+                        sealed_flush(&*db, seal.as_ref()).map_err(E::from)?;
                     }
                     Ok(())
                 });
@@ -184,11 +196,18 @@ impl GroupCommit {
 }
 
 /// Flushes once for `batch` (every write in it applied already) and answers each.
-fn flush_and_answer(db: &dyn crate::storage::Storage, batch: Vec<Finish>) {
-    let flushed = db.flush();
+fn flush_and_answer(db: &dyn crate::storage::Storage, seal: Option<&Seal>, batch: Vec<Finish>) {
+    let flushed = sealed_flush(db, seal);
     for finish in batch {
         finish(flushed.clone());
     }
+}
+
+fn sealed_flush(db: &dyn crate::storage::Storage, seal: Option<&Seal>) -> Result<(), StorageError> {
+    if let Some(seal) = seal {
+        seal(db)?;
+    }
+    db.flush()
 }
 
 fn stopped() -> StorageError {
@@ -250,6 +269,107 @@ mod tests {
         assert!(bad.await.unwrap_err().to_string().contains("refused"));
         good.await.unwrap();
         assert!(db.contains(b"k").unwrap());
+        drop(db);
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    /// A disk whose flushes wait until the test lets each one through.
+    struct Gated {
+        disk: crate::storage::MemoryStorage,
+        gate: Mutex<std::sync::mpsc::Receiver<()>>,
+    }
+
+    impl crate::storage::Storage for Gated {
+        fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+            self.disk.get(key)
+        }
+        fn scan_prefix(&self, prefix: &[u8]) -> crate::storage::Entries {
+            self.disk.scan_prefix(prefix)
+        }
+        fn range_from(&self, start: &[u8]) -> crate::storage::Entries {
+            self.disk.range_from(start)
+        }
+        fn apply(&self, batch: crate::storage::Batch) -> Result<(), StorageError> {
+            self.disk.apply(batch)
+        }
+        fn update(
+            &self,
+            key: &[u8],
+            change: crate::storage::Change<'_>,
+        ) -> Result<(), StorageError> {
+            self.disk.update(key, change)
+        }
+        fn flush(&self) -> Result<(), StorageError> {
+            let _ = self.gate.lock().unwrap().recv();
+            self.disk.flush()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_seal_is_written_once_per_flush_after_every_write_it_covers() {
+        let (open, gate) = std::sync::mpsc::channel();
+        let disk = crate::storage::MemoryStorage::new();
+        let db: Db = Arc::new(Gated {
+            disk: disk.clone(),
+            gate: Mutex::new(gate),
+        });
+        // The seal counts itself, and records how many writes it found applied.
+        let seal: Seal = Arc::new(|db| {
+            let seals = db.get(b"seals")?.map_or(0, |v| v[0]) + 1;
+            let writes = db.scan_prefix(b"w/").count() as u8;
+            let mut batch = crate::storage::Batch::default();
+            batch.insert(b"seals".to_vec(), [seals]);
+            batch.insert(format!("seal/{seals}").into_bytes(), [writes]);
+            db.apply(batch)
+        });
+        let gc = GroupCommit::sealed(db.clone(), Some(seal));
+        let write = |i: u8| {
+            let db = db.clone();
+            gc.write::<StorageError, _>(true, move || db.insert(&[b'w', b'/', i], b"v"))
+        };
+        // The first flush is held while ten more forced writes queue behind it.
+        let first = tokio::spawn(write(0));
+        while db.get(b"seals").unwrap().is_none() {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        let rest: Vec<_> = (1..=10).map(|i| tokio::spawn(write(i))).collect();
+        while db.scan_prefix(b"w/").count() < 11 {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        open.send(()).unwrap();
+        first.await.unwrap().unwrap();
+        open.send(()).unwrap();
+        for w in rest {
+            w.await.unwrap().unwrap();
+        }
+        let read = |key: &[u8]| db.get(key).unwrap().map(|v| v[0]);
+        assert_eq!(read(b"seals"), Some(2), "one seal per flush, not per write");
+        assert_eq!(
+            read(b"seal/1"),
+            Some(1),
+            "the first flush's write was applied before its seal"
+        );
+        assert_eq!(read(b"seal/2"), Some(11), "and the second's ten");
+        assert_eq!(
+            crate::storage::Storage::get(&disk.crashed(0), b"seals")
+                .unwrap()
+                .map(|v| v[0]),
+            Some(2),
+            "each seal made durable by its flush"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_seal_fails_the_writes_of_its_flush() {
+        let dir = tempfile_dir();
+        let db: Db = Arc::new(crate::storage::SledStorage::open(&dir, 1).unwrap());
+        let seal: Seal = Arc::new(|_| Err(StorageError::Injected("seal")));
+        let gc = GroupCommit::sealed(db.clone(), Some(seal));
+        let forced = {
+            let db = db.clone();
+            gc.write::<StorageError, _>(true, move || db.insert(b"k", b"v"))
+        };
+        assert!(forced.await.unwrap_err().to_string().contains("seal"));
         drop(db);
         std::fs::remove_dir_all(dir).ok();
     }

@@ -48,7 +48,7 @@ pub use database::{DEFAULT_CACHE_MIB, open_database};
 pub use decode::decode_error;
 pub use email::Email;
 pub use fingerprint::{Fingerprint, Fingerprinter};
-pub use group_commit::GroupCommit;
+pub use group_commit::{GroupCommit, Seal};
 pub use invalid::InvalidInput;
 pub use operation::{Operation, OperationKind};
 pub use password::Password;

@@ -6,11 +6,13 @@
 
 use std::marker::PhantomData;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tpc_common::storage::{Batch, Db, SledStorage, StorageError};
-use tpc_common::{GroupCommit, TxnId, UserId};
+use tpc_common::{GroupCommit, Seal, TxnId, UserId};
 
 use crate::barrier::Barrier;
 
@@ -99,6 +101,13 @@ impl Data {
     }
 }
 
+/// How far the promises went.
+#[derive(Default)]
+struct Seqs {
+    applied: AtomicU64,
+    durable: AtomicU64,
+}
+
 pub struct Store<C> {
     db: Db,
     forcer: GroupCommit,
@@ -106,9 +115,10 @@ pub struct Store<C> {
     id: String,
     boot: String,
     /// The number the next promise gets.
-    next_seq: std::sync::atomic::AtomicU64,
-    /// The highest number known to be on disk: what is reported.
-    durable_seq: std::sync::atomic::AtomicU64,
+    next_seq: AtomicU64,
+    /// The highest number known to be on disk (what is reported), and the highest whose write was
+    /// applied: the flush's seal stores the latter (see [`Store::on`]).
+    seqs: Arc<Seqs>,
     _change: PhantomData<fn() -> C>,
 }
 
@@ -124,7 +134,7 @@ impl<C: Serialize + DeserializeOwned> Store<C> {
     /// Opens (or creates) the database with a page cache of `cache_mib` MiB, and starts its group
     /// commit's two threads.
     pub fn open(dir: &Path, cache_mib: u64) -> Result<Self, StoreError> {
-        Self::on(std::sync::Arc::new(SledStorage::open(dir, cache_mib)?))
+        Self::on(Arc::new(SledStorage::open(dir, cache_mib)?))
     }
 
     /// The store kept in `db` (a [`tpc_common::storage::MemoryStorage`] in tests and simulation).
@@ -148,14 +158,35 @@ impl<C: Serialize + DeserializeOwned> Store<C> {
             }
             None => 0,
         };
-        let forcer = GroupCommit::start(db.clone());
+        let seqs = Arc::new(Seqs {
+            applied: AtomicU64::new(seq),
+            durable: AtomicU64::new(seq),
+        });
+        // The count is stored once per flush, before it, as the highest promise applied so far: every
+        // promise that flush answers was applied before it, so the count on disk never falls below a
+        // number reported. Updating it with each promise instead copied the leaf holding it every time,
+        // ~6% of a participant's CPU under load.
+        let sealed = seqs.clone();
+        let seal: Seal = Arc::new(move |db| {
+            let applied = sealed.applied.load(Ordering::Acquire);
+            if applied > sealed.durable.load(Ordering::Acquire) {
+                db.update(STORE_SEQ, &mut |old| {
+                    let old = old
+                        .and_then(|raw| <[u8; 8]>::try_from(raw).ok())
+                        .map_or(0, u64::from_be_bytes);
+                    Some(old.max(applied).to_be_bytes().to_vec())
+                })?;
+            }
+            Ok(())
+        });
+        let forcer = GroupCommit::sealed(db.clone(), Some(seal));
         Ok(Self {
             db,
             forcer,
             id,
             boot: tpc_common::entropy::uuid_v7().to_string(),
-            next_seq: std::sync::atomic::AtomicU64::new(seq),
-            durable_seq: std::sync::atomic::AtomicU64::new(seq),
+            next_seq: AtomicU64::new(seq),
+            seqs,
             _change: PhantomData,
         })
     }
@@ -165,41 +196,32 @@ impl<C: Serialize + DeserializeOwned> Store<C> {
         StoreMark {
             id: self.id.clone(),
             boot: self.boot.clone(),
-            seq: self.durable_seq.load(std::sync::atomic::Ordering::Acquire),
+            seq: self.seqs.durable.load(Ordering::Acquire),
         }
     }
 
-    /// Applies `write` with a new promise number, forces it, and only then counts the number as durable
-    /// (with every lower one: they were applied before it, and the flush covers them). The write runs
-    /// in the group commit's round, on the blocking pool.
+    /// Applies `write` with a new promise number, forces it, and only then counts the number as durable.
+    /// The write runs in the group commit's round, on its applier thread; the flush's seal stores the
+    /// count.
     ///
-    /// The stored count only ever grows (a compare-and-swap to the larger value), so promises applied
-    /// concurrently need no lock, and a plain insert stays a plain insert: sled's batches take a lock
-    /// that stops every other writer, and routing each PREPARED record through one cost the
-    /// participants a third more CPU per change.
+    /// The stored count only ever grows (a compare-and-swap to the larger value), so promises need no
+    /// lock, and a plain insert stays a plain insert: sled's batches take a lock that stops every other
+    /// writer, and routing each PREPARED record through one cost the participants a third more CPU per
+    /// change.
     async fn force_promise(
         &self,
         write: impl FnOnce(&Db) -> Result<(), StoreError> + Send + 'static,
     ) -> Result<(), StoreError> {
-        let seq = self
-            .next_seq
-            .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
-            + 1;
-        let db = self.db.clone();
+        let seq = self.next_seq.fetch_add(1, Ordering::AcqRel) + 1;
+        let (db, seqs) = (self.db.clone(), self.seqs.clone());
         self.forcer
             .write::<StoreError, _>(true, move || {
                 write(&db)?;
-                db.update(STORE_SEQ, &mut |old| {
-                    let old = old
-                        .and_then(|raw| <[u8; 8]>::try_from(raw).ok())
-                        .map_or(0, u64::from_be_bytes);
-                    Some(old.max(seq).to_be_bytes().to_vec())
-                })?;
+                seqs.applied.fetch_max(seq, Ordering::AcqRel);
                 Ok(())
             })
             .await?;
-        self.durable_seq
-            .fetch_max(seq, std::sync::atomic::Ordering::AcqRel);
+        self.seqs.durable.fetch_max(seq, Ordering::AcqRel);
         Ok(())
     }
 
@@ -439,6 +461,31 @@ mod tests {
             (mark.id, mark.seq),
             "the same store, as far as it went"
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_count_on_disk_covers_every_promise_answered_when_they_ran_together() {
+        let mem = MemoryStorage::new();
+        let store = Arc::new(Store::<String>::on(Arc::new(mem.clone())).unwrap());
+        let before = store.mark().seq;
+        let promises: Vec<_> = (0..20)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    store
+                        .force_prepared(TxnId::generate(), &user(), &format!("v{i}"), i)
+                        .await
+                })
+            })
+            .collect();
+        for p in promises {
+            p.await.unwrap().unwrap();
+        }
+        let mark = store.mark();
+        assert_eq!(mark.seq, before + 20);
+        let after = Store::<String>::on(Arc::new(mem.crashed(0))).unwrap();
+        assert_eq!(after.mark().seq, mark.seq, "what was reported is on disk");
+        assert_eq!(after.recover().unwrap().prepared.len(), 20);
     }
 
     #[tokio::test]

@@ -19,7 +19,7 @@ use tpc_proto::v1::{
     StatusRequest, TxnBatch, User, VerifyPasswordRequest, VerifyPasswordResponse, apply_response,
     history, prepare_response,
 };
-use tracing::{Instrument, info_span};
+use tracing::{Instrument, debug_span};
 
 use crate::barrier::Applied;
 use crate::engine::{Event, Vote};
@@ -69,7 +69,7 @@ fn txn_span<T>(
     txn: &str,
 ) -> tracing::Span {
     let propagated = telemetry::txn_id_from(request);
-    info_span!(
+    debug_span!(
         "rpc",
         rpc,
         participant,
@@ -117,7 +117,7 @@ impl<R: Resource> Participant for ParticipantApi<R> {
         check_batch(prepares.len())?;
         let results = each(&self.node, prepares, |node, req| async move {
             let span =
-                info_span!("rpc", rpc = "Prepare", participant = R::NAME, txn_id = %req.txn_id);
+                debug_span!("rpc", rpc = "Prepare", participant = R::NAME, txn_id = %req.txn_id);
             match prepare_one(&node, req).instrument(span).await {
                 Ok(vote) => PrepareResult {
                     vote: Some(vote),
@@ -291,7 +291,7 @@ async fn decide_batch<R: Resource>(
         Decide::Abort => "Abort",
     };
     let results = each(node, batch.txn_ids, move |node, txn| async move {
-        let span = info_span!("rpc", rpc, participant = R::NAME, txn_id = %txn);
+        let span = debug_span!("rpc", rpc, participant = R::NAME, txn_id = %txn);
         match decide(&node, &txn, how).instrument(span).await {
             Ok(()) => ok(),
             Err(status) => failure(&status),

@@ -252,15 +252,15 @@ impl<R: Resource> Node<R> {
                             // A read that fails breaks no promise: the change votes no, and the
                             // process keeps serving every other user (a record that cannot be
                             // decoded would otherwise crash it at every retry).
-                            error!(participant = R::NAME, %txn, cause = %e, "cannot read the user's stored data; voting no");
+                            error!(participant = R::NAME, txn_id = %txn, cause = %e, "cannot read the user's stored data; voting no");
                             Err(format!("{} participant cannot read this user's stored data: {e}", R::NAME))
                         });
                     match &outcome {
                         Ok(_) => {
-                            debug!(target: "tpc::protocol", participant = R::NAME, %txn, "{}: checks passed, forcing PREPARED record", R::NAME)
+                            debug!(target: "tpc::protocol", participant = R::NAME, txn_id = %txn, "{}: checks passed, forcing PREPARED record", R::NAME)
                         }
                         Err(reason) => {
-                            info!(target: "tpc::protocol", participant = R::NAME, %txn, "{}: votes NO ({reason}); writes nothing", R::NAME)
+                            info!(target: "tpc::protocol", participant = R::NAME, txn_id = %txn, "{}: votes NO ({reason}); writes nothing", R::NAME)
                         }
                     }
                     Some(Event::Validated { txn, outcome })
@@ -277,7 +277,7 @@ impl<R: Resource> Node<R> {
                         fatal(e)
                     }
                     reply_lost |= inject("part.after_prepare_forced").await.is_err();
-                    debug!(target: "tpc::protocol", participant = R::NAME, %txn, "{}: PREPARED record forced, votes YES (now in doubt until told)", R::NAME);
+                    debug!(target: "tpc::protocol", participant = R::NAME, txn_id = %txn, "{}: PREPARED record forced, votes YES (now in doubt until told)", R::NAME);
                     Some(Event::PreparedForced {
                         txn,
                         at: monotonic_ms(),
@@ -296,7 +296,7 @@ impl<R: Resource> Node<R> {
                         fatal(e)
                     }
                     // One line per transaction at info level: its outcome here (a no-vote, a commit or an abort).
-                    info!(target: "tpc::protocol", participant = R::NAME, %txn, "{}: change applied, COMMITTED record forced, lock released", R::NAME);
+                    info!(target: "tpc::protocol", participant = R::NAME, txn_id = %txn, "{}: change applied, COMMITTED record forced, lock released", R::NAME);
                     reply_lost |= inject("part.after_commit_forced").await.is_err();
                     Some(Event::CommitApplied {
                         txn,
@@ -304,7 +304,7 @@ impl<R: Resource> Node<R> {
                     })
                 }
                 Command::DropPrepared { txn } => {
-                    info!(target: "tpc::protocol", participant = R::NAME, %txn, "{}: aborted, prepared record dropped", R::NAME);
+                    info!(target: "tpc::protocol", participant = R::NAME, txn_id = %txn, "{}: aborted, prepared record dropped", R::NAME);
                     self.store.remove(txn);
                     None
                 }

@@ -74,7 +74,7 @@ impl<R: Resource> Node<R> {
                     reason: reason.clone(),
                 };
                 self.store.note_barrier(txn, &refused);
-                info!(target: "tpc::protocol", participant = R::NAME, %txn, %strategy, "{}: refuses ({reason}); changes nothing", R::NAME);
+                info!(target: "tpc::protocol", participant = R::NAME, txn_id = %txn, %strategy, "{}: refuses ({reason}); changes nothing", R::NAME);
                 return Ok(Applied::No(reason));
             }
         };
@@ -96,7 +96,7 @@ impl<R: Resource> Node<R> {
         if let Err(e) = applied.await {
             fatal(e)
         }
-        info!(target: "tpc::protocol", participant = R::NAME, %txn, %strategy, "{}: applied and forced (in effect now)", R::NAME);
+        info!(target: "tpc::protocol", participant = R::NAME, txn_id = %txn, %strategy, "{}: applied and forced (in effect now)", R::NAME);
         Ok(Applied::Yes(detail))
     }
 
@@ -144,7 +144,7 @@ impl<R: Resource> Node<R> {
                 )));
             }
             CompensateStep::RecordEmpty => {
-                info!(target: "tpc::protocol", participant = R::NAME, %txn, "{}: compensation of a step never applied here: recorded, so a late Apply does nothing", R::NAME);
+                info!(target: "tpc::protocol", participant = R::NAME, txn_id = %txn, "{}: compensation of a step never applied here: recorded, so a late Apply does nothing", R::NAME);
                 let record = Barrier::<R::Undo>::Compensated {
                     strategy,
                     user,
@@ -172,9 +172,9 @@ impl<R: Resource> Node<R> {
                     .await;
                 if forced.is_ok() {
                     if undone.load(std::sync::atomic::Ordering::Acquire) {
-                        info!(target: "tpc::protocol", participant = R::NAME, %txn, "{}: compensated (previous state restored)", R::NAME);
+                        info!(target: "tpc::protocol", participant = R::NAME, txn_id = %txn, "{}: compensated (previous state restored)", R::NAME);
                     } else {
-                        warn!(participant = R::NAME, %txn, "a newer change of the user is in effect; compensation leaves it alone");
+                        warn!(participant = R::NAME, txn_id = %txn, "a newer change of the user is in effect; compensation leaves it alone");
                     }
                 }
                 forced

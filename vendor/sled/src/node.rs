@@ -4,6 +4,8 @@ use super::*;
 
 #[derive(Default, Debug, Clone, PartialEq)]
 pub struct Node {
+    /// tpc: see [`Inserts`].
+    pub(crate) inserts: Inserts,
     pub(crate) prefix_len: u8,
     pub(crate) next: Option<NonZeroU64>,
     pub(crate) merging_child: Option<NonZeroU64>,
@@ -12,6 +14,39 @@ pub struct Node {
     pub(crate) hi: IVec,
     pub(crate) data: Data,
 }
+
+/// tpc: where the last keys were added to this leaf. Keys that arrive in order (a log keyed by time)
+/// are each added right after the one before, always to the same leaf (followed, perhaps, by a few
+/// keys of another kind), so the left half of every split used to stay half full for good, and sled
+/// keeps its bookkeeping in memory per page. Such a leaf is split near the insertion point instead
+/// (`Node::split`). Kept in memory only (a node read from disk knows nothing), and never makes two
+/// nodes unequal.
+#[derive(Default, Debug, Clone, Copy)]
+pub(crate) struct Inserts {
+    /// The index the last added key went to.
+    last: Option<usize>,
+    /// Whether it went right after the key added before it.
+    in_order: bool,
+}
+
+impl Inserts {
+    fn after(self, idx: usize) -> Inserts {
+        Inserts {
+            last: Some(idx),
+            in_order: self.last.map_or(false, |previous| idx == previous + 1),
+        }
+    }
+}
+
+impl PartialEq for Inserts {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+/// tpc: the fewest items the right side of a split near the insertion point gets: more than a leaf
+/// must hold not to be merged back (`should_merge`).
+const APPEND_SPLIT_MIN_RIGHT: usize = 5;
 
 /// tpc: a leaf of small items holds up to this many bytes of keys and values before it splits, so a
 /// tree of small items keeps a few pages (and their bookkeeping in memory) where it kept one per 16
@@ -132,6 +167,7 @@ impl Node {
                 return node;
             }
         };
+        let mut inserts = self.inserts;
         let (keys, values) = match link {
             Link::Set(key, value) => {
                 if !self.hi.is_empty() {
@@ -143,10 +179,13 @@ impl Node {
                         values[idx] = value.clone();
                         (leaf.keys.clone(), values)
                     }
-                    Err(idx) => (
-                        inserted(&leaf.keys, idx, key),
-                        inserted(&leaf.values, idx, value),
-                    ),
+                    Err(idx) => {
+                        inserts = inserts.after(idx);
+                        (
+                            inserted(&leaf.keys, idx, key),
+                            inserted(&leaf.values, idx, value),
+                        )
+                    }
                 }
             }
             Link::Del(key) => {
@@ -161,6 +200,7 @@ impl Node {
         };
         testing_assert!(is_sorted(&keys));
         Node {
+            inserts,
             prefix_len: self.prefix_len,
             next: self.next,
             merging_child: self.merging_child,
@@ -235,11 +275,11 @@ impl Node {
             old_prefix: &[u8],
             old_hi: &[u8],
             suffix_truncation: bool,
+            split_point: usize,
         ) -> (IVec, u8, Vec<IVec>, Vec<T>)
         where
             T: Clone + Ord,
         {
-            let split_point = keys.len() / 2 + 1;
             let right_keys = keys.split_off(split_point);
             let right_values = values.split_off(split_point);
             let right_min = &right_keys[0];
@@ -310,6 +350,7 @@ impl Node {
         let prefixed_hi = &self.hi;
         let (split, right_prefix_len, right_data) = match self.data {
             Data::Index(ref mut index) => {
+                let split_point = index.keys.len() / 2 + 1;
                 let (split, right_prefix_len, right_keys, right_values) =
                     split_inner(
                         &mut index.keys,
@@ -317,6 +358,7 @@ impl Node {
                         prefixed_lo,
                         prefixed_hi,
                         false,
+                        split_point,
                     );
 
                 (
@@ -329,6 +371,11 @@ impl Node {
                 )
             }
             Data::Leaf(ref mut leaf) => {
+                let split_point = if self.inserts.in_order {
+                    leaf.append_split_point()
+                } else {
+                    leaf.keys.len() / 2 + 1
+                };
                 let (split, right_prefix_len, right_keys, right_values) =
                     split_inner(
                         &mut leaf.keys,
@@ -336,6 +383,7 @@ impl Node {
                         prefixed_lo,
                         prefixed_hi,
                         true,
+                        split_point,
                     );
 
                 (
@@ -347,6 +395,7 @@ impl Node {
         };
 
         let right = Node {
+            inserts: Inserts::default(),
             data: right_data,
             next: self.next,
             lo: split.clone(),
@@ -357,6 +406,7 @@ impl Node {
         };
 
         self.hi = split;
+        self.inserts = Inserts::default();
 
         let new_prefix_len = self
             .hi
@@ -782,6 +832,29 @@ impl Data {
 pub(crate) struct Leaf {
     pub(crate) keys: Vec<IVec>,
     pub(crate) values: Vec<IVec>,
+}
+
+impl Leaf {
+    /// tpc: where to split a leaf whose keys were added in order: after as many items as fit in 7/8 of
+    /// the split thresholds (so the left side does not split again at once, and stays that full for
+    /// good when nothing is added to it), leaving at least `APPEND_SPLIT_MIN_RIGHT` on the right,
+    /// and never before the middle.
+    fn append_split_point(&self) -> usize {
+        let len = self.keys.len();
+        let middle = len / 2 + 1;
+        let max_bytes = LEAF_SPLIT_BYTES as usize / 8 * 7;
+        let max_items = LEAF_MAX_ITEMS / 8 * 7;
+        let mut bytes = 0;
+        let mut fit = 0;
+        for (k, v) in self.keys.iter().zip(self.values.iter()) {
+            bytes += k.len() + v.len();
+            if bytes > max_bytes || fit == max_items {
+                break;
+            }
+            fit += 1;
+        }
+        fit.min(len.saturating_sub(APPEND_SPLIT_MIN_RIGHT)).max(middle)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Default)]

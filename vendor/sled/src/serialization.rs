@@ -452,6 +452,7 @@ impl Serialize for Node {
 
     fn deserialize(buf: &mut &[u8]) -> Result<Self> {
         Ok(Node {
+            inserts: Default::default(),
             next: Serialize::deserialize(buf)?,
             merging_child: Serialize::deserialize(buf)?,
             merging: bool::deserialize(buf)?,

@@ -327,15 +327,30 @@ mod tests {
             let db = db.clone();
             gc.write::<StorageError, _>(true, move || db.insert(&[b'w', b'/', i], b"v"))
         };
+        let until = |what: &'static str, done: Box<dyn Fn() -> bool + Send>| async move {
+            for _ in 0..5_000 {
+                if done() {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+            panic!("{what} never happened");
+        };
         // The first flush is held while ten more forced writes queue behind it.
         let first = tokio::spawn(write(0));
-        while db.get(b"seals").unwrap().is_none() {
-            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-        }
+        let sealing = db.clone();
+        until(
+            "the first seal",
+            Box::new(move || sealing.get(b"seals").unwrap().is_some()),
+        )
+        .await;
         let rest: Vec<_> = (1..=10).map(|i| tokio::spawn(write(i))).collect();
-        while db.scan_prefix(b"w/").count() < 11 {
-            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-        }
+        let applying = db.clone();
+        until(
+            "the ten writes applied",
+            Box::new(move || applying.scan_prefix(b"w/").count() == 11),
+        )
+        .await;
         open.send(()).unwrap();
         first.await.unwrap().unwrap();
         open.send(()).unwrap();

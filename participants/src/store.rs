@@ -102,7 +102,6 @@ impl Data {
 }
 
 /// How far the promises went.
-#[derive(Default)]
 struct Seqs {
     applied: AtomicU64,
     durable: AtomicU64,

@@ -18,8 +18,8 @@ pub struct Node {
 /// tpc: where the last keys were added to this leaf. Keys that arrive in order (a log keyed by time)
 /// are each added right after the one before, always to the same leaf (followed, perhaps, by a few
 /// keys of another kind), so the left half of every split used to stay half full for good, and sled
-/// keeps its bookkeeping in memory per page. Such a leaf is split near the insertion point instead
-/// (`Node::split`). Kept in memory only (a node read from disk knows nothing), and never makes two
+/// keeps its bookkeeping in memory per page. Such a leaf is split where 7/8 of its thresholds are
+/// filled instead (`Node::split`). Kept in memory only (a node read from disk knows nothing), and never makes two
 /// nodes unequal.
 #[derive(Default, Debug, Clone, Copy)]
 pub(crate) struct Inserts {
@@ -44,8 +44,8 @@ impl PartialEq for Inserts {
     }
 }
 
-/// tpc: the fewest items the right side of a split near the insertion point gets: more than a leaf
-/// must hold not to be merged back (`should_merge`).
+/// tpc: the fewest items the right side of such a split gets: more than a leaf must hold not to be
+/// merged back (`should_merge`).
 const APPEND_SPLIT_MIN_RIGHT: usize = 5;
 
 /// tpc: a leaf of small items holds up to this many bytes of keys and values before it splits, so a

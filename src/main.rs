@@ -373,6 +373,10 @@ enum Command {
         /// Fraction of changes that reuse one of the user's recent passwords (the history refuses it).
         #[arg(long, default_value_t = 0.0)]
         reuse_rate: f64,
+        /// The clients' request ids: `sequential` (`c<client>-<n>`, in order as UUIDv7s are) or
+        /// `random` (UUIDv4s), which cost the coordinator's index of them more memory.
+        #[arg(long, default_value = "sequential", value_parser = parse_request_ids)]
+        request_ids: tpc_bench::RequestIds,
         /// Plaintext between the services instead of mutual TLS (the product's default), to measure
         /// what TLS costs.
         #[arg(long)]
@@ -484,6 +488,7 @@ async fn main() -> ExitCode {
             faults,
             readers,
             reuse_rate,
+            request_ids,
             insecure_internal,
             render: None,
         } => {
@@ -504,6 +509,7 @@ async fn main() -> ExitCode {
                 faults,
                 readers,
                 reuse_rate,
+                request_ids,
                 duration,
                 warmup,
                 users,
@@ -539,6 +545,11 @@ pub type Result<T = ExitCode> = std::result::Result<T, Box<dyn std::error::Error
 fn parse_faults(raw: &str) -> std::result::Result<tpc_bench::FaultMode, String> {
     tpc_bench::FaultMode::parse(raw)
         .ok_or_else(|| format!("{raw:?}: expected none, crash, partition or all"))
+}
+
+fn parse_request_ids(raw: &str) -> std::result::Result<tpc_bench::RequestIds, String> {
+    tpc_bench::RequestIds::parse(raw)
+        .ok_or_else(|| format!("{raw:?}: expected sequential or random"))
 }
 
 fn parse_duration(raw: &str) -> std::result::Result<std::time::Duration, String> {

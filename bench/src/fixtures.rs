@@ -92,6 +92,7 @@ pub fn results(clients: &[usize]) -> Results {
             fault_seed: crate::faults::SEED,
             readers: 0,
             reuse_rate: 0.0,
+            request_ids: "sequential".into(),
             internal_tls: true,
         },
         floors: Floors {

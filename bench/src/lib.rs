@@ -17,7 +17,7 @@
 //! - `floors`: the floors, and the bounds they imply per change;
 //! - `users`: the users, their owners and their registration;
 //! - `outcome`: what an answer means to a client; `recorder`: where the clients count it;
-//! - `load`: the closed-loop clients and the clock around them;
+//! - `load`: the closed-loop clients and the clock around them; `request_ids`: the ids they send;
 //! - `latency`: percentiles, CDF and windows over hdrhistograms;
 //! - `measure`: `/proc` readings (CPU, memory) and disk usage; `mail_delay`: how soon e-mails follow;
 //! - `faults`: the seeded fault schedule and the task that plays it against the cluster;
@@ -47,6 +47,7 @@ mod outcome;
 mod readers;
 mod recorder;
 mod report;
+mod request_ids;
 pub mod results;
 mod sweep;
 mod table;
@@ -62,6 +63,7 @@ use tpc_participants::history::DEFAULT_DEPTH;
 
 pub use faults::FaultMode;
 pub use machine::Machine;
+pub use request_ids::RequestIds;
 use results::{ConfigRecord, Floors, Results};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -83,6 +85,8 @@ pub struct Config {
     /// Fraction of changes that set one of the user's recent passwords again, so the history
     /// participant refuses them.
     pub reuse_rate: f64,
+    /// The form of the clients' request ids: where they land in the coordinator's index of them.
+    pub request_ids: RequestIds,
     /// Measured period of each run.
     pub duration: Duration,
     /// Load before the measured period of each run: connections, caches and queues settle.
@@ -164,6 +168,7 @@ pub async fn run(config: Config) -> Result<Results, BoxError> {
         fault_seed: faults::SEED,
         readers: config.readers,
         reuse_rate: config.reuse_rate,
+        request_ids: config.request_ids.as_str().into(),
         internal_tls: !config.insecure_internal,
     };
     print!("{}", table::header(&machine, &record, &config.out));

@@ -17,6 +17,7 @@ use crate::inflight::{Change, Heard, InFlight};
 use crate::measure;
 use crate::outcome::{self, Outcome};
 use crate::recorder::{Recorded, Recorder, WINDOW};
+use crate::request_ids::{IdMaker, RequestIds};
 use crate::users::Account;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -51,6 +52,8 @@ pub struct Workload {
     /// The fraction of changes that set one of the user's recent passwords again (refused by the
     /// history participant).
     pub reuse_rate: f64,
+    /// The form of the request ids the clients send.
+    pub request_ids: RequestIds,
 }
 
 /// One closed-loop client: changes its users' passwords round-robin, one request at a time.
@@ -63,6 +66,7 @@ async fn client(
     stop: Arc<AtomicBool>,
 ) {
     let mut rng = fastrand::Rng::with_seed(0xc11e_0000 + id as u64);
+    let mut ids = IdMaker::new(workload.request_ids, id);
     let mut n = 0u64;
     for turn in 0.. {
         if stop.load(Ordering::Relaxed) || accounts.is_empty() {
@@ -79,7 +83,7 @@ async fn client(
             user_id: account.user.clone(),
             current_password: account.current.clone(),
             new_password: new.clone(),
-            request_id: format!("c{id}-{n}"),
+            request_id: ids.id(n),
         };
         let change = workload.board.as_ref().map(|board| {
             let change = Arc::new(Change::new(

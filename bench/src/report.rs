@@ -119,6 +119,7 @@ fn setup(out: &mut String, r: &Results) {
             "reused passwords",
             format!("{:.1}% of changes", c.reuse_rate * 100.0),
         ),
+        ("request ids", c.request_ids.clone()),
         (
             "connections",
             format!(

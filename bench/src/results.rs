@@ -43,6 +43,10 @@ pub struct ConfigRecord {
     /// Fraction of changes that reuse a recent password (`--reuse-rate`).
     #[serde(default)]
     pub reuse_rate: f64,
+    /// The form of the clients' request ids (`--request-ids`; results from before it existed sent
+    /// sequential ones).
+    #[serde(default = "sequential")]
+    pub request_ids: String,
     /// Mutual TLS between the services, as the product runs by default (results from before it
     /// existed read as `false`, which is what they measured).
     #[serde(default)]
@@ -51,6 +55,10 @@ pub struct ConfigRecord {
 
 fn sled() -> String {
     "sled".into()
+}
+
+fn sequential() -> String {
+    "sequential".into()
 }
 
 fn no_faults() -> Vec<String> {

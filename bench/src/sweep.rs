@@ -122,6 +122,7 @@ pub async fn run_at(
     let workload = Workload {
         board: board.clone(),
         reuse_rate: config.reuse_rate,
+        request_ids: config.request_ids,
     };
     let begun = Instant::now();
     let from = begun + config.warmup;

@@ -80,6 +80,13 @@ pub fn header(machine: &Machine, config: &ConfigRecord, out: &Path) -> String {
         config.warmup_s,
         config.duration_s
     );
+    if config.request_ids != "sequential" {
+        let _ = writeln!(
+            s,
+            "         {} request ids (--request-ids)",
+            config.request_ids
+        );
+    }
     let _ = writeln!(s, "output:  {}", out.display());
     s
 }

@@ -203,7 +203,11 @@ pub fn judge(users: &BTreeMap<String, AtRest>, mails: &[(String, String)]) -> An
     let mut mailed: HashSet<&str> = HashSet::new();
     for (txn, user) in mails {
         mailed.insert(txn);
-        let Some(u) = users.get(user) else { continue };
+        // A user that could not be read (locked by a transaction in doubt) has no history to judge
+        // its e-mails by: they are neither right nor wrong, and the user counts as unreadable.
+        let Some(u) = users.get(user).filter(|u| !u.unreadable) else {
+            continue;
+        };
         // History keeps the newest changes only: an e-mail older than the oldest kept entry cannot be
         // judged.
         let judged = u
@@ -281,6 +285,24 @@ mod tests {
             }
         );
         assert_eq!(a.total(), 3);
+    }
+
+    #[test]
+    fn the_emails_of_an_unreadable_user_are_not_judged() {
+        let locked = AtRest {
+            version: None,
+            history: Vec::new(),
+            unreadable: true,
+        };
+        let users = BTreeMap::from([("carol".to_owned(), locked)]);
+        let a = judge(&users, &[mail("t1", "carol"), mail("t2", "carol")]);
+        assert_eq!(
+            a,
+            Anomalies {
+                unreadable_users: 1,
+                ..Anomalies::default()
+            }
+        );
     }
 
     fn received_mail(txn: &str, to: &str) -> Mail {

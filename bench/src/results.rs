@@ -58,7 +58,7 @@ fn sled() -> String {
 }
 
 fn sequential() -> String {
-    "sequential".into()
+    crate::RequestIds::Sequential.as_str().into()
 }
 
 fn no_faults() -> Vec<String> {

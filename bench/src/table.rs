@@ -80,7 +80,7 @@ pub fn header(machine: &Machine, config: &ConfigRecord, out: &Path) -> String {
         config.warmup_s,
         config.duration_s
     );
-    if config.request_ids != "sequential" {
+    if config.request_ids != crate::RequestIds::default().as_str() {
         let _ = writeln!(
             s,
             "         {} request ids (--request-ids)",

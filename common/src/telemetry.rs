@@ -3,8 +3,9 @@
 //! Every line about a transaction carries a `txn_id` field, so `grep` can stitch one transaction's
 //! lines together across the three processes; the spans per transaction and per protocol call are at
 //! debug (at info, building and entering them for every change cost CPU for context the lines carry
-//! anyway). Single-transaction calls between services (`QueryDecision`) also carry the id in the `x-tpc-txn-id` gRPC metadata header; the
-//! coordinator's batched protocol calls carry each id in the message.
+//! anyway). Single-transaction calls between services (`QueryDecision`) also carry the id in the
+//! `x-tpc-txn-id` gRPC metadata header; the coordinator's batched protocol calls carry each id in the
+//! message.
 
 use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt;

@@ -19,8 +19,8 @@ pub struct Node {
 /// are each added right after the one before, always to the same leaf (followed, perhaps, by a few
 /// keys of another kind), so the left half of every split used to stay half full for good, and sled
 /// keeps its bookkeeping in memory per page. Such a leaf is split where 7/8 of its thresholds are
-/// filled instead (`Node::split`). Kept in memory only (a node read from disk knows nothing), and never makes two
-/// nodes unequal.
+/// filled instead (`Node::split`). Kept in memory only (a node read from disk knows nothing), and
+/// never makes two nodes unequal.
 #[derive(Default, Debug, Clone, Copy)]
 pub(crate) struct Inserts {
     /// The index the last added key went to.

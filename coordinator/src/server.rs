@@ -9,7 +9,7 @@ use std::time::Duration;
 use tpc_common::guard::{Guard, GuardConfig};
 use tpc_common::serve::Listeners;
 use tpc_common::tls::{Internal, PublicTls, TlsError};
-use tpc_common::{Backoff, Now, Strategy, now_ms};
+use tpc_common::{Backoff, Now, Strategy, TxnId, now_ms};
 use tpc_proto::MAX_MESSAGE_BYTES;
 use tpc_proto::v1::password_service_server::PasswordServiceServer;
 use tpc_proto::v1::transaction_manager_server::TransactionManagerServer;
@@ -17,7 +17,7 @@ use tracing::{info, warn};
 
 use crate::engine::{self, Engine, Event};
 use crate::events::{Events, Sealer};
-use crate::log::{Log, LogError};
+use crate::log::{Log, LogError, SETTLED_MS, TxnRecord};
 use crate::mailer::{Mailer, MailerError, SmtpAccess};
 use crate::outbox;
 use crate::peers::Peers;
@@ -157,11 +157,7 @@ pub async fn run(
         fresh_mail,
         Backoff::new(Duration::from_millis(100), Duration::from_secs(1)),
     ));
-    let collector = tokio::spawn(collect_garbage(
-        log.clone(),
-        coordinator.clone(),
-        config.retention,
-    ));
+    let collector = tokio::spawn(tidy_log(log.clone(), coordinator.clone(), config.retention));
 
     let guard = Arc::new(Guard::new(config.guard));
     let api = || Api {
@@ -265,44 +261,78 @@ fn check_strategy(log: &Log, strategy: Strategy) -> Result<(), ServeError> {
     }
 }
 
-/// Deletes finished transactions older than `retention`, once a minute.
+/// Keeps the log small, every [`TIDY_EVERY`]: deletes finished transactions older than `retention`
+/// (in the archive, then under their own keys) and moves those decided [`SETTLED_MS`] ago into the
+/// archive.
 ///
 /// Each pass reads the log from its oldest key in slices, each on the blocking pool: at full load the
 /// log holds hundreds of thousands of records, and decoding them all on an async worker stalled prepares
 /// and commits past their deadlines at every pass.
-async fn collect_garbage(log: Arc<Log>, coordinator: Runner, retention: Duration) {
-    let mut every = tokio::time::interval(Duration::from_secs(60));
+async fn tidy_log(log: Arc<Log>, coordinator: Runner, retention: Duration) {
+    let mut every = tokio::time::interval(TIDY_EVERY);
     loop {
         every.tick().await;
         let cutoff = now_ms().saturating_sub(retention.as_millis() as u64);
-        let mut from = None;
-        loop {
-            let log = log.clone();
-            let slice = tpc_common::blocking::run(move || {
-                log.collect_garbage_slice(from, cutoff, GC_SLICE)
-            })
-            .await;
-            let slice = match slice {
-                Ok(Ok(slice)) => slice,
-                Ok(Err(e)) => {
-                    warn!(cause = %e, "garbage collection failed");
-                    break;
+        let archive = in_slices(&log, "garbage collection", move |log, from| {
+            let slice = log.collect_archive_slice(from, cutoff, GC_SLICE)?;
+            Ok((slice.collected, slice.resume_after))
+        })
+        .await;
+        let records = in_slices(&log, "garbage collection", move |log, from| {
+            let slice = log.collect_garbage_slice(from, cutoff, GC_SLICE)?;
+            Ok((slice.collected, slice.resume_after))
+        })
+        .await;
+        for r in archive.into_iter().chain(records).flatten() {
+            coordinator.forgotten(r.txn, r.request_id);
+        }
+        let settled = now_ms().saturating_sub(SETTLED_MS);
+        in_slices(&log, "archiving", move |log, from| {
+            let slice = log.archive_slice(from, settled, GC_SLICE)?;
+            Ok((Vec::new(), slice.resume_after))
+        })
+        .await;
+    }
+}
+
+/// Runs `slice` on the blocking pool until it reports no place to resume; returns the records it
+/// collected, or `None` (and a warning) if a slice failed.
+async fn in_slices(
+    log: &Arc<Log>,
+    what: &'static str,
+    slice: impl Fn(&Log, Option<TxnId>) -> Result<(Vec<TxnRecord>, Option<TxnId>), LogError>
+    + Send
+    + Sync
+    + Copy
+    + 'static,
+) -> Option<Vec<TxnRecord>> {
+    let mut all = Vec::new();
+    let mut from = None;
+    loop {
+        let log = log.clone();
+        match tpc_common::blocking::run(move || slice(&log, from)).await {
+            Ok(Ok((records, resume))) => {
+                all.extend(records);
+                match resume {
+                    Some(last) => from = Some(last),
+                    None => return Some(all),
                 }
-                Err(_) => {
-                    warn!("the garbage collection task failed");
-                    break;
-                }
-            };
-            for r in slice.collected {
-                coordinator.forgotten(r.txn, r.request_id);
             }
-            match slice.resume_after {
-                Some(last) => from = Some(last),
-                None => break,
+            Ok(Err(e)) => {
+                warn!(cause = %e, "{what} failed");
+                return None;
+            }
+            Err(_) => {
+                warn!("the {what} task failed");
+                return None;
             }
         }
     }
 }
 
-/// Records looked at per slice of garbage collection (a few milliseconds of work).
+/// How often the log is tidied: often enough that the records under their own keys stay a few
+/// seconds' worth beyond [`SETTLED_MS`].
+const TIDY_EVERY: Duration = Duration::from_secs(10);
+
+/// Records looked at per slice (a few milliseconds of work).
 const GC_SLICE: usize = 1_000;

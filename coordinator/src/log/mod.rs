@@ -6,7 +6,14 @@
 //!   deletes one key and rewrites no record (so it cannot race with END rewriting the same record);
 //! - `r/<request id>` → txn id: the COMMIT record of each request id, written in the record's batch and
 //!   deleted just before it is collected, so a retry is answered from the log and the engine need not
-//!   remember every request id of the retention window (`engine/requests.rs`).
+//!   remember every request id of the retention window (`engine/requests.rs`);
+//! - `a/<txn>` → finished records, 32 to a value, once they are 30 s old ([`archive`]): sled's memory
+//!   grows with its pages, and one key per record for 24 hours made the coordinator's grow with
+//!   every change.
+
+mod archive;
+#[cfg(test)]
+mod archive_tests;
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -17,6 +24,8 @@ use tpc_common::storage::{Batch, Db, SledStorage, StorageError};
 use tpc_common::{Email, GroupCommit, OperationKind, Strategy, TxnId, UserId};
 
 use crate::engine::{AbortNote, CommitRecord, LoggedRequest};
+
+pub use archive::{ArchiveSlice, BLOCK, SETTLED_MS};
 
 const TXN: &[u8] = b"t/";
 const OUTBOX: &[u8] = b"o/";
@@ -125,7 +134,9 @@ impl Log {
     pub fn strategy(&self) -> Result<Option<Strategy>, LogError> {
         match self.db.get(STRATEGY)? {
             Some(raw) => Ok(Some(decode(&raw)?)),
-            None if self.db.scan_prefix(TXN).next().is_some() => Ok(Some(Strategy::TwoPc)),
+            None if self.db.scan_prefix(TXN).next().is_some() || self.has_blocks() => {
+                Ok(Some(Strategy::TwoPc))
+            }
             None => Ok(None),
         }
     }
@@ -391,11 +402,12 @@ impl Log {
             .await
     }
 
+    /// Record `txn`, under its own key or in the archive.
     pub fn get(&self, txn: TxnId) -> Result<Option<TxnRecord>, LogError> {
-        self.db
-            .get(&key(TXN, txn))?
-            .map(|raw| self.read(&raw))
-            .transpose()
+        match self.db.get(&key(TXN, txn))? {
+            Some(raw) => Ok(Some(self.read(&raw)?)),
+            None => self.archived(txn),
+        }
     }
 
     /// Whether reads of this log may be made in place on an async task (see
@@ -414,10 +426,13 @@ impl Log {
             LogError::Corrupt("a request id's entry holds no transaction id".into())
         })?;
         // No record: collected between the two reads.
-        let Some(raw) = self.db.get(&key(TXN, txn))? else {
-            return Ok(None);
+        let record = match self.db.get(&key(TXN, txn))? {
+            Some(raw) => decode::<TxnRecord>(&raw)?,
+            None => match self.archived(txn)? {
+                Some(record) => record,
+                None => return Ok(None),
+            },
         };
-        let record: TxnRecord = decode(&raw)?;
         Ok(Some(LoggedRequest {
             txn,
             kind: record.kind,
@@ -426,8 +441,9 @@ impl Log {
     }
 
     /// The newest `limit` records older than `before` (all, if `None`) that `keep` accepts, newest
-    /// first: a range scan from the newest key that stops once it has them (UUIDv7 ids sort by time).
-    /// Blocking; for the blocking pool.
+    /// first: range scans from the newest key, of the records under their own keys and of the
+    /// archive's blocks, merged, that stop once they have them (UUIDv7 ids sort by time). Blocking;
+    /// for the blocking pool.
     pub fn newest(
         &self,
         limit: usize,
@@ -435,19 +451,65 @@ impl Log {
         mut keep: impl FnMut(&TxnRecord) -> bool,
     ) -> Result<Vec<TxnRecord>, LogError> {
         let mut found = Vec::new();
+        let mark = self.archive_mark()?;
         let waiting = self.waiting()?;
         let end = before.map(|txn| key(TXN, txn));
-        for item in self.db.scan_prefix(TXN).rev() {
-            if found.len() >= limit {
-                break;
+        let mut live = self
+            .db
+            .scan_prefix(TXN)
+            .rev()
+            // Skipped before they are decoded: a page of a long listing starts deep in the log.
+            .filter(|item| match (item, &end) {
+                (Ok((k, _)), Some(end)) => k < end,
+                _ => true,
+            })
+            .map(|item| read_with(&item?.1, &waiting));
+        let mut archived = self.archived_newest_first();
+        let mut next_live = live.next().transpose()?;
+        let mut next_archived = archived.next().transpose()?;
+        // The last record looked at: the merge yields ids strictly falling, so a record moved into the
+        // archive while the scan ran is not looked at twice.
+        let mut last: Option<TxnId> = None;
+        while found.len() < limit {
+            let take_live = match (&next_live, &next_archived) {
+                (Some(l), Some(a)) => l.txn > a.txn,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (None, None) => break,
+            };
+            let record = if take_live {
+                std::mem::replace(&mut next_live, live.next().transpose()?)
+            } else {
+                std::mem::replace(&mut next_archived, archived.next().transpose()?)
             }
-            let (k, v) = item?;
-            if end.as_ref().is_some_and(|end| k >= *end) {
+            .expect("matched as present");
+            if last.is_some_and(|last| record.txn >= last)
+                || before.is_some_and(|before| record.txn >= before)
+            {
                 continue;
             }
-            let record = read_with(&v, &waiting)?;
+            last = Some(record.txn);
             if keep(&record) {
                 found.push(record);
+            }
+        }
+        // Blocks written during the scan hold records that had left their own keys before the scan
+        // reached them: read those blocks too.
+        if self.archive_mark()? != mark {
+            let seen: HashSet<TxnId> = found.iter().map(|r| r.txn).collect();
+            let mut late = false;
+            for record in self.archived_since(mark)? {
+                if !seen.contains(&record.txn)
+                    && before.is_none_or(|before| record.txn < before)
+                    && keep(&record)
+                {
+                    found.push(record);
+                    late = true;
+                }
+            }
+            if late {
+                found.sort_by_key(|r| std::cmp::Reverse(r.txn));
+                found.truncate(limit);
             }
         }
         Ok(found)
@@ -489,13 +551,11 @@ impl Log {
 
     /// Whether `txn` has a record.
     pub fn contains(&self, txn: TxnId) -> Result<bool, LogError> {
-        Ok(self.db.contains(&key(TXN, txn))?)
+        Ok(self.db.contains(&key(TXN, txn))? || self.archived(txn)?.is_some())
     }
 
     /// The COMMIT records of two-phase commits without an END, oldest first: what recovery must
-    /// finish. Every record is decoded, but only these are kept: after a day of records at full load
-    /// the whole log would not fit in memory (a start on ~400,000 records peaked at 185 MiB when they
-    /// were all read into one list, 98 MiB now).
+    /// finish. Only the records under their own keys are read: the archive holds finished ones.
     pub fn unfinished_commits(&self) -> Result<Vec<CommitRecord>, LogError> {
         let mut committing = Vec::new();
         for item in self.db.scan_prefix(TXN) {
@@ -511,12 +571,7 @@ impl Log {
 
     /// Every record, newest first.
     pub fn records(&self) -> Result<Vec<TxnRecord>, LogError> {
-        let waiting = self.waiting()?;
-        self.db
-            .scan_prefix(TXN)
-            .rev()
-            .map(|item| read_with(&item?.1, &waiting))
-            .collect()
+        self.newest(usize::MAX, None, |_| true)
     }
 
     /// The outbox's keys, read once for a scan of many records instead of looked up record by record:
@@ -557,10 +612,13 @@ impl Log {
         Ok(pending)
     }
 
-    /// Deletes finished records decided before `cutoff` (committed with END and e-mail sent, or aborted)
-    /// and returns them, so the engine can forget their request ids too.
+    /// Deletes finished records decided before `cutoff` (committed with END and e-mail sent, or aborted),
+    /// in the archive and under their own keys, and returns them, so the engine can forget their
+    /// request ids too.
     pub fn collect_garbage(&self, cutoff: u64) -> Result<Vec<TxnRecord>, LogError> {
-        let mut collected = Vec::new();
+        let mut collected = self
+            .collect_archive_slice(None, cutoff, usize::MAX)?
+            .collected;
         let mut from = None;
         loop {
             let slice = self.collect_garbage_slice(from, cutoff, usize::MAX)?;
@@ -568,6 +626,19 @@ impl Log {
             match slice.resume_after {
                 Some(last) => from = Some(last),
                 None => return Ok(collected),
+            }
+        }
+    }
+
+    /// Moves every finished record decided before `before` into the archive; returns how many moved.
+    pub fn archive(&self, before: u64) -> Result<usize, LogError> {
+        let (mut moved, mut from) = (0, None);
+        loop {
+            let slice = self.archive_slice(from, before, usize::MAX)?;
+            moved += slice.archived;
+            match slice.resume_after {
+                Some(last) => from = Some(last),
+                None => return Ok(moved),
             }
         }
     }
@@ -607,12 +678,7 @@ impl Log {
                 break;
             }
             slice.resume_after = Some(record.txn);
-            let finished = match record.state {
-                State::Committed => record.email_sent || record.email_error.is_some(),
-                State::Aborted => true,
-                State::Committing | State::Running | State::Compensating => false,
-            };
-            if finished && record.decided_at < cutoff {
+            if record.is_finished() && record.decided_at < cutoff {
                 // The index entry first: a crash between the two leaves a record that is about to be
                 // collected anyway and whose request id is already forgotten, never an entry without
                 // its record.

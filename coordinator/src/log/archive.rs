@@ -79,27 +79,18 @@ impl Log {
             Some(txn) => Some(txn),
             None => self.newest_block()?,
         };
-        let start = from.map_or_else(|| TXN.to_vec(), |txn| key(TXN, txn));
         let waiting = self.waiting()?;
         let mut slice = ArchiveSlice {
             archived: 0,
             resume_after: None,
         };
         let mut pending: Vec<TxnRecord> = Vec::with_capacity(BLOCK);
-        let mut looked_at = 0;
-        for item in self.db.range_from(&start) {
-            let (k, raw) = item?;
-            if !k.starts_with(TXN) {
-                break;
-            }
-            if from.is_some() && k == start {
-                continue;
-            }
+        for (looked_at, item) in self.entries_after(TXN, from).enumerate() {
+            let (_, raw) = item?;
             if looked_at == max {
                 slice.archived += self.write_block(&mut pending)?;
                 return Ok(slice);
             }
-            looked_at += 1;
             let record = read_with(&raw, &waiting)?;
             if record.txn.created_ms() >= before {
                 break;
@@ -186,16 +177,9 @@ impl Log {
 
     /// The records of the blocks written after block `after` (all blocks, if `None`).
     pub(super) fn archived_since(&self, after: Option<TxnId>) -> Result<Vec<TxnRecord>, LogError> {
-        let start = after.map_or_else(|| ARCHIVE.to_vec(), |txn| key(ARCHIVE, txn));
         let mut records = Vec::new();
-        for item in self.db.range_from(&start) {
-            let (k, raw) = item?;
-            if !k.starts_with(ARCHIVE) {
-                break;
-            }
-            if after.is_some() && k == start {
-                continue;
-            }
+        for item in self.entries_after(ARCHIVE, after) {
+            let (_, raw) = item?;
             records.extend(decode::<Block>(&raw)?.records);
         }
         Ok(records)
@@ -215,20 +199,13 @@ impl Log {
         cutoff: u64,
         max: usize,
     ) -> Result<GarbageSlice, LogError> {
-        let start = from.map_or_else(|| ARCHIVE.to_vec(), |txn| key(ARCHIVE, txn));
         let mut slice = GarbageSlice {
             collected: Vec::new(),
             resume_after: None,
         };
         let mut looked_at = 0;
-        for item in self.db.range_from(&start) {
+        for item in self.entries_after(ARCHIVE, from) {
             let (k, raw) = item?;
-            if !k.starts_with(ARCHIVE) {
-                break;
-            }
-            if from.is_some() && k == start {
-                continue;
-            }
             if looked_at >= max {
                 return Ok(slice);
             }

@@ -20,7 +20,7 @@ use std::future::Future;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use tpc_common::storage::{Batch, Db, SledStorage, StorageError};
+use tpc_common::storage::{Batch, Db, Entry, SledStorage, StorageError};
 use tpc_common::{Email, GroupCommit, OperationKind, Strategy, TxnId, UserId};
 
 use crate::engine::{AbortNote, CommitRecord, LoggedRequest};
@@ -654,25 +654,16 @@ impl Log {
         cutoff: u64,
         max: usize,
     ) -> Result<GarbageSlice, LogError> {
-        let start = from.map_or_else(|| TXN.to_vec(), |txn| key(TXN, txn));
         let mut slice = GarbageSlice {
             collected: Vec::new(),
             resume_after: None,
         };
-        let mut looked_at = 0;
         let waiting = self.waiting()?;
-        for item in self.db.range_from(&start) {
+        for (looked_at, item) in self.entries_after(TXN, from).enumerate() {
             let (k, raw) = item?;
-            if !k.starts_with(TXN) {
-                break;
-            }
-            if from.is_some() && k == start {
-                continue;
-            }
             if looked_at == max {
                 return Ok(slice);
             }
-            looked_at += 1;
             let record = read_with(&raw, &waiting)?;
             if record.txn.created_ms() > cutoff {
                 break;
@@ -692,6 +683,29 @@ impl Log {
         }
         slice.resume_after = None;
         Ok(slice)
+    }
+}
+
+impl Log {
+    /// The entries under `prefix` after `<prefix><from>` (all of them, if `None`), in key order: where
+    /// a scan in slices goes on.
+    fn entries_after(
+        &self,
+        prefix: &'static [u8],
+        from: Option<TxnId>,
+    ) -> impl Iterator<Item = Result<Entry, LogError>> + use<> {
+        let start = from.map_or_else(|| prefix.to_vec(), |txn| key(prefix, txn));
+        self.db
+            .range_from(&start)
+            .map(|item| item.map_err(LogError::from))
+            .take_while(move |item| match item {
+                Ok((k, _)) => k.starts_with(prefix),
+                Err(_) => true,
+            })
+            .filter(move |item| match item {
+                Ok((k, _)) => from.is_none() || *k != start,
+                Err(_) => true,
+            })
     }
 }
 

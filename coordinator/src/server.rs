@@ -273,58 +273,66 @@ async fn tidy_log(log: Arc<Log>, coordinator: Runner, retention: Duration) {
     loop {
         every.tick().await;
         let cutoff = now_ms().saturating_sub(retention.as_millis() as u64);
-        let archive = in_slices(&log, "garbage collection", move |log, from| {
+        let forget = |collected: Vec<TxnRecord>| {
+            for r in collected {
+                coordinator.forgotten(r.txn, r.request_id);
+            }
+        };
+        in_slices(&log, "garbage collection", forget, move |log, from| {
             let slice = log.collect_archive_slice(from, cutoff, GC_SLICE)?;
             Ok((slice.collected, slice.resume_after))
         })
         .await;
-        let records = in_slices(&log, "garbage collection", move |log, from| {
+        in_slices(&log, "garbage collection", forget, move |log, from| {
             let slice = log.collect_garbage_slice(from, cutoff, GC_SLICE)?;
             Ok((slice.collected, slice.resume_after))
         })
         .await;
-        for r in archive.into_iter().chain(records).flatten() {
-            coordinator.forgotten(r.txn, r.request_id);
-        }
         let settled = now_ms().saturating_sub(SETTLED_MS);
-        in_slices(&log, "archiving", move |log, from| {
-            let slice = log.archive_slice(from, settled, GC_SLICE)?;
-            Ok((Vec::new(), slice.resume_after))
-        })
+        in_slices(
+            &log,
+            "archiving",
+            |_| {},
+            move |log, from| {
+                let slice = log.archive_slice(from, settled, GC_SLICE)?;
+                Ok((Vec::new(), slice.resume_after))
+            },
+        )
         .await;
     }
 }
 
-/// Runs `slice` on the blocking pool until it reports no place to resume; returns the records it
-/// collected, or `None` (and a warning) if a slice failed.
+/// Runs `slice` on the blocking pool until it reports no place to resume, handing what each slice
+/// collected to `each` as it comes; stops with a warning at a slice that fails (the next pass starts
+/// again from the oldest key).
 async fn in_slices(
     log: &Arc<Log>,
     what: &'static str,
+    mut each: impl FnMut(Vec<TxnRecord>),
     slice: impl Fn(&Log, Option<TxnId>) -> Result<(Vec<TxnRecord>, Option<TxnId>), LogError>
     + Send
     + Sync
     + Copy
     + 'static,
-) -> Option<Vec<TxnRecord>> {
-    let mut all = Vec::new();
+) {
     let mut from = None;
     loop {
         let log = log.clone();
         match tpc_common::blocking::run(move || slice(&log, from)).await {
             Ok(Ok((records, resume))) => {
-                all.extend(records);
+                each(records);
                 match resume {
                     Some(last) => from = Some(last),
-                    None => return Some(all),
+                    None => return,
                 }
             }
             Ok(Err(e)) => {
                 warn!(cause = %e, "{what} failed");
-                return None;
+                return;
             }
             Err(_) => {
                 warn!("the {what} task failed");
-                return None;
+                return;
             }
         }
     }

@@ -483,6 +483,10 @@ impl Storage for EtcdLog {
         false
     }
 
+    fn holds_keys_in_memory(&self) -> bool {
+        false
+    }
+
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
         if let Some(pending) = self.pending().lookup(key) {
             return Ok(pending);

@@ -95,6 +95,14 @@ pub trait Storage: Send + Sync + 'static {
         true
     }
 
+    /// Whether this process holds bookkeeping in memory for every page of keys the storage keeps, as
+    /// sled does: the coordinator's log then packs its finished records into few values, so that its
+    /// memory does not grow with the records of the retention window. A storage that keeps its keys
+    /// elsewhere (etcd) says no, and the log keeps a key per record there.
+    fn holds_keys_in_memory(&self) -> bool {
+        true
+    }
+
     fn contains(&self, key: &[u8]) -> Result<bool, StorageError> {
         Ok(self.get(key)?.is_some())
     }

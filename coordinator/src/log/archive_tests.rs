@@ -149,6 +149,13 @@ async fn finished_records_move_into_blocks_and_read_as_before() {
     let oldest_listed = before.iter().position(|r| r.txn == aborted[4]).unwrap();
     let first_looked = before.iter().position(|r| r.txn == aborted[1]).unwrap() + 1;
     assert_eq!(looked_at, oldest_listed - first_looked + 1, "once each");
+    // Every page of five, from every record on: the blocks newer than a page are skipped unread,
+    // and the one a page starts in is read.
+    for (at, record) in before.iter().enumerate() {
+        let page = log.newest(5, Some(record.txn), |_| true).unwrap();
+        let expected = &before[at + 1..(at + 6).min(before.len())];
+        assert_eq!(page, expected, "the page before record {at}");
+    }
 
     // Those left behind finish later and stay under their own keys, still found.
     for r in &committing {
@@ -262,7 +269,7 @@ async fn garbage_collection_takes_whole_blocks_and_their_request_ids() {
 }
 
 #[tokio::test]
-async fn a_crash_keeps_each_record_in_one_place() {
+async fn a_crash_keeps_each_record_readable_once() {
     let mem = MemoryStorage::new();
     let log = Log::on(Arc::new(mem.clone()));
     let mut written = Vec::new();
@@ -279,9 +286,71 @@ async fn a_crash_keeps_each_record_in_one_place() {
     assert_eq!(records.iter().map(|r| r.txn).collect::<Vec<_>>(), written);
     assert_eq!(count(&mem.crashed(0), ARCHIVE), 0);
 
+    // The block is written before the records leave their keys: a crash between the two finds each
+    // record twice, and every read once.
+    let both = Log::on(Arc::new(mem.crashed(1)));
+    assert_eq!(count(&mem.crashed(1), ARCHIVE), 1);
+    assert_eq!(count(&mem.crashed(1), TXN), BLOCK);
+    let mut records = both.records().unwrap();
+    records.reverse();
+    assert_eq!(records.iter().map(|r| r.txn).collect::<Vec<_>>(), written);
+    assert_eq!(
+        both.collect_garbage(u64::MAX).unwrap().len(),
+        2 * BLOCK,
+        "both copies collected"
+    );
+    assert!(both.records().unwrap().is_empty());
+
     log.sync().await.unwrap();
     let kept = Log::on(Arc::new(mem.crashed(0)));
     assert_eq!(kept.records().unwrap().len(), BLOCK);
     assert_eq!(count(&mem.crashed(0), ARCHIVE), 1);
     assert_eq!(count(&mem.crashed(0), TXN), 0);
+}
+
+/// A storage that keeps its keys elsewhere, as etcd does.
+struct Remote(MemoryStorage);
+
+impl Storage for Remote {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, tpc_common::storage::StorageError> {
+        self.0.get(key)
+    }
+    fn holds_keys_in_memory(&self) -> bool {
+        false
+    }
+    fn scan_prefix(&self, prefix: &[u8]) -> tpc_common::storage::Entries {
+        self.0.scan_prefix(prefix)
+    }
+    fn range_from(&self, start: &[u8]) -> tpc_common::storage::Entries {
+        self.0.range_from(start)
+    }
+    fn apply(
+        &self,
+        batch: tpc_common::storage::Batch,
+    ) -> Result<(), tpc_common::storage::StorageError> {
+        self.0.apply(batch)
+    }
+    fn update(
+        &self,
+        key: &[u8],
+        change: tpc_common::storage::Change<'_>,
+    ) -> Result<(), tpc_common::storage::StorageError> {
+        self.0.update(key, change)
+    }
+    fn flush(&self) -> Result<(), tpc_common::storage::StorageError> {
+        self.0.flush()
+    }
+}
+
+#[tokio::test]
+async fn a_storage_that_keeps_its_keys_elsewhere_keeps_a_key_per_record() {
+    let mem = MemoryStorage::new();
+    let log = Log::on(Arc::new(Remote(mem.clone())));
+    for _ in 0..BLOCK {
+        finished(&log).await;
+    }
+    assert_eq!(log.archive(tpc_common::now_ms() + 1).unwrap(), 0);
+    assert_eq!(count(&mem, ARCHIVE), 0);
+    assert_eq!(count(&mem, TXN), BLOCK);
+    assert_eq!(log.records().unwrap().len(), BLOCK);
 }

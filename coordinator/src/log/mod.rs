@@ -112,6 +112,9 @@ struct StoreMark {
 pub struct Log {
     db: Db,
     forcer: GroupCommit,
+    /// Whether finished records move into the archive ([`archive`]): on storages that hold their keys
+    /// in this process's memory.
+    archives: bool,
 }
 
 impl Log {
@@ -126,7 +129,12 @@ impl Log {
     /// The log kept in `db` (a [`tpc_common::storage::MemoryStorage`] in tests and simulation).
     pub fn on(db: Db) -> Self {
         let forcer = GroupCommit::start(db.clone());
-        Self { db, forcer }
+        let archives = db.holds_keys_in_memory();
+        Self {
+            db,
+            forcer,
+            archives,
+        }
     }
 
     /// The strategy that wrote this log; `None` for a new log (or one from before strategies, which
@@ -134,7 +142,7 @@ impl Log {
     pub fn strategy(&self) -> Result<Option<Strategy>, LogError> {
         match self.db.get(STRATEGY)? {
             Some(raw) => Ok(Some(decode(&raw)?)),
-            None if self.db.scan_prefix(TXN).next().is_some() || self.has_blocks() => {
+            None if self.db.scan_prefix(TXN).next().is_some() || self.has_blocks()? => {
                 Ok(Some(Strategy::TwoPc))
             }
             None => Ok(None),
@@ -464,7 +472,7 @@ impl Log {
                 _ => true,
             })
             .map(|item| read_with(&item?.1, &waiting));
-        let mut archived = self.archived_newest_first();
+        let mut archived = self.archived_newest_first(before)?;
         let mut next_live = live.next().transpose()?;
         let mut next_archived = archived.next().transpose()?;
         // The last record looked at: the merge yields ids strictly falling, so a record moved into the

@@ -459,7 +459,7 @@ impl Log {
         mut keep: impl FnMut(&TxnRecord) -> bool,
     ) -> Result<Vec<TxnRecord>, LogError> {
         let mut found = Vec::new();
-        let mark = self.archive_mark()?;
+        let mark = self.newest_block()?;
         let waiting = self.waiting()?;
         let end = before.map(|txn| key(TXN, txn));
         let mut live = self
@@ -503,7 +503,7 @@ impl Log {
         }
         // Blocks written during the scan hold records that had left their own keys before the scan
         // reached them: read those blocks too.
-        if self.archive_mark()? != mark {
+        if self.newest_block()? != mark {
             let seen: HashSet<TxnId> = found.iter().map(|r| r.txn).collect();
             let mut late = false;
             for record in self.archived_since(mark)? {
@@ -681,8 +681,7 @@ impl Log {
                 // The index entry first: a crash between the two leaves a record that is about to be
                 // collected anyway and whose request id is already forgotten, never an entry without
                 // its record.
-                let request = request_key(&record.request_id);
-                if self.db.get(&request)?.as_deref() == Some(record.txn.as_bytes().as_slice()) {
+                if let Some(request) = self.request_entry(&record)? {
                     self.db.remove(&request)?;
                 }
                 self.db.remove(&k)?;
@@ -695,6 +694,15 @@ impl Log {
 }
 
 impl Log {
+    /// The key of `record`'s request-id entry, if that entry stands for it (when a change aborted and
+    /// its retry committed under the same id, the entry is the retry's): what collecting the record
+    /// deletes with it.
+    fn request_entry(&self, record: &TxnRecord) -> Result<Option<Vec<u8>>, LogError> {
+        let request = request_key(&record.request_id);
+        let ours = self.db.get(&request)?.as_deref() == Some(record.txn.as_bytes().as_slice());
+        Ok(ours.then_some(request))
+    }
+
     /// The entries under `prefix` after `<prefix><from>` (all of them, if `None`), in key order: where
     /// a scan in slices goes on.
     fn entries_after(
